@@ -1,0 +1,380 @@
+//! Accounts and sessions (SECURITY.md §1–§3): username rules, Argon2id of the
+//! client's auth key on the blocking pool behind a semaphore, session tokens
+//! (only their SHA-256 is stored), the session cookie, the authenticated-user
+//! extractor, and the login throttling arithmetic.
+
+use std::sync::Arc;
+
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::{Algorithm, Argon2, Params, Version};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, header};
+use hmac::{KeyInit, Mac};
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+
+use crate::config::Limits;
+use crate::error::ApiError;
+use crate::protocol::B64;
+use crate::server::App;
+use crate::store::{SessionRow, Throttle, UserRow};
+
+/// The session cookie's name. The `__Host-` prefix makes browsers insist on
+/// `Secure`, `Path=/` and no `Domain`.
+pub const SESSION_COOKIE: &str = "__Host-sc_session";
+
+/// Argon2id with OWASP's minimum: m = 19 456 KiB, t = 2, p = 1.
+fn argon2() -> Argon2<'static> {
+    // These constants are valid Argon2 parameters; `Params::new` only fails
+    // outside the algorithm's bounds.
+    let params = Params::new(19_456, 2, 1, Some(32)).unwrap_or_default();
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+/// Fills a fresh array from the operating system's random source.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    // The OS RNG failing is not recoverable: there is nothing safe to do
+    // without randomness.
+    if let Err(e) = getrandom::fill(&mut out) {
+        panic!("the operating system's random source failed: {e}");
+    }
+    out
+}
+
+/// Checks and canonicalises a username: 3–32 characters of `a-z 0-9 _ . -`,
+/// compared case-insensitively, so stored in lowercase.
+pub fn canonical_username(raw: &str) -> Result<String, ApiError> {
+    let name = raw.trim().to_ascii_lowercase();
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'));
+    if !(3..=32).contains(&name.len()) || !ok_chars {
+        return Err(ApiError::bad_request(
+            "invalid_username",
+            "A username has 3 to 32 characters: letters a–z, digits, '_', '.' or '-'.",
+        ));
+    }
+    Ok(name)
+}
+
+/// Hashes and verifies auth keys with Argon2id, at most `concurrency` at a
+/// time, on the blocking thread pool.
+pub struct Passwords {
+    /// Bounds concurrent hashes: each takes 19 MiB and a whole core.
+    semaphore: Semaphore,
+    /// A hash of random bytes, verified against for unknown users so that a
+    /// login's timing does not tell whether the user exists.
+    dummy_hash: String,
+}
+
+impl Passwords {
+    /// Prepares the hasher; computes the dummy hash (one Argon2id run).
+    pub fn new(concurrency: usize) -> Result<Self, String> {
+        let dummy = random_bytes::<32>();
+        let dummy_hash = argon2()
+            .hash_password_with_salt(&dummy, &random_bytes::<16>())
+            .map_err(|e| e.to_string())?
+            .to_string();
+        Ok(Self {
+            semaphore: Semaphore::new(concurrency.max(1)),
+            dummy_hash,
+        })
+    }
+
+    /// The Argon2id PHC string of `auth_key` with a fresh 16-byte salt.
+    pub async fn hash(&self, auth_key: Vec<u8>) -> Result<String, ApiError> {
+        let _permit = self.semaphore.acquire().await.map_err(ApiError::internal)?;
+        tokio::task::spawn_blocking(move || {
+            argon2()
+                .hash_password_with_salt(&auth_key, &random_bytes::<16>())
+                .map(|h| h.to_string())
+                .map_err(ApiError::internal)
+        })
+        .await
+        .map_err(ApiError::internal)?
+    }
+
+    /// True if and only if `auth_key` matches `hash`. With no hash (unknown
+    /// user) it verifies against the dummy hash and returns false, taking the
+    /// same time.
+    pub async fn verify(&self, hash: Option<String>, auth_key: Vec<u8>) -> Result<bool, ApiError> {
+        let known = hash.is_some();
+        let hash = hash.unwrap_or_else(|| self.dummy_hash.clone());
+        let _permit = self.semaphore.acquire().await.map_err(ApiError::internal)?;
+        let ok = tokio::task::spawn_blocking(move || {
+            argon2().verify_password(&auth_key, hash.as_str()).is_ok()
+        })
+        .await
+        .map_err(ApiError::internal)?;
+        Ok(known && ok)
+    }
+}
+
+/// The salt `prelogin` reports for a username that does not exist: stable per
+/// name, so repeated probes cannot tell it from a real one.
+pub fn fake_salt(server_secret: &[u8], username: &str) -> [u8; 16] {
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(server_secret).unwrap_or_else(|_| {
+        // HMAC accepts keys of any length.
+        unreachable!("HMAC key of any length is valid")
+    });
+    mac.update(username.as_bytes());
+    let tag = mac.finalize().into_bytes();
+    let mut salt = [0u8; 16];
+    salt.copy_from_slice(&tag[..16]);
+    salt
+}
+
+/// A new session token: the cookie value and the hash the store keeps.
+pub fn new_session_token() -> (String, [u8; 32]) {
+    let token = random_bytes::<32>();
+    (B64::encode(&token), Sha256::digest(token).into())
+}
+
+/// The stored hash of a cookie value, or `None` if it is not a token.
+pub fn token_hash(cookie_value: &str) -> Option<[u8; 32]> {
+    let bytes = B64::decode(cookie_value)?;
+    (bytes.len() == 32).then(|| Sha256::digest(&bytes).into())
+}
+
+/// SHA-256 of an invite code, as stored.
+pub fn invite_hash(code: &str) -> [u8; 32] {
+    Sha256::digest(code.trim().as_bytes()).into()
+}
+
+/// The `Set-Cookie` value that hands the browser its session.
+pub fn session_cookie(token: &str, max_age_secs: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!(
+        "{SESSION_COOKIE}={token}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={max_age_secs}"
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("__Host-sc_session=; Max-Age=0; Path=/; Secure"))
+}
+
+/// The `Set-Cookie` value that removes the session cookie.
+pub fn clear_cookie() -> HeaderValue {
+    HeaderValue::from_static(
+        "__Host-sc_session=; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age=0",
+    )
+}
+
+/// The session token from the request's cookies, if any.
+pub fn session_from_headers(headers: &HeaderMap) -> Option<[u8; 32]> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .and_then(|(_, value)| token_hash(value))
+}
+
+/// True if and only if the session is within both its idle and absolute
+/// lifetimes at `now`.
+pub fn session_alive(session: &SessionRow, now: i64, limits: &Limits) -> bool {
+    let idle = i64::try_from(limits.session_idle.as_millis()).unwrap_or(i64::MAX);
+    let absolute = i64::try_from(limits.session_absolute.as_millis()).unwrap_or(i64::MAX);
+    now - session.last_seen < idle && now - session.created_at < absolute && !session.user.disabled
+}
+
+/// Looks up and validates a session; refreshes its idle timer (at most once a
+/// minute, to spare the disk). Expired sessions are deleted.
+pub async fn check_session(app: &App, hash: [u8; 32]) -> Result<SessionRow, ApiError> {
+    let now = app.clock.now_ms();
+    let limits = app.config.limits.clone();
+    app.db
+        .call(move |s| {
+            let Some(session) = s.session(&hash)? else {
+                return Ok(None);
+            };
+            if !session_alive(&session, now, &limits) {
+                s.delete_session(&hash)?;
+                return Ok(None);
+            }
+            if now - session.last_seen > 60_000 {
+                s.touch_session(&hash, now)?;
+            }
+            Ok(Some(session))
+        })
+        .await?
+        .ok_or_else(ApiError::unauthorized)
+}
+
+/// The signed-in user of a request. Handlers that take this cannot run
+/// without a valid session.
+#[derive(Debug, Clone)]
+pub struct AuthUser {
+    pub user: UserRow,
+    pub session: [u8; 32],
+}
+
+impl FromRequestParts<App> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let hash = session_from_headers(&parts.headers).ok_or_else(ApiError::unauthorized)?;
+        let session = check_session(app, hash).await?;
+        Ok(Self {
+            user: session.user,
+            session: hash,
+        })
+    }
+}
+
+/// An administrator's session.
+#[derive(Debug, Clone)]
+pub struct AdminUser(pub AuthUser);
+
+impl FromRequestParts<App> for AdminUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let user = AuthUser::from_request_parts(parts, app).await?;
+        if !user.user.is_admin {
+            return Err(ApiError::forbidden(
+                "not_admin",
+                "Only an administrator can do that.",
+            ));
+        }
+        Ok(Self(user))
+    }
+}
+
+/// What a failed login does to a username's counters: failures within the
+/// window are counted; from the `user_failures_before_lock`-th on, each locks
+/// the name for the base time doubled per further failure, capped.
+pub fn user_failure(t: Throttle, now: i64, limits: &Limits) -> Throttle {
+    let window = ms(limits.login_window);
+    let mut t = if now - t.window_start > window {
+        Throttle {
+            window_start: now,
+            failures: 0,
+            locked_until: t.locked_until,
+        }
+    } else {
+        t
+    };
+    t.failures = t.failures.saturating_add(1);
+    if t.failures >= limits.user_failures_before_lock {
+        let doublings = (t.failures - limits.user_failures_before_lock).min(30);
+        let lock = ms(limits.user_lock_base)
+            .saturating_mul(1i64 << doublings)
+            .min(ms(limits.user_lock_max));
+        t.locked_until = now + lock;
+    }
+    t
+}
+
+/// What a failed login does to an address's counters: at
+/// `ip_failures_before_lock` failures in the window the address is refused
+/// for `ip_lock`.
+pub fn ip_failure(t: Throttle, now: i64, limits: &Limits) -> Throttle {
+    let window = ms(limits.login_window);
+    let mut t = if now - t.window_start > window {
+        Throttle {
+            window_start: now,
+            failures: 0,
+            locked_until: t.locked_until,
+        }
+    } else {
+        t
+    };
+    t.failures = t.failures.saturating_add(1);
+    if t.failures >= limits.ip_failures_before_lock {
+        t.locked_until = now + ms(limits.ip_lock);
+    }
+    t
+}
+
+/// Milliseconds in `d`, saturating.
+pub fn ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The one answer to every failed or refused login, whatever the cause.
+pub fn login_failed(retry_after_ms: Option<u64>) -> ApiError {
+    const MESSAGE: &str = "Sign-in failed. Check your username and password; after several failures, wait before trying again.";
+    match retry_after_ms {
+        Some(ms) => ApiError::too_many("login_failed", MESSAGE, ms),
+        None => ApiError::new(
+            axum::http::StatusCode::UNAUTHORIZED,
+            "login_failed",
+            MESSAGE,
+        ),
+    }
+}
+
+/// Shared handle type for [`Passwords`].
+pub type SharedPasswords = Arc<Passwords>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_are_canonical() {
+        assert_eq!(canonical_username(" Alice.B-2_ ").unwrap(), "alice.b-2_");
+        for bad in ["ab", "a b c", "ålice", &"x".repeat(33), "bob!"] {
+            assert!(canonical_username(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn user_lock_starts_at_the_fifth_failure_and_doubles_to_the_cap() {
+        let limits = Limits::default();
+        let mut t = Throttle::default();
+        let now = 1_000_000_000;
+        for _ in 0..4 {
+            t = user_failure(t, now, &limits);
+            assert_eq!(t.locked_until, 0);
+        }
+        t = user_failure(t, now, &limits);
+        assert_eq!(t.locked_until - now, 60_000);
+        t = user_failure(t, now, &limits);
+        assert_eq!(t.locked_until - now, 120_000);
+        for _ in 0..20 {
+            t = user_failure(t, now, &limits);
+        }
+        assert_eq!(t.locked_until - now, 3_600_000);
+    }
+
+    #[test]
+    fn ip_lock_engages_at_twenty_failures_in_the_window() {
+        let limits = Limits::default();
+        let mut t = Throttle::default();
+        let now = 1_000_000_000;
+        for _ in 0..19 {
+            t = ip_failure(t, now, &limits);
+        }
+        assert_eq!(t.locked_until, 0);
+        // Outside the window the count starts again.
+        let later = now + ms(limits.login_window) + 1;
+        t = ip_failure(t, later, &limits);
+        assert_eq!((t.failures, t.locked_until), (1, 0));
+        for _ in 0..19 {
+            t = ip_failure(t, later, &limits);
+        }
+        assert_eq!(t.locked_until - later, 15 * 60_000);
+    }
+
+    #[test]
+    fn tokens_hash_and_reject_garbage() {
+        let (token, hash) = new_session_token();
+        assert_eq!(token_hash(&token), Some(hash));
+        assert_eq!(token_hash("not-a-token"), None);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            format!("a=b; {SESSION_COOKIE}={token}").parse().unwrap(),
+        );
+        assert_eq!(session_from_headers(&headers), Some(hash));
+    }
+
+    #[test]
+    fn fake_salts_are_stable_and_distinct() {
+        assert_eq!(fake_salt(b"k", "bob"), fake_salt(b"k", "bob"));
+        assert_ne!(fake_salt(b"k", "bob"), fake_salt(b"k", "eve"));
+        assert_ne!(fake_salt(b"k", "bob"), fake_salt(b"j", "bob"));
+    }
+}

@@ -1,0 +1,350 @@
+//! The hub: for each online user, the live sockets and their bounded send
+//! queues; presence with a grace period; fan-out; per-user and per-address
+//! limits. It holds no message content, only already-serialised frames.
+
+mod ratelimit;
+
+pub use ratelimit::RateLimiter;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::ServerFrame;
+
+/// A frame serialised once, for any number of sockets.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// The JSON text of the frame.
+    pub text: Utf8Bytes,
+    /// For `message` frames: the chat and sequence number, so a socket that
+    /// is replaying history can skip what it already sent.
+    pub chat_seq: Option<(Arc<str>, u64)>,
+}
+
+/// Serialises a frame once, for any number of sockets.
+pub fn encode(frame: &ServerFrame) -> Outbound {
+    let chat_seq = match frame {
+        ServerFrame::Message { message } => Some((Arc::from(message.chat.as_str()), message.seq)),
+        _ => None,
+    };
+    Outbound {
+        // Serialising these plain structs cannot fail.
+        text: Utf8Bytes::from(serde_json::to_string(frame).unwrap_or_default()),
+        chat_seq,
+    }
+}
+
+/// How a socket is told to close, from outside its task.
+#[derive(Debug, Default)]
+pub struct CloseSignal {
+    /// Fired when the socket must close.
+    pub token: CancellationToken,
+    /// The close code to send (first one wins).
+    code: AtomicU16,
+}
+
+impl CloseSignal {
+    /// Asks the socket to close with `code`.
+    pub fn close(&self, code: u16) {
+        let _ = self
+            .code
+            .compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst);
+        self.token.cancel();
+    }
+    /// The code asked for, if any.
+    pub fn code(&self) -> Option<u16> {
+        match self.code.load(Ordering::SeqCst) {
+            0 => None,
+            c => Some(c),
+        }
+    }
+}
+
+/// One live socket as the hub sees it.
+struct Conn {
+    /// Bounded queue to the socket's task; full means the reader is too slow.
+    tx: mpsc::Sender<Outbound>,
+    /// The session the socket was opened with, so logout can close it.
+    session: [u8; 32],
+    /// Closes the socket.
+    close: Arc<CloseSignal>,
+}
+
+/// The sockets of one user.
+struct UserConns {
+    username: String,
+    conns: HashMap<u64, Conn>,
+    /// Whether others have been told this user is online.
+    online: bool,
+    /// Bumped on every change, so a pending "offline" notice can tell whether
+    /// the user came back meanwhile.
+    generation: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    users: HashMap<i64, UserConns>,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// Why a socket was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The user has too many sockets open.
+    TooManyForUser,
+    /// The address has too many sockets open.
+    TooManyForAddress,
+}
+
+/// A socket admitted to the hub.
+pub struct Registration {
+    /// This socket's id within the hub.
+    pub id: u64,
+    /// Frames for this socket.
+    pub rx: mpsc::Receiver<Outbound>,
+    /// Fired when this socket must close.
+    pub close: Arc<CloseSignal>,
+}
+
+/// The hub. Cheap to share behind an `Arc`; a std `Mutex` guards it because
+/// it is never held across an `.await` and every critical section is a few
+/// map operations.
+pub struct Hub {
+    inner: Mutex<Inner>,
+    next_id: AtomicU64,
+    queue: usize,
+    max_per_user: usize,
+    max_per_ip: usize,
+    grace: Duration,
+}
+
+impl Hub {
+    /// A hub with per-socket queues of `queue` frames and the given limits.
+    pub fn new(queue: usize, max_per_user: usize, max_per_ip: usize, grace: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            inner: Mutex::new(Inner::default()),
+            next_id: AtomicU64::new(1),
+            queue,
+            max_per_user,
+            max_per_ip,
+            grace,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Admits a socket. Returns the registration and whether the user has
+    /// just come online (the caller then announces it).
+    pub fn register(
+        &self,
+        user_id: i64,
+        username: &str,
+        ip: IpAddr,
+        session: [u8; 32],
+    ) -> Result<(Registration, bool), Refused> {
+        let mut inner = self.lock();
+        let ip_count = inner.per_ip.get(&ip).copied().unwrap_or(0);
+        if ip_count >= self.max_per_ip {
+            return Err(Refused::TooManyForAddress);
+        }
+        let entry = inner.users.entry(user_id).or_insert_with(|| UserConns {
+            username: username.to_owned(),
+            conns: HashMap::new(),
+            online: false,
+            generation: 0,
+        });
+        if entry.conns.len() >= self.max_per_user {
+            return Err(Refused::TooManyForUser);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(self.queue);
+        let close = Arc::new(CloseSignal::default());
+        entry.conns.insert(
+            id,
+            Conn {
+                tx,
+                session,
+                close: close.clone(),
+            },
+        );
+        entry.generation += 1;
+        let came_online = !entry.online;
+        entry.online = true;
+        *inner.per_ip.entry(ip).or_insert(0) += 1;
+        Ok((Registration { id, rx, close }, came_online))
+    }
+
+    /// Removes a socket. If it was the user's last, the user is announced as
+    /// offline after the grace period unless a socket comes back meanwhile.
+    pub fn unregister(self: &Arc<Self>, user_id: i64, conn_id: u64, ip: IpAddr) {
+        let pending = {
+            let mut inner = self.lock();
+            if let Some(n) = inner.per_ip.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    inner.per_ip.remove(&ip);
+                }
+            }
+            match inner.users.get_mut(&user_id) {
+                Some(user) => {
+                    user.conns.remove(&conn_id);
+                    user.generation += 1;
+                    user.conns.is_empty().then_some(user.generation)
+                }
+                None => None,
+            }
+        };
+        if let Some(generation) = pending {
+            let hub = self.clone();
+            let grace = self.grace;
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                hub.finish_offline(user_id, generation);
+            });
+        }
+    }
+
+    fn finish_offline(&self, user_id: i64, generation: u64) {
+        let username = {
+            let mut inner = self.lock();
+            match inner.users.get(&user_id) {
+                Some(u) if u.generation == generation && u.conns.is_empty() => {
+                    inner.users.remove(&user_id).map(|u| u.username)
+                }
+                _ => None,
+            }
+        };
+        if let Some(user) = username {
+            self.broadcast(&encode(&ServerFrame::Presence {
+                user,
+                online: false,
+            }));
+        }
+    }
+
+    /// Queues `frame` for every socket of each user in `user_ids`, except the
+    /// socket `except`. A socket whose queue is full is closed (1013): it
+    /// catches up with `hello` when it reconnects.
+    pub fn send_to_users(
+        &self,
+        user_ids: impl IntoIterator<Item = i64>,
+        frame: &Outbound,
+        except: Option<u64>,
+    ) {
+        let inner = self.lock();
+        for user_id in user_ids {
+            if let Some(user) = inner.users.get(&user_id) {
+                for (id, conn) in &user.conns {
+                    if Some(*id) != except {
+                        Self::push(conn, frame);
+                    }
+                }
+            }
+        }
+    }
+
+    fn push(conn: &Conn, frame: &Outbound) {
+        if conn.tx.try_send(frame.clone()).is_err() {
+            conn.close.close(crate::protocol::close::TRY_AGAIN_LATER);
+        }
+    }
+
+    /// Queues `frame` for every live socket.
+    pub fn broadcast(&self, frame: &Outbound) {
+        let inner = self.lock();
+        for user in inner.users.values() {
+            for conn in user.conns.values() {
+                Self::push(conn, frame);
+            }
+        }
+    }
+
+    /// The usernames currently online, sorted.
+    pub fn online(&self) -> Vec<String> {
+        let inner = self.lock();
+        let mut names: Vec<String> = inner
+            .users
+            .values()
+            .filter(|u| u.online)
+            .map(|u| u.username.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Closes every socket opened with one of `sessions`.
+    pub fn close_sessions(&self, sessions: &[[u8; 32]], code: u16) {
+        let inner = self.lock();
+        for conn in inner.users.values().flat_map(|u| u.conns.values()) {
+            if sessions.contains(&conn.session) {
+                conn.close.close(code);
+            }
+        }
+    }
+
+    /// Closes every socket of a user.
+    pub fn close_user(&self, user_id: i64, code: u16) {
+        let inner = self.lock();
+        if let Some(user) = inner.users.get(&user_id) {
+            for conn in user.conns.values() {
+                conn.close.close(code);
+            }
+        }
+    }
+
+    /// The number of live sockets.
+    pub fn socket_count(&self) -> usize {
+        self.lock().users.values().map(|u| u.conns.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[tokio::test]
+    async fn presence_waits_out_the_grace_period() {
+        let hub = Hub::new(4, 2, 10, Duration::from_millis(50));
+        let (watcher, _) = hub.register(9, "watcher", IP, [9; 32]).unwrap();
+        let (a, first) = hub.register(1, "alice", IP, [1; 32]).unwrap();
+        assert!(first);
+        hub.unregister(1, a.id, IP);
+        let (_a2, again) = hub.register(1, "alice", IP, [1; 32]).unwrap();
+        assert!(!again, "a quick reconnect is not a new arrival");
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(hub.online(), vec!["alice", "watcher"]);
+        let mut rx = watcher.rx;
+        assert!(rx.try_recv().is_err(), "no offline notice was sent");
+    }
+
+    #[tokio::test]
+    async fn limits_and_slow_readers() {
+        let hub = Hub::new(2, 1, 10, Duration::from_millis(10));
+        let (r, _) = hub.register(1, "alice", IP, [1; 32]).unwrap();
+        assert_eq!(
+            hub.register(1, "alice", IP, [1; 32]).err(),
+            Some(Refused::TooManyForUser)
+        );
+        let frame = encode(&ServerFrame::Synced {});
+        for _ in 0..3 {
+            hub.send_to_users([1], &frame, None);
+        }
+        assert_eq!(
+            r.close.code(),
+            Some(crate::protocol::close::TRY_AGAIN_LATER)
+        );
+        hub.close_sessions(&[[1; 32]], 4001);
+        assert!(r.close.token.is_cancelled());
+    }
+}

@@ -1,0 +1,672 @@
+//! A native client of the SecureChat protocol: the HTTPS API over reqwest and
+//! `/ws` over tokio-tungstenite, both over rustls pinned to the host's CA,
+//! with the end-to-end crypto of SECURITY.md §1 and §4 from [`crypto`].
+//! Tests, benchmarks and admin commands use it.
+
+pub mod crypto;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use reqwest::{Method, StatusCode};
+use rustls::pki_types::CertificateDer;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+
+use crate::protocol::{
+    AddMemberRequest, B64, ChangePasswordRequest, ChatInfo, ClientFrame, CreateChatRequest,
+    Envelope, HistoryPage, LoginRequest, LoginResponse, Me, MessageRecord, PreloginRequest,
+    PreloginResponse, RegisterRequest, ServerFrame, UserEntry, WrappedKey,
+};
+use crypto::{CryptoError, PublicKeys, UserKeys, Wrapped};
+
+/// What can go wrong for the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an API error.
+    #[error("HTTP {status}: {code}: {message}")]
+    Api {
+        status: StatusCode,
+        code: String,
+        message: String,
+        retry_after_ms: Option<u64>,
+    },
+    #[error("HTTP: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("WebSocket: {0}")]
+    Ws(#[from] Box<tungstenite::Error>),
+    #[error("crypto: {0}")]
+    Crypto(#[from] CryptoError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("not signed in")]
+    NotSignedIn,
+}
+
+impl From<tungstenite::Error> for ClientError {
+    fn from(e: tungstenite::Error) -> Self {
+        Self::Ws(Box::new(e))
+    }
+}
+
+/// Shorthand for client results.
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+fn wrapped_to_wire(w: &Wrapped) -> WrappedKey {
+    WrappedKey {
+        iv: w.iv.to_vec().into(),
+        ct: w.ct.clone().into(),
+    }
+}
+
+fn wrapped_from_wire(w: &WrappedKey) -> Result<Wrapped> {
+    let iv: [u8; 12] =
+        w.iv.0
+            .as_slice()
+            .try_into()
+            .map_err(|_| ClientError::Protocol("wrapped key IV is not 12 bytes".into()))?;
+    Ok(Wrapped {
+        iv,
+        ct: w.ct.0.clone(),
+    })
+}
+
+/// The content of a message, before encryption (SECURITY.md §4).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct TextContent {
+    pub v: u8,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: String,
+}
+
+/// A client of one host.
+pub struct Client {
+    base: String,
+    origin: String,
+    http: reqwest::Client,
+    tls: Arc<rustls::ClientConfig>,
+    /// The session cookie's value, once signed in.
+    session: Option<String>,
+    /// The signed-in user's name and private keys.
+    me: Option<(String, UserKeys)>,
+    /// Public keys of other users, pinned on first fetch (trust on first use).
+    pinned: HashMap<String, PublicKeys>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .field("user", &self.me.as_ref().map(|m| &m.0))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client of the host at `base_url` (`https://host:port`), trusting only
+    /// the certificate `anchor` (the host's CA).
+    pub fn new(base_url: &str, anchor: &CertificateDer<'_>) -> Result<Self> {
+        let base = base_url.trim_end_matches('/').to_owned();
+        let tls = crate::tls::pinned_client_config(anchor)?;
+        let mut http_tls = tls.clone();
+        http_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(http_tls)
+            .no_proxy()
+            .timeout(Duration::from_secs(60))
+            .build()?;
+        Ok(Self {
+            origin: base.clone(),
+            base,
+            http,
+            tls: Arc::new(tls),
+            session: None,
+            me: None,
+            pinned: HashMap::new(),
+        })
+    }
+
+    /// Uses `origin` as the `Origin` header instead of the base URL.
+    pub fn set_origin(&mut self, origin: &str) {
+        self.origin = origin.to_owned();
+    }
+
+    /// The signed-in username.
+    pub fn username(&self) -> Option<&str> {
+        self.me.as_ref().map(|m| m.0.as_str())
+    }
+
+    /// The session cookie's value, if signed in.
+    pub fn session_token(&self) -> Option<&str> {
+        self.session.as_deref()
+    }
+
+    /// Replaces the session cookie's value (tests use this to replay an old one).
+    pub fn set_session_token(&mut self, token: Option<String>) {
+        self.session = token;
+    }
+
+    /// Sends a request and returns the raw status, headers and body.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<reqwest::Response> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .header("Origin", &self.origin);
+        if let Some(token) = &self.session {
+            req = req.header("Cookie", format!("{}={token}", crate::auth::SESSION_COOKIE));
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        Ok(req.send().await?)
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T> {
+        let body = body
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let response = self.raw(method, path, body.as_ref()).await?;
+        self.take_cookie(&response);
+        let status = response.status();
+        let bytes = response.bytes().await?;
+        if !status.is_success() {
+            return Err(api_error(status, &bytes));
+        }
+        let bytes = if bytes.is_empty() {
+            &b"null"[..]
+        } else {
+            &bytes[..]
+        };
+        serde_json::from_slice(bytes).map_err(|e| ClientError::Protocol(format!("{path}: {e}")))
+    }
+
+    fn take_cookie(&mut self, response: &reqwest::Response) {
+        for value in response.headers().get_all("set-cookie") {
+            let Ok(value) = value.to_str() else { continue };
+            let Some(pair) = value.split(';').next() else {
+                continue;
+            };
+            if let Some((name, token)) = pair.split_once('=')
+                && name.trim() == crate::auth::SESSION_COOKIE
+            {
+                self.session = (!token.is_empty()).then(|| token.to_owned());
+            }
+        }
+    }
+
+    /// `POST /api/prelogin`.
+    pub async fn prelogin(&mut self, username: &str) -> Result<PreloginResponse> {
+        let body = PreloginRequest {
+            username: username.to_owned(),
+        };
+        self.call(Method::POST, "/api/prelogin", Some(&body)).await
+    }
+
+    /// Creates an account with `keys` (generate them with
+    /// [`UserKeys::generate`] on a blocking thread) and signs in.
+    pub async fn register(
+        &mut self,
+        username: &str,
+        password: &str,
+        keys: UserKeys,
+        invite: Option<&str>,
+    ) -> Result<Me> {
+        let username = username.trim().to_ascii_lowercase();
+        let salt = crypto::random_salt()?;
+        let iterations = crypto::PBKDF2_ITERATIONS;
+        let password = password.to_owned();
+        let (derived, keys, enc, sig) = tokio::task::spawn_blocking({
+            let username = username.clone();
+            move || -> Result<_> {
+                let derived = crypto::derive_keys(&password, &salt, iterations)?;
+                let (enc, sig) = keys.wrap(&derived.wrap_key, &username)?;
+                Ok((derived, keys, enc, sig))
+            }
+        })
+        .await
+        .map_err(|e| ClientError::Protocol(e.to_string()))??;
+        let public = keys.public();
+        let body = RegisterRequest {
+            username: username.clone(),
+            salt: salt.to_vec().into(),
+            iterations,
+            auth_key: derived.auth_key.to_vec().into(),
+            enc_public: public.enc_spki().into(),
+            sig_public: public.sig_spki().into(),
+            enc_private: wrapped_to_wire(&enc),
+            sig_private: wrapped_to_wire(&sig),
+            invite: invite.map(str::to_owned),
+        };
+        let response: LoginResponse = self
+            .call(Method::POST, "/api/register", Some(&body))
+            .await?;
+        self.pinned.insert(username.clone(), public);
+        self.me = Some((username, keys));
+        Ok(response.user)
+    }
+
+    /// The auth key for `username` and `password`, as login sends it.
+    pub async fn auth_key(&mut self, username: &str, password: &str) -> Result<[u8; 32]> {
+        let pre = self.prelogin(username).await?;
+        let password = password.to_owned();
+        let derived = tokio::task::spawn_blocking(move || {
+            crypto::derive_keys(&password, &pre.salt.0, pre.iterations)
+        })
+        .await
+        .map_err(|e| ClientError::Protocol(e.to_string()))??;
+        Ok(derived.auth_key)
+    }
+
+    /// Signs in: prelogin, derive, login, unwrap the private keys.
+    pub async fn login(&mut self, username: &str, password: &str) -> Result<Me> {
+        let username = username.trim().to_ascii_lowercase();
+        let pre = self.prelogin(&username).await?;
+        let password = password.to_owned();
+        let derived = tokio::task::spawn_blocking(move || {
+            crypto::derive_keys(&password, &pre.salt.0, pre.iterations)
+        })
+        .await
+        .map_err(|e| ClientError::Protocol(e.to_string()))??;
+        let body = LoginRequest {
+            username: username.clone(),
+            auth_key: derived.auth_key.to_vec().into(),
+        };
+        let response: LoginResponse = self.call(Method::POST, "/api/login", Some(&body)).await?;
+        let enc = wrapped_from_wire(&response.keys.enc_private)?;
+        let sig = wrapped_from_wire(&response.keys.sig_private)?;
+        let wrap_key = derived.wrap_key;
+        let name = username.clone();
+        let keys = tokio::task::spawn_blocking(move || {
+            UserKeys::from_wrapped(&wrap_key, &name, &enc, &sig)
+        })
+        .await
+        .map_err(|e| ClientError::Protocol(e.to_string()))??;
+        if keys.public().enc_spki() != response.keys.enc_public.0
+            || keys.public().sig_spki() != response.keys.sig_public.0
+        {
+            return Err(ClientError::Protocol(
+                "the server returned public keys that do not match the private keys".into(),
+            ));
+        }
+        self.pinned.insert(username.clone(), keys.public());
+        self.me = Some((username, keys));
+        Ok(response.user)
+    }
+
+    /// Sends a login with a raw auth key; returns the status and error code
+    /// (for tests of throttling).
+    pub async fn login_attempt(
+        &mut self,
+        username: &str,
+        auth_key: &[u8],
+    ) -> Result<(StatusCode, serde_json::Value, Option<String>)> {
+        let body = serde_json::json!({ "username": username, "auth_key": B64::encode(auth_key) });
+        let response = self.raw(Method::POST, "/api/login", Some(&body)).await?;
+        self.take_cookie(&response);
+        let status = response.status();
+        let retry = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let json = response.json().await.unwrap_or(serde_json::Value::Null);
+        Ok((status, json, retry))
+    }
+
+    /// `POST /api/logout`.
+    pub async fn logout(&mut self) -> Result<()> {
+        let _: serde_json::Value = self
+            .call::<(), _>(Method::POST, "/api/logout", None)
+            .await?;
+        self.session = None;
+        Ok(())
+    }
+
+    /// `POST /api/logout-all`.
+    pub async fn logout_all(&mut self) -> Result<()> {
+        let _: serde_json::Value = self
+            .call::<(), _>(Method::POST, "/api/logout-all", None)
+            .await?;
+        self.session = None;
+        Ok(())
+    }
+
+    /// `GET /api/me`.
+    pub async fn me(&mut self) -> Result<Me> {
+        self.call::<(), _>(Method::GET, "/api/me", None).await
+    }
+
+    /// Changes the password: new salt, auth key and re-wrapped keys.
+    pub async fn change_password(&mut self, old: &str, new: &str) -> Result<()> {
+        let (username, keys) = self.me.clone().ok_or(ClientError::NotSignedIn)?;
+        let old_key = self.auth_key(&username, old).await?;
+        let salt = crypto::random_salt()?;
+        let new = new.to_owned();
+        let name = username.clone();
+        let (derived, enc, sig) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let derived = crypto::derive_keys(&new, &salt, crypto::PBKDF2_ITERATIONS)?;
+            let (enc, sig) = keys.wrap(&derived.wrap_key, &name)?;
+            Ok((derived, enc, sig))
+        })
+        .await
+        .map_err(|e| ClientError::Protocol(e.to_string()))??;
+        let body = ChangePasswordRequest {
+            old_auth_key: old_key.to_vec().into(),
+            salt: salt.to_vec().into(),
+            iterations: crypto::PBKDF2_ITERATIONS,
+            auth_key: derived.auth_key.to_vec().into(),
+            enc_private: wrapped_to_wire(&enc),
+            sig_private: wrapped_to_wire(&sig),
+        };
+        let _: serde_json::Value = self
+            .call(Method::POST, "/api/change-password", Some(&body))
+            .await?;
+        Ok(())
+    }
+
+    /// `GET /api/users`.
+    pub async fn users(&mut self) -> Result<Vec<UserEntry>> {
+        self.call::<(), _>(Method::GET, "/api/users", None).await
+    }
+
+    /// The public keys of `username`, pinned on first use: a later change is
+    /// an error, never silently accepted.
+    pub async fn public_keys(&mut self, username: &str) -> Result<PublicKeys> {
+        if let Some(keys) = self.pinned.get(username) {
+            return Ok(keys.clone());
+        }
+        let entry: UserEntry = self
+            .call::<(), _>(Method::GET, &format!("/api/users/{username}"), None)
+            .await?;
+        let keys = PublicKeys::from_spki(&entry.enc_public.0, &entry.sig_public.0)?;
+        self.pinned.insert(username.to_owned(), keys.clone());
+        Ok(keys)
+    }
+
+    /// `GET /api/chats`.
+    pub async fn chats(&mut self) -> Result<Vec<ChatInfo>> {
+        self.call::<(), _>(Method::GET, "/api/chats", None).await
+    }
+
+    /// Opens (or finds) the direct chat with `peer`.
+    pub async fn open_direct(&mut self, peer: &str) -> Result<ChatInfo> {
+        let body = CreateChatRequest::Direct {
+            peer: peer.to_owned(),
+        };
+        self.call(Method::POST, "/api/chats", Some(&body)).await
+    }
+
+    /// Creates a group with the given members (the caller is added as owner).
+    pub async fn create_group(&mut self, name: &str, members: &[&str]) -> Result<ChatInfo> {
+        let body = CreateChatRequest::Group {
+            name: name.to_owned(),
+            members: members.iter().map(|m| m.to_string()).collect(),
+        };
+        self.call(Method::POST, "/api/chats", Some(&body)).await
+    }
+
+    /// Adds a member to a group.
+    pub async fn add_member(&mut self, chat: &str, username: &str) -> Result<ChatInfo> {
+        let body = AddMemberRequest {
+            username: username.to_owned(),
+        };
+        self.call(
+            Method::POST,
+            &format!("/api/chats/{chat}/members"),
+            Some(&body),
+        )
+        .await
+    }
+
+    /// Removes a member from a group (or leaves, naming oneself).
+    pub async fn remove_member(&mut self, chat: &str, username: &str) -> Result<()> {
+        let _: serde_json::Value = self
+            .call::<(), _>(
+                Method::DELETE,
+                &format!("/api/chats/{chat}/members/{username}"),
+                None,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// A page of history: `query` is e.g. `"after=0&limit=50"`.
+    pub async fn history(&mut self, chat: &str, query: &str) -> Result<HistoryPage> {
+        self.call::<(), _>(
+            Method::GET,
+            &format!("/api/chats/{chat}/messages?{query}"),
+            None,
+        )
+        .await
+    }
+
+    /// Opens `/ws` with the session cookie and this client's Origin.
+    pub async fn connect(&self) -> Result<Connection> {
+        let url = format!("{}/ws", self.base.replacen("https://", "wss://", 1));
+        let mut request = url.into_client_request()?;
+        let headers = request.headers_mut();
+        headers.insert(
+            "Origin",
+            self.origin
+                .parse()
+                .map_err(|_| ClientError::Protocol("bad origin".into()))?,
+        );
+        if let Some(token) = &self.session {
+            headers.insert(
+                "Cookie",
+                format!("{}={token}", crate::auth::SESSION_COOKIE)
+                    .parse()
+                    .map_err(|_| ClientError::Protocol("bad cookie".into()))?,
+            );
+        }
+        let config = WebSocketConfig::default().max_message_size(Some(1 << 20));
+        let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            Some(config),
+            true,
+            Some(Connector::Rustls(self.tls.clone())),
+        )
+        .await?;
+        Ok(Connection { ws })
+    }
+
+    /// Encrypts and signs `text` for every member of `chat`, as message `id`.
+    pub async fn seal_text(&mut self, chat: &ChatInfo, id: &str, text: &str) -> Result<Envelope> {
+        let members: Vec<String> = chat.members.iter().map(|m| m.username.clone()).collect();
+        self.seal_for(&chat.id, &members, id, text).await
+    }
+
+    /// Encrypts and signs `text` for the named `members` of chat `chat_id`.
+    pub async fn seal_for(
+        &mut self,
+        chat_id: &str,
+        members: &[String],
+        id: &str,
+        text: &str,
+    ) -> Result<Envelope> {
+        let (username, keys) = self.me.clone().ok_or(ClientError::NotSignedIn)?;
+        let mut recipients = Vec::with_capacity(members.len());
+        for m in members {
+            recipients.push((m.clone(), self.public_keys(m).await?));
+        }
+        let content = serde_json::to_vec(&TextContent {
+            v: 1,
+            kind: "text".into(),
+            text: text.to_owned(),
+        })
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let (chat_id, id) = (chat_id.to_owned(), id.to_owned());
+        let sealed = tokio::task::spawn_blocking(move || {
+            let refs: Vec<(&str, &PublicKeys)> =
+                recipients.iter().map(|(n, k)| (n.as_str(), k)).collect();
+            crypto::seal(&id, &username, &chat_id, &content, &refs, &keys)
+        })
+        .await
+        .map_err(|e| ClientError::Protocol(e.to_string()))??;
+        Ok(Envelope {
+            v: 1,
+            iv: sealed.iv.to_vec().into(),
+            ct: sealed.ct.into(),
+            keys: sealed
+                .keys
+                .into_iter()
+                .map(|(k, v)| (k, B64(v)))
+                .collect::<BTreeMap<_, _>>(),
+            sig: sealed.sig.into(),
+        })
+    }
+
+    /// Verifies and decrypts a message addressed to the signed-in user;
+    /// returns its text.
+    pub async fn open(&mut self, message: &MessageRecord) -> Result<String> {
+        let (me, keys) = self.me.clone().ok_or(ClientError::NotSignedIn)?;
+        let sender = self.public_keys(&message.sender).await?;
+        let wrapped = message
+            .envelope
+            .keys
+            .get(&me)
+            .ok_or(ClientError::Crypto(CryptoError::NotARecipient))?
+            .0
+            .clone();
+        let m = message.clone();
+        let plain = tokio::task::spawn_blocking(move || {
+            crypto::open(
+                &m.id,
+                &m.sender,
+                &m.chat,
+                &m.envelope.iv.0,
+                &m.envelope.ct.0,
+                &wrapped,
+                &m.envelope.sig.0,
+                &sender,
+                &keys,
+            )
+        })
+        .await
+        .map_err(|e| ClientError::Protocol(e.to_string()))??;
+        let content: TextContent = serde_json::from_slice(&plain)
+            .map_err(|e| ClientError::Protocol(format!("content: {e}")))?;
+        Ok(content.text)
+    }
+}
+
+fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
+    let json: serde_json::Value = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
+    ClientError::Api {
+        status,
+        code: json["error"].as_str().unwrap_or("").to_owned(),
+        message: json["message"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned()),
+        retry_after_ms: json["retry_after_ms"].as_u64(),
+    }
+}
+
+/// What arrives on a socket.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A frame from the server.
+    Frame(ServerFrame),
+    /// The socket closed, with the server's close code if it sent one.
+    Closed(Option<u16>),
+}
+
+/// An open `/ws` connection.
+pub struct Connection {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Connection {
+    /// Sends a frame.
+    pub async fn send(&mut self, frame: &ClientFrame) -> Result<()> {
+        let text =
+            serde_json::to_string(frame).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.send_text(&text).await
+    }
+
+    /// Sends raw text (tests use this for malformed frames).
+    pub async fn send_text(&mut self, text: &str) -> Result<()> {
+        self.ws.send(Message::text(text)).await?;
+        Ok(())
+    }
+
+    /// The next frame or close, skipping WebSocket pings and pongs.
+    pub async fn next_event(&mut self) -> Result<Event> {
+        loop {
+            match self.ws.next().await {
+                None => return Ok(Event::Closed(None)),
+                Some(Err(
+                    tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed,
+                )) => {
+                    return Ok(Event::Closed(None));
+                }
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(Message::Text(text))) => {
+                    let frame = serde_json::from_str(&text).map_err(|e| {
+                        ClientError::Protocol(format!("bad frame from server: {e}: {text}"))
+                    })?;
+                    return Ok(Event::Frame(frame));
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Ok(Event::Closed(frame.map(|f| u16::from(f.code))));
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// The next frame; a close is an error.
+    pub async fn next_frame(&mut self) -> Result<ServerFrame> {
+        match self.next_event().await? {
+            Event::Frame(f) => Ok(f),
+            Event::Closed(code) => Err(ClientError::Protocol(format!("socket closed ({code:?})"))),
+        }
+    }
+
+    /// Sends `hello` and collects the welcome's chats and every replayed
+    /// message until `synced`.
+    pub async fn hello(
+        &mut self,
+        since: BTreeMap<String, u64>,
+    ) -> Result<(Vec<ChatInfo>, Vec<MessageRecord>)> {
+        self.send(&ClientFrame::Hello { since }).await?;
+        let mut chats = None;
+        let mut replayed = Vec::new();
+        loop {
+            match self.next_frame().await? {
+                ServerFrame::Welcome { chats: c, .. } => chats = Some(c),
+                ServerFrame::Message { message } => replayed.push(message),
+                ServerFrame::Synced {} => break,
+                _ => {}
+            }
+        }
+        Ok((chats.unwrap_or_default(), replayed))
+    }
+
+    /// Closes the socket politely.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}

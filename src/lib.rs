@@ -1,0 +1,30 @@
+//! SecureChat: a self-hosted, end-to-end encrypted chat for teams on one local
+//! network. One executable hosts an HTTPS + `wss://` server; browsers and the
+//! native client talk to it with the protocol in `docs/PROTOCOL.md`. The server
+//! relays and stores ciphertext only.
+//!
+//! # Layout
+//! - [`cli`]: the clap definitions of every subcommand and their dispatch.
+//! - [`config`]: settings from flags and environment; limits; the data directory.
+//! - [`clock`]: the time source, injectable so tests can move time forward.
+//! - [`tls`]: the local CA and leaf certificate (rcgen), the rustls server config.
+//! - [`server`]: HTTP routes, static assets with security headers, the WebSocket
+//!   endpoint, graceful shutdown.
+//! - [`auth`]: registration, prelogin, login, Argon2id, sessions, throttling.
+//! - [`chat`]: the hub: live sockets per user, presence, fan-out, rate limits.
+//! - [`store`]: SQLite access and migrations; nothing else touches SQL.
+//! - [`protocol`]: the wire types shared by the server and the native client.
+//! - [`client`]: a native client of the protocol with the end-to-end crypto.
+//! - [`error`]: the API error type, mapped to HTTP status and a safe message.
+
+pub mod auth;
+pub mod chat;
+pub mod cli;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod protocol;
+pub mod server;
+pub mod store;
+pub mod tls;

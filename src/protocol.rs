@@ -1,0 +1,377 @@
+//! The wire: JSON bodies of the HTTP API and the frames of `/ws`, shared by the
+//! server and the native client. `docs/PROTOCOL.md` is the contract; these
+//! types are its implementation, so a change here is a change there.
+//!
+//! Binary values travel as unpadded base64url ([`B64`]). Message content only
+//! ever appears inside an [`Envelope`] as ciphertext: no type here has a field
+//! that could hold message text.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Bytes that travel as an unpadded base64url string. Decoding happens while
+/// parsing, so a handler never sees malformed base64.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct B64(pub Vec<u8>);
+
+impl B64 {
+    /// Encodes bytes as unpadded base64url.
+    pub fn encode(bytes: &[u8]) -> String {
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+    /// Decodes unpadded base64url.
+    pub fn decode(s: &str) -> Option<Vec<u8>> {
+        URL_SAFE_NO_PAD.decode(s).ok()
+    }
+    /// The length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    /// True if and only if there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for B64 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "B64({} bytes)", self.0.len())
+    }
+}
+
+impl From<Vec<u8>> for B64 {
+    fn from(v: Vec<u8>) -> Self {
+        Self(v)
+    }
+}
+
+impl Serialize for B64 {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&Self::encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for B64 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Self::decode(&s)
+            .map(Self)
+            .ok_or_else(|| serde::de::Error::custom("invalid unpadded base64url"))
+    }
+}
+
+/// A private key encrypted by its owner's client (AES-256-GCM under the
+/// password-derived wrap key). The server stores it and cannot open it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WrappedKey {
+    /// 12-byte AES-GCM IV.
+    pub iv: B64,
+    /// Ciphertext of the PKCS#8 DER private key, with the 16-byte tag appended.
+    pub ct: B64,
+}
+
+/// `POST /api/prelogin` request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreloginRequest {
+    pub username: String,
+}
+
+/// `POST /api/prelogin` response: what the client needs to derive its keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreloginResponse {
+    pub salt: B64,
+    pub iterations: u32,
+}
+
+/// `POST /api/register` request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    pub username: String,
+    pub salt: B64,
+    pub iterations: u32,
+    pub auth_key: B64,
+    pub enc_public: B64,
+    pub sig_public: B64,
+    pub enc_private: WrappedKey,
+    pub sig_private: WrappedKey,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invite: Option<String>,
+}
+
+/// `POST /api/login` request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub username: String,
+    pub auth_key: B64,
+}
+
+/// The signed-in user, as `GET /api/me` and login return it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Me {
+    pub username: String,
+    pub is_admin: bool,
+    pub created_at: i64,
+}
+
+/// A user's own keys, returned at login so a new browser can unwrap them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccountKeys {
+    pub salt: B64,
+    pub iterations: u32,
+    pub enc_public: B64,
+    pub sig_public: B64,
+    pub enc_private: WrappedKey,
+    pub sig_private: WrappedKey,
+}
+
+/// `POST /api/login` and `POST /api/register` response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginResponse {
+    pub user: Me,
+    pub keys: AccountKeys,
+}
+
+/// `POST /api/change-password` request: proof of the old password and the
+/// replacement salt, auth key and re-wrapped private keys, swapped atomically.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePasswordRequest {
+    pub old_auth_key: B64,
+    pub salt: B64,
+    pub iterations: u32,
+    pub auth_key: B64,
+    pub enc_private: WrappedKey,
+    pub sig_private: WrappedKey,
+}
+
+/// One entry of the user directory (`GET /api/users`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserEntry {
+    pub username: String,
+    pub enc_public: B64,
+    pub sig_public: B64,
+    pub online: bool,
+    pub is_admin: bool,
+    pub disabled: bool,
+}
+
+/// The kind of a chat.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ChatKind {
+    /// Exactly two people; at most one direct chat per pair.
+    Direct,
+    /// A named group with an owner.
+    Group,
+}
+
+/// A member of a chat.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Member {
+    pub username: String,
+    /// `owner` or `member`.
+    pub role: String,
+}
+
+/// A chat as its members see it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChatInfo {
+    pub id: String,
+    pub kind: ChatKind,
+    /// The group's name; `null` for direct chats.
+    pub name: Option<String>,
+    pub members: Vec<Member>,
+    /// The sequence number of the newest message, 0 if none.
+    pub last_seq: u64,
+    /// The last sequence number the caller marked as read.
+    pub read_seq: u64,
+    pub created_at: i64,
+}
+
+/// `POST /api/chats` request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum CreateChatRequest {
+    /// Open (or return the existing) direct chat with `peer`.
+    Direct { peer: String },
+    /// Create a group; the caller becomes its owner and a member.
+    Group { name: String, members: Vec<String> },
+}
+
+/// `POST /api/chats/{id}/members` request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddMemberRequest {
+    pub username: String,
+}
+
+/// `PATCH /api/chats/{id}` request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenameChatRequest {
+    pub name: String,
+}
+
+/// An end-to-end encrypted message as the server relays and stores it:
+/// opaque bytes plus the wrapped keys for each member. SECURITY.md §4.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    /// Envelope format version; 1.
+    pub v: u8,
+    /// 12-byte AES-GCM IV.
+    pub iv: B64,
+    /// AES-256-GCM ciphertext of the content JSON, tag appended.
+    pub ct: B64,
+    /// Member username → the message key wrapped with RSA-OAEP-SHA256 under
+    /// that member's encryption key. Covers exactly the chat's members.
+    pub keys: BTreeMap<String, B64>,
+    /// RSA-PSS-SHA256 signature by the sender over SHA-256(AAD ‖ IV ‖ ct).
+    pub sig: B64,
+}
+
+/// A stored message with its routing metadata.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MessageRecord {
+    /// The client-chosen UUID v4.
+    pub id: String,
+    pub chat: String,
+    pub sender: String,
+    /// Per-chat sequence number, from 1, without gaps.
+    pub seq: u64,
+    /// Server time of acceptance, in milliseconds since the Unix epoch.
+    pub ts: i64,
+    pub envelope: Envelope,
+}
+
+/// `GET /api/chats/{id}/messages` response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryPage {
+    /// Messages in ascending sequence order.
+    pub messages: Vec<MessageRecord>,
+    /// True if and only if more messages exist beyond this page, in the
+    /// direction asked for.
+    pub more: bool,
+}
+
+/// A frame a client sends on `/ws`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ClientFrame {
+    /// Must be the first frame. `since` maps chat id → the last sequence
+    /// number the client holds; the server replays what follows.
+    Hello {
+        #[serde(default)]
+        since: BTreeMap<String, u64>,
+    },
+    /// Send a message. Resending the same `id` is acknowledged again and
+    /// stored once.
+    Send {
+        id: String,
+        chat: String,
+        envelope: Envelope,
+    },
+    /// The user is typing in `chat`.
+    Typing { chat: String },
+    /// The user has read `chat` up to `seq`.
+    Read { chat: String, seq: u64 },
+    /// Application-level heartbeat; answered with `pong`.
+    Ping {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nonce: Option<String>,
+    },
+}
+
+/// Limits a client should respect, announced in `welcome`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WireLimits {
+    pub max_frame_bytes: usize,
+    pub max_ciphertext_bytes: usize,
+    pub max_group_members: usize,
+    pub frames_per_sec: f64,
+    pub frame_burst: f64,
+}
+
+/// A frame the server sends on `/ws`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// The answer to `hello`: who you are, your chats, who is online.
+    Welcome {
+        user: Me,
+        chats: Vec<ChatInfo>,
+        online: Vec<String>,
+        limits: WireLimits,
+    },
+    /// A message (live, or replayed after `hello`).
+    Message { message: MessageRecord },
+    /// All replayed messages have been sent; live traffic follows.
+    Synced {},
+    /// The message `id` is stored as `seq` in `chat`.
+    Ack {
+        id: String,
+        chat: String,
+        seq: u64,
+        ts: i64,
+        /// True if and only if this id had been stored before (a resend).
+        duplicate: bool,
+    },
+    /// A user came online or went offline.
+    Presence { user: String, online: bool },
+    /// A member is typing.
+    Typing { chat: String, user: String },
+    /// A member has read up to `seq`.
+    Read {
+        chat: String,
+        user: String,
+        seq: u64,
+    },
+    /// A chat you belong to was created or changed (name, members).
+    Chat { chat: ChatInfo },
+    /// You are no longer a member of `chat`.
+    ChatRemoved { chat: String },
+    /// The answer to `ping`.
+    Pong {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nonce: Option<String>,
+    },
+    /// Something the client sent was refused. See PROTOCOL.md for codes.
+    Error {
+        code: String,
+        message: String,
+        /// The message id the error refers to, for `send`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        /// For `rate_limited`: wait this long before sending again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+        /// For `members_mismatch`: the chat's current members.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        members: Option<Vec<String>>,
+    },
+}
+
+/// WebSocket close codes the server uses besides the standard ones.
+pub mod close {
+    /// The server is shutting down (standard "going away").
+    pub const GOING_AWAY: u16 = 1001;
+    /// A policy was broken: sustained flooding, or a frame before `hello`.
+    pub const POLICY: u16 = 1008;
+    /// A frame or message over the size limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// The socket fell too far behind; reconnect and send `hello`.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The session ended (logout, sign out everywhere, expiry, password change).
+    pub const SESSION_ENDED: u16 = 4001;
+    /// The socket was silent for longer than the idle timeout.
+    pub const IDLE: u16 = 4002;
+}

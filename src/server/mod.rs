@@ -1,0 +1,380 @@
+//! The HTTPS server: routes, static assets with security headers, Origin and
+//! rate checks for the API, the WebSocket endpoint, and graceful shutdown.
+//!
+//! [`start`] takes a [`Config`] and a [`Clock`], binds (port 0 works), and
+//! returns a [`Running`] handle whose [`Running::shutdown`] closes every socket
+//! with 1001, waits for the tasks and flushes the store.
+
+mod api;
+mod assets;
+mod ws;
+
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{Passwords, random_bytes};
+use crate::chat::{Hub, RateLimiter};
+use crate::clock::Clock;
+use crate::config::{Config, RegistrationMode};
+use crate::error::ApiError;
+use crate::store::{Db, Store};
+use crate::tls::{self, TlsMaterial};
+
+/// Everything a request handler may need, shared by all of them.
+pub struct AppState {
+    /// Settings and limits.
+    pub config: Config,
+    /// The store, through the blocking pool.
+    pub db: Db,
+    /// Live sockets and presence.
+    pub hub: Arc<Hub>,
+    /// The time source for expiry and throttling.
+    pub clock: Arc<dyn Clock>,
+    /// Argon2id hashing behind a semaphore.
+    pub passwords: Passwords,
+    /// Keys the fake salts of unknown usernames.
+    pub server_secret: Vec<u8>,
+    /// Chat frames per user.
+    pub frame_limiter: RateLimiter<i64>,
+    /// API requests per client address.
+    pub http_limiter: RateLimiter<IpAddr>,
+    /// Serialises store-then-fan-out of messages, so every socket sees each
+    /// chat's messages in sequence order.
+    pub send_lock: tokio::sync::Mutex<()>,
+    /// Fired when the server shuts down.
+    pub shutdown: CancellationToken,
+    /// Counts live socket tasks, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    /// The certificate material, for the fingerprint.
+    pub tls: TlsMaterial,
+}
+
+/// The shared handle given to handlers.
+pub type App = Arc<AppState>;
+
+impl AppState {
+    /// The registration mode in force.
+    pub async fn registration_mode(&self) -> Result<RegistrationMode, ApiError> {
+        let raw = self.db.call(|s| s.setting("registration_mode")).await?;
+        Ok(raw
+            .and_then(|v| RegistrationMode::parse(std::str::from_utf8(&v).ok()?))
+            .unwrap_or(RegistrationMode::Open))
+    }
+
+    /// Appends to the audit log; a failure to write is logged, not fatal to
+    /// the request that caused it.
+    pub async fn audit(&self, event: &'static str, actor: &str, detail: String) {
+        let now = self.clock.now_ms();
+        let actor = actor.to_owned();
+        tracing::info!(event, %actor, %detail, "audit");
+        if let Err(e) = self
+            .db
+            .call(move |s| s.audit(now, event, &actor, &detail))
+            .await
+        {
+            tracing::error!(error = %e, "could not write the audit log");
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create the data directory {0}: {1}")]
+    DataDir(std::path::PathBuf, std::io::Error),
+    #[error("cannot open the database: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    #[error("cannot prepare password hashing: {0}")]
+    Hashing(String),
+}
+
+/// A server that is running.
+pub struct Running {
+    /// The address it listens on (with the real port when bound to 0).
+    pub addr: SocketAddr,
+    /// The shared state, for tests and admin commands in-process.
+    pub app: App,
+    handle: axum_server::Handle<SocketAddr>,
+    serve: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// The HTTPS URLs people can open: loopback first, then LAN addresses
+    /// when listening on all interfaces.
+    pub fn urls(&self) -> Vec<String> {
+        let port = self.addr.port();
+        let ip = self.addr.ip();
+        if !ip.is_unspecified() {
+            return vec![url_for(&ip.to_string(), port)];
+        }
+        let mut urls = vec![url_for("localhost", port)];
+        for name in tls::local_names() {
+            if let Ok(addr) = name.parse::<IpAddr>()
+                && !addr.is_loopback()
+                && (addr.is_ipv4() || ip.is_ipv6())
+            {
+                urls.push(url_for(&name, port));
+            }
+        }
+        urls
+    }
+
+    /// The SHA-256 fingerprint of the certificate clients pin.
+    pub fn fingerprint(&self) -> &str {
+        &self.app.tls.fingerprint
+    }
+
+    /// Stops the server: every socket is closed with 1001, in-flight requests
+    /// get a few seconds, then the store is checkpointed.
+    pub async fn shutdown(self) {
+        self.app.shutdown.cancel();
+        self.app.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.app.tasks.wait()).await;
+        self.handle.graceful_shutdown(Some(Duration::from_secs(5)));
+        match self.serve.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "server ended with an error"),
+            Err(e) => tracing::warn!(error = %e, "server task failed"),
+            Ok(Ok(())) => {}
+        }
+        if let Err(e) = self.app.db.call(|s| s.checkpoint()).await {
+            tracing::warn!(error = %e, "could not checkpoint the database");
+        }
+    }
+
+    /// Waits until the server stops by itself (it does not, unless it fails).
+    pub async fn wait(&mut self) -> std::io::Result<()> {
+        (&mut self.serve)
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    }
+}
+
+fn url_for(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("https://[{host}]:{port}/")
+    } else {
+        format!("https://{host}:{port}/")
+    }
+}
+
+fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    // The default port may be taken (another program, a second host): then
+    // the next free one, as ARCHITECTURE.md promises.
+    let attempts = if addr.port() == crate::config::DEFAULT_PORT {
+        20
+    } else {
+        1
+    };
+    let mut last = None;
+    for i in 0..attempts {
+        let candidate = SocketAddr::new(addr.ip(), addr.port() + i);
+        match TcpListener::bind(candidate) {
+            Ok(listener) => {
+                listener
+                    .set_nonblocking(true)
+                    .map_err(|e| StartError::Bind(candidate, e))?;
+                return Ok(listener);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(StartError::Bind(
+        addr,
+        last.unwrap_or_else(|| std::io::Error::other("no port")),
+    ))
+}
+
+/// Opens the store, prepares TLS, binds and starts serving.
+pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, StartError> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
+    let store = Store::open(&config.data_dir.join("securechat.db"))?;
+    let db = Db::new(store);
+    let server_secret =
+        db.blocking(|s| s.setting_or_insert("server_secret", || random_bytes::<32>().to_vec()))?;
+    if let Some(mode) = config.registration {
+        db.blocking(|s| s.set_setting("registration_mode", mode.as_str().as_bytes()))?;
+    }
+    let material = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => tls::load_custom(cert, key)?,
+        _ => tls::load_or_create(&config.data_dir.join("tls"), &tls::local_names())?,
+    };
+    let rustls_config = tls::server_config(&material)?;
+    let passwords =
+        Passwords::new(config.limits.argon2_concurrency).map_err(StartError::Hashing)?;
+    let listener = bind(config.bind)?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Bind(config.bind, e))?;
+
+    let limits = &config.limits;
+    let app: App = Arc::new(AppState {
+        hub: Hub::new(
+            limits.send_queue,
+            limits.max_sockets_per_user,
+            limits.max_sockets_per_ip,
+            limits.presence_grace,
+        ),
+        frame_limiter: RateLimiter::new(limits.frames_per_sec, limits.frame_burst),
+        http_limiter: RateLimiter::new(limits.http_per_sec, limits.http_burst),
+        config,
+        db,
+        clock,
+        passwords,
+        server_secret,
+        send_lock: tokio::sync::Mutex::new(()),
+        shutdown: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+        tls: material,
+    });
+
+    let handle = axum_server::Handle::new();
+    let server = axum_server::from_tcp_rustls(
+        listener,
+        axum_server::tls_rustls::RustlsConfig::from_config(rustls_config),
+    )
+    .map_err(|e| StartError::Bind(addr, e))?
+    .handle(handle.clone());
+    let service = router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let serve = tokio::spawn(async move { server.serve(service).await });
+    tracing::info!(%addr, fingerprint = %app.tls.fingerprint, "SecureChat is listening");
+    Ok(Running {
+        addr,
+        app,
+        handle,
+        serve,
+    })
+}
+
+/// Every route of the server.
+pub fn router(app: App) -> Router {
+    let api = Router::new()
+        .route("/prelogin", post(api::prelogin))
+        .route("/register", post(api::register))
+        .route("/login", post(api::login))
+        .route("/logout", post(api::logout))
+        .route("/logout-all", post(api::logout_all))
+        .route("/me", get(api::me))
+        .route("/change-password", post(api::change_password))
+        .route("/users", get(api::users))
+        .route("/users/{name}", get(api::user))
+        .route("/chats", get(api::chats).post(api::create_chat))
+        .route("/chats/{id}", get(api::chat).patch(api::rename_chat))
+        .route("/chats/{id}/members", post(api::add_member))
+        .route(
+            "/chats/{id}/members/{name}",
+            axum::routing::delete(api::remove_member),
+        )
+        .route("/chats/{id}/messages", get(api::history))
+        .route(
+            "/admin/registration",
+            get(api::get_registration).put(api::set_registration),
+        )
+        .route("/admin/invites", post(api::create_invite))
+        .route(
+            "/admin/users/{name}",
+            axum::routing::patch(api::admin_update_user),
+        )
+        .route("/admin/audit", get(api::audit_log))
+        .fallback(api::not_found)
+        .layer(middleware::from_fn_with_state(app.clone(), api_guard));
+    Router::new()
+        .nest("/api", api)
+        .route("/ws", get(ws::upgrade))
+        .fallback(assets::serve)
+        .layer(middleware::from_fn(security_headers))
+        .with_state(app)
+}
+
+/// The client address of a request.
+pub fn client_ip(request: &Request) -> IpAddr {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+}
+
+/// True if and only if the request's `Origin` is exactly `https://` + the
+/// `Host` it was sent to, or one of the configured extra origins. A missing
+/// `Origin` is refused: every browser sends one on these requests, and the
+/// native client does too.
+pub fn origin_allowed(headers: &HeaderMap, config: &Config) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let origin = origin.to_ascii_lowercase();
+    if config
+        .allowed_origins
+        .iter()
+        .any(|o| o.eq_ignore_ascii_case(&origin))
+    {
+        return true;
+    }
+    headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|host| origin == format!("https://{}", host.to_ascii_lowercase()))
+}
+
+/// Rate-limits API calls per address and refuses state-changing requests
+/// from a foreign `Origin` (cross-site request forgery).
+async fn api_guard(State(app): State<App>, request: Request, next: Next) -> Response {
+    let ip = client_ip(&request);
+    if let Err(wait) = app.http_limiter.check(&ip, app.clock.now_ms()) {
+        return ApiError::too_many("rate_limited", "Too many requests. Please slow down.", wait)
+            .into_response();
+    }
+    let safe = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    if !safe && !origin_allowed(request.headers(), &app.config) {
+        return ApiError::forbidden(
+            "bad_origin",
+            "This request came from a page that is not SecureChat.",
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// The headers of SECURITY.md §7, on every response.
+async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    h.insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=31536000"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    response
+}

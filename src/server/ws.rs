@@ -1,0 +1,592 @@
+//! `/ws`: the authenticated WebSocket. One task per socket runs a `select!`
+//! over the next frame from the client, the next frame queued by the hub, the
+//! ping timer, the session re-check, its close signal and server shutdown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::auth::{check_session, session_from_headers};
+use crate::chat::{Outbound, Refused, encode};
+use crate::client::crypto::{IV_LEN, SIGNATURE_LEN, WRAPPED_KEY_LEN};
+use crate::error::ApiError;
+use crate::protocol::{ClientFrame, Envelope, ServerFrame, WireLimits, close};
+use crate::server::api::{chat_info, message_record};
+use crate::server::{App, origin_allowed};
+use crate::store::{Insert, UserRow};
+
+/// `GET /ws`: upgrades only with a valid session and an allowed `Origin`.
+pub async fn upgrade(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    if !origin_allowed(&headers, &app.config) {
+        return Err(ApiError::forbidden(
+            "bad_origin",
+            "This connection came from a page that is not SecureChat.",
+        ));
+    }
+    let hash = session_from_headers(&headers).ok_or_else(ApiError::unauthorized)?;
+    let session = check_session(&app, hash).await?;
+    if app.shutdown.is_cancelled() {
+        return Err(ApiError::unavailable("The server is shutting down."));
+    }
+    let limits = &app.config.limits;
+    let token = app.tasks.token();
+    Ok(ws
+        .read_buffer_size(limits.ws_read_buffer)
+        .write_buffer_size(limits.ws_write_buffer)
+        .max_write_buffer_size(limits.max_frame_bytes * 4)
+        .max_frame_size(limits.max_frame_bytes)
+        .max_message_size(limits.max_frame_bytes)
+        .on_upgrade(move |socket| async move {
+            let conn = Connection {
+                app,
+                user: session.user,
+                session: hash,
+                peer,
+                socket,
+                hello: false,
+                replayed: HashMap::new(),
+                refused_in_a_row: 0,
+                conn_id: 0,
+            };
+            conn.run().await;
+            drop(token);
+        }))
+}
+
+/// What the loop does after handling a frame.
+enum Flow {
+    Continue,
+    Close(u16, &'static str),
+}
+
+struct Connection {
+    app: App,
+    user: UserRow,
+    session: [u8; 32],
+    peer: SocketAddr,
+    socket: WebSocket,
+    /// Whether `hello` has been received; live frames wait until it has.
+    hello: bool,
+    /// The highest sequence number replayed per chat, so live frames queued
+    /// during the replay are not sent twice.
+    replayed: HashMap<Arc<str>, u64>,
+    /// Frames refused for rate in a row; too many closes the socket.
+    refused_in_a_row: u32,
+    /// This socket's id in the hub.
+    conn_id: u64,
+}
+
+fn error_frame(code: &str, message: impl Into<String>) -> ServerFrame {
+    ServerFrame::Error {
+        code: code.to_owned(),
+        message: message.into(),
+        id: None,
+        retry_after_ms: None,
+        members: None,
+    }
+}
+
+fn is_capacity_error(e: axum::Error) -> bool {
+    e.into_inner()
+        .downcast::<tokio_tungstenite::tungstenite::Error>()
+        .is_ok_and(|e| matches!(*e, tokio_tungstenite::tungstenite::Error::Capacity(_)))
+}
+
+impl Connection {
+    async fn run(mut self) {
+        let registration = match self.app.hub.register(
+            self.user.id,
+            &self.user.username,
+            self.peer.ip(),
+            self.session,
+        ) {
+            Ok((r, came_online)) => {
+                if came_online {
+                    self.app.hub.broadcast(&encode(&ServerFrame::Presence {
+                        user: self.user.username.clone(),
+                        online: true,
+                    }));
+                }
+                r
+            }
+            Err(refused) => {
+                let reason = match refused {
+                    Refused::TooManyForUser => "too many connections for this user",
+                    Refused::TooManyForAddress => "too many connections from this address",
+                };
+                self.close(close::TRY_AGAIN_LATER, reason).await;
+                return;
+            }
+        };
+        self.conn_id = registration.id;
+        let mut rx = registration.rx;
+        let closer = registration.close.clone();
+        let limits = self.app.config.limits.clone();
+        let mut ping =
+            tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut recheck = tokio::time::interval_at(
+            Instant::now() + limits.session_recheck,
+            limits.session_recheck,
+        );
+        recheck.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_heard = Instant::now();
+        let shutdown = self.app.shutdown.clone();
+
+        let outcome: Option<(u16, &'static str)> = loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break Some((close::GOING_AWAY, "server shutting down")),
+                _ = closer.token.cancelled() => {
+                    let code = closer.code().unwrap_or(close::SESSION_ENDED);
+                    let reason = match code {
+                        close::TRY_AGAIN_LATER => "too far behind; reconnect and send hello",
+                        _ => "session ended",
+                    };
+                    break Some((code, reason));
+                }
+                incoming = self.socket.recv() => {
+                    last_heard = Instant::now();
+                    match incoming {
+                        None | Some(Ok(Message::Close(_))) => break None,
+                        Some(Err(e)) => {
+                            if is_capacity_error(e) {
+                                break Some((close::TOO_BIG, "frame larger than the limit"));
+                            }
+                            break None;
+                        }
+                        Some(Ok(Message::Text(text))) => match self.handle_text(&text).await {
+                            Flow::Continue => {}
+                            Flow::Close(code, reason) => break Some((code, reason)),
+                        },
+                        Some(Ok(Message::Binary(_))) => {
+                            self.send(&error_frame("bad_frame", "Frames are JSON text; binary frames are not accepted.")).await;
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    }
+                }
+                Some(out) = rx.recv(), if self.hello => {
+                    if let Some((chat, seq)) = &out.chat_seq
+                        && self.replayed.get(chat).is_some_and(|&max| *seq <= max)
+                    {
+                        continue;
+                    }
+                    if self.socket.send(Message::Text(out.text)).await.is_err() {
+                        break None;
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > limits.idle_timeout {
+                        break Some((close::IDLE, "no answer to pings"));
+                    }
+                    if self.socket.send(Message::Ping(Default::default())).await.is_err() {
+                        break None;
+                    }
+                }
+                _ = recheck.tick() => {
+                    if check_session(&self.app, self.session).await.is_err() {
+                        break Some((close::SESSION_ENDED, "session ended"));
+                    }
+                }
+            }
+        };
+        if let Some((code, reason)) = outcome {
+            self.close(code, reason).await;
+        }
+        self.app
+            .hub
+            .unregister(self.user.id, registration.id, self.peer.ip());
+    }
+
+    async fn close(&mut self, code: u16, reason: &'static str) {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.socket.send(Message::Close(Some(frame))),
+        )
+        .await;
+        // Give the peer a moment to answer the close, then drop the socket.
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            while let Some(Ok(m)) = self.socket.recv().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+
+    async fn send(&mut self, frame: &ServerFrame) {
+        let _ = self.socket.send(Message::Text(encode(frame).text)).await;
+    }
+
+    async fn send_outbound(&mut self, out: Outbound) -> bool {
+        self.socket.send(Message::Text(out.text)).await.is_ok()
+    }
+
+    async fn handle_text(&mut self, text: &str) -> Flow {
+        let value: serde_json::Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => {
+                self.send(&error_frame(
+                    "bad_json",
+                    format!("The frame is not valid JSON: {e}."),
+                ))
+                .await;
+                return Flow::Continue;
+            }
+        };
+        let kind = value
+            .get("type")
+            .and_then(|t| t.as_str())
+            .unwrap_or("")
+            .to_owned();
+        let kind = kind.as_str();
+        if !["hello", "send", "typing", "read", "ping"].contains(&kind) {
+            let message = if kind.is_empty() {
+                "The frame has no \"type\".".to_owned()
+            } else {
+                format!("Unknown frame type {kind:?}.")
+            };
+            self.send(&error_frame("unknown_type", message)).await;
+            return Flow::Continue;
+        }
+        let id = value.get("id").and_then(|v| v.as_str()).map(str::to_owned);
+        let frame: ClientFrame = match serde_json::from_value(value) {
+            Ok(f) => f,
+            Err(e) => {
+                let mut err =
+                    error_frame("bad_frame", format!("The {kind} frame is malformed: {e}."));
+                if let ServerFrame::Error { id: slot, .. } = &mut err {
+                    *slot = id;
+                }
+                self.send(&err).await;
+                return Flow::Continue;
+            }
+        };
+        match frame {
+            ClientFrame::Hello { since } => self.hello(since).await,
+            ClientFrame::Ping { nonce } => {
+                self.send(&ServerFrame::Pong { nonce }).await;
+                Flow::Continue
+            }
+            _ if !self.hello => {
+                self.send(&error_frame(
+                    "hello_required",
+                    "Send hello before anything else.",
+                ))
+                .await;
+                Flow::Continue
+            }
+            other => {
+                if let Err(wait) = self
+                    .app
+                    .frame_limiter
+                    .check(&self.user.id, self.app.clock.now_ms())
+                {
+                    self.refused_in_a_row += 1;
+                    if self.refused_in_a_row >= self.app.config.limits.abuse_close_after {
+                        return Flow::Close(close::POLICY, "sending far too fast");
+                    }
+                    let id = match &other {
+                        ClientFrame::Send { id, .. } => Some(id.clone()),
+                        _ => None,
+                    };
+                    self.send(&ServerFrame::Error {
+                        code: "rate_limited".into(),
+                        message: "You are sending too fast; this frame was not delivered.".into(),
+                        id,
+                        retry_after_ms: Some(wait),
+                        members: None,
+                    })
+                    .await;
+                    return Flow::Continue;
+                }
+                self.refused_in_a_row = 0;
+                match other {
+                    ClientFrame::Send { id, chat, envelope } => {
+                        self.send_message(id, chat, envelope).await
+                    }
+                    ClientFrame::Typing { chat } => self.typing(chat).await,
+                    ClientFrame::Read { chat, seq } => self.read(chat, seq).await,
+                    ClientFrame::Hello { .. } | ClientFrame::Ping { .. } => Flow::Continue,
+                }
+            }
+        }
+    }
+
+    async fn hello(&mut self, since: std::collections::BTreeMap<String, u64>) -> Flow {
+        if self.hello {
+            self.send(&error_frame(
+                "already_hello",
+                "hello was already received on this connection.",
+            ))
+            .await;
+            return Flow::Continue;
+        }
+        let user_id = self.user.id;
+        let replay_max = self.app.config.limits.replay_max;
+        let loaded = self
+            .app
+            .db
+            .call(move |s| {
+                let chats = s.chats_of(user_id)?;
+                let mut replay = Vec::new();
+                for chat in &chats {
+                    if let Some(&after) = since.get(&chat.id) {
+                        replay.extend(s.messages_after(&chat.id, after, replay_max)?);
+                    }
+                }
+                Ok((chats, replay))
+            })
+            .await;
+        let (chats, replay) = match loaded {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "hello failed");
+                self.send(&error_frame(
+                    "internal",
+                    "The server could not load your chats; reconnect to retry.",
+                ))
+                .await;
+                return Flow::Close(1011, "internal error");
+            }
+        };
+        let limits = &self.app.config.limits;
+        let welcome = ServerFrame::Welcome {
+            user: crate::protocol::Me {
+                username: self.user.username.clone(),
+                is_admin: self.user.is_admin,
+                created_at: self.user.created_at,
+            },
+            chats: chats.iter().map(|c| chat_info(c, user_id)).collect(),
+            online: self.app.hub.online(),
+            limits: WireLimits {
+                max_frame_bytes: limits.max_frame_bytes,
+                max_ciphertext_bytes: limits.max_ciphertext_bytes,
+                max_group_members: limits.max_group_members,
+                frames_per_sec: limits.frames_per_sec,
+                frame_burst: limits.frame_burst,
+            },
+        };
+        self.send(&welcome).await;
+        for row in replay {
+            let out = encode(&ServerFrame::Message {
+                message: message_record(row),
+            });
+            if let Some((chat, seq)) = &out.chat_seq {
+                self.replayed.insert(chat.clone(), *seq);
+            }
+            if !self.send_outbound(out).await {
+                return Flow::Close(1011, "send failed");
+            }
+        }
+        self.send(&ServerFrame::Synced {}).await;
+        self.hello = true;
+        Flow::Continue
+    }
+
+    fn check_envelope(&self, id: &str, chat: &str, e: &Envelope) -> Result<(), String> {
+        let limits = &self.app.config.limits;
+        if uuid::Uuid::parse_str(id).is_err() || id.len() != 36 {
+            return Err("id must be a UUID in its 36-character form.".into());
+        }
+        if chat.is_empty() || chat.len() > 64 {
+            return Err("chat is not a chat id.".into());
+        }
+        if e.v != crate::protocol::PROTOCOL_VERSION {
+            return Err(format!("envelope version {} is not supported.", e.v));
+        }
+        if e.iv.len() != IV_LEN {
+            return Err(format!("iv must be {IV_LEN} bytes."));
+        }
+        if e.sig.len() != SIGNATURE_LEN {
+            return Err(format!("sig must be {SIGNATURE_LEN} bytes."));
+        }
+        if e.ct.len() < 16 || e.ct.len() > limits.max_ciphertext_bytes {
+            return Err(format!(
+                "ct must be 16 to {} bytes.",
+                limits.max_ciphertext_bytes
+            ));
+        }
+        if e.keys.is_empty() || e.keys.len() > limits.max_group_members {
+            return Err("keys must name every member of the chat.".into());
+        }
+        if e.keys.values().any(|k| k.len() != WRAPPED_KEY_LEN) {
+            return Err(format!("each wrapped key must be {WRAPPED_KEY_LEN} bytes."));
+        }
+        Ok(())
+    }
+
+    async fn send_message(&mut self, id: String, chat: String, envelope: Envelope) -> Flow {
+        let refuse =
+            |code: &str, message: String, members: Option<Vec<String>>| ServerFrame::Error {
+                code: code.to_owned(),
+                message,
+                id: Some(id.clone()),
+                retry_after_ms: None,
+                members,
+            };
+        if let Err(why) = self.check_envelope(&id, &chat, &envelope) {
+            self.send(&refuse("bad_envelope", why, None)).await;
+            return Flow::Continue;
+        }
+        let app = self.app.clone();
+        // Store, then fan out, under one lock: every socket then receives
+        // each chat's messages in sequence order.
+        let _order = app.send_lock.lock().await;
+        let now = app.clock.now_ms();
+        let (sender_id, mid, cid, env) = (self.user.id, id.clone(), chat.clone(), envelope.clone());
+        let result = app
+            .db
+            .call(move |s| s.insert_message(&cid, &mid, sender_id, &env, now))
+            .await;
+        let reply = match result {
+            Ok(Insert::Stored { seq, ts, members }) => {
+                let frame = encode(&ServerFrame::Message {
+                    message: crate::protocol::MessageRecord {
+                        id: id.clone(),
+                        chat: chat.clone(),
+                        sender: self.user.username.clone(),
+                        seq,
+                        ts,
+                        envelope,
+                    },
+                });
+                // The sender's other sockets get the message; this one the ack.
+                app.hub.send_to_users(
+                    members.iter().map(|m| m.user_id),
+                    &frame,
+                    Some(self.conn_id),
+                );
+                ServerFrame::Ack {
+                    id,
+                    chat,
+                    seq,
+                    ts,
+                    duplicate: false,
+                }
+            }
+            Ok(Insert::Duplicate { seq, ts }) => ServerFrame::Ack {
+                id,
+                chat,
+                seq,
+                ts,
+                duplicate: true,
+            },
+            Ok(Insert::MembersMismatch { members }) => refuse(
+                "members_mismatch",
+                "The wrapped keys must cover exactly the chat's current members.".into(),
+                Some(members),
+            ),
+            Ok(Insert::NotMember) => refuse(
+                "not_member",
+                "You are not a member of that chat.".into(),
+                None,
+            ),
+            Ok(Insert::IdTaken) => refuse(
+                "duplicate_id",
+                "That message id is already used by another message.".into(),
+                None,
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "storing a message failed");
+                refuse(
+                    "store_failed",
+                    "The server could not store the message; send it again.".into(),
+                    None,
+                )
+            }
+        };
+        drop(_order);
+        self.send(&reply).await;
+        Flow::Continue
+    }
+
+    async fn member_ids(&mut self, chat: String) -> Option<Vec<i64>> {
+        let user_id = self.user.id;
+        let row = self
+            .app
+            .db
+            .call(move |s| s.chat(&chat))
+            .await
+            .ok()
+            .flatten()?;
+        row.has_member(user_id)
+            .then(|| row.members.iter().map(|m| m.user_id).collect())
+    }
+
+    async fn typing(&mut self, chat: String) -> Flow {
+        match self.member_ids(chat.clone()).await {
+            Some(ids) => {
+                let frame = encode(&ServerFrame::Typing {
+                    chat,
+                    user: self.user.username.clone(),
+                });
+                let me = self.user.id;
+                self.app
+                    .hub
+                    .send_to_users(ids.into_iter().filter(|&id| id != me), &frame, None);
+            }
+            None => {
+                self.send(&error_frame(
+                    "not_member",
+                    "You are not a member of that chat.",
+                ))
+                .await
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn read(&mut self, chat: String, seq: u64) -> Flow {
+        let Some(ids) = self.member_ids(chat.clone()).await else {
+            self.send(&error_frame(
+                "not_member",
+                "You are not a member of that chat.",
+            ))
+            .await;
+            return Flow::Continue;
+        };
+        let (user_id, cid) = (self.user.id, chat.clone());
+        match self
+            .app
+            .db
+            .call(move |s| s.set_read(&cid, user_id, seq))
+            .await
+        {
+            Ok(seq) => {
+                let frame = encode(&ServerFrame::Read {
+                    chat,
+                    user: self.user.username.clone(),
+                    seq,
+                });
+                self.app.hub.send_to_users(ids, &frame, None);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "storing a read mark failed");
+                self.send(&error_frame(
+                    "store_failed",
+                    "The server could not store the read mark.",
+                ))
+                .await;
+            }
+        }
+        Flow::Continue
+    }
+}

@@ -1,0 +1,1218 @@
+//! The database: SQLite through rusqlite, schema migrations from
+//! `migrations/`, and every SQL statement the program runs. Nothing outside
+//! this module touches SQL.
+//!
+//! The store runs in WAL mode with `synchronous = FULL`, so a message is on
+//! disk before it is acknowledged and survives `kill -9` or power loss.
+//! [`Db`] is the async handle the server uses: it runs each call on the
+//! blocking thread pool, never on the async workers.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::protocol::{ChatKind, Envelope, WrappedKey};
+
+/// The migrations, in order; `PRAGMA user_version` counts those applied.
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_init.sql")];
+
+/// What can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The row asked for does not exist.
+    #[error("not found")]
+    NotFound,
+    /// A uniqueness rule was broken; the text says which, safe to show.
+    #[error("{0}")]
+    Conflict(String),
+    /// The database itself failed.
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    /// A stored value could not be decoded.
+    #[error("corrupt stored value: {0}")]
+    Corrupt(String),
+    /// The blocking task running the query failed.
+    #[error("store task failed: {0}")]
+    Task(String),
+}
+
+/// Shorthand for store results.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A user's row, secrets included: never serialise it directly.
+#[derive(Clone)]
+pub struct UserRow {
+    pub id: i64,
+    pub username: String,
+    pub created_at: i64,
+    pub is_admin: bool,
+    pub disabled: bool,
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+    pub auth_hash: String,
+    pub enc_public: Vec<u8>,
+    pub sig_public: Vec<u8>,
+    pub enc_private: WrappedKey,
+    pub sig_private: WrappedKey,
+}
+
+impl std::fmt::Debug for UserRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRow")
+            .field("id", &self.id)
+            .field("username", &self.username)
+            .field("is_admin", &self.is_admin)
+            .field("disabled", &self.disabled)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A new account, as registration hands it to the store.
+pub struct NewUser {
+    pub username: String,
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+    pub auth_hash: String,
+    pub enc_public: Vec<u8>,
+    pub sig_public: Vec<u8>,
+    pub enc_private: WrappedKey,
+    pub sig_private: WrappedKey,
+}
+
+/// New credentials after a password change.
+pub struct NewCredentials {
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+    pub auth_hash: String,
+    pub enc_private: WrappedKey,
+    pub sig_private: WrappedKey,
+}
+
+/// How registration is authorised, checked inside the insert's transaction.
+pub enum Admission {
+    /// Registration is open (or this is the first account).
+    Open,
+    /// Consume one use of the invite whose code hashes to this.
+    Invite([u8; 32]),
+    /// Only the first account may be created.
+    FirstOnly,
+}
+
+/// A session joined with its user.
+#[derive(Debug, Clone)]
+pub struct SessionRow {
+    pub token_hash: [u8; 32],
+    pub created_at: i64,
+    pub last_seen: i64,
+    pub user: UserRow,
+}
+
+/// Login failure counters for one username or one address.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Throttle {
+    pub window_start: i64,
+    pub failures: u32,
+    pub locked_until: i64,
+}
+
+/// A chat's row and its members.
+#[derive(Debug, Clone)]
+pub struct ChatRow {
+    pub id: String,
+    pub kind: ChatKind,
+    pub name: Option<String>,
+    pub created_by: i64,
+    pub created_at: i64,
+    pub last_seq: u64,
+    /// (user id, username, role, read_seq), in join order.
+    pub members: Vec<MemberRow>,
+}
+
+/// One member of a chat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRow {
+    pub user_id: i64,
+    pub username: String,
+    pub role: String,
+    pub read_seq: u64,
+}
+
+impl ChatRow {
+    /// True if and only if `user_id` is a member.
+    pub fn has_member(&self, user_id: i64) -> bool {
+        self.members.iter().any(|m| m.user_id == user_id)
+    }
+}
+
+/// A stored message.
+#[derive(Debug, Clone)]
+pub struct MessageRow {
+    pub id: String,
+    pub chat_id: String,
+    pub sender: String,
+    pub seq: u64,
+    pub ts: i64,
+    pub envelope: Envelope,
+}
+
+/// The outcome of storing a message.
+#[derive(Debug, Clone)]
+pub enum Insert {
+    /// Stored now, as `seq` at `ts`; `members` are the chat's members at that
+    /// moment, the ones to deliver to.
+    Stored {
+        seq: u64,
+        ts: i64,
+        members: Vec<MemberRow>,
+    },
+    /// This id was stored before in the same chat by the same sender.
+    Duplicate { seq: u64, ts: i64 },
+    /// The envelope's key map does not name exactly the current members.
+    MembersMismatch { members: Vec<String> },
+    /// The sender is not a member of the chat (or it does not exist).
+    NotMember,
+    /// The id is taken by another chat or sender.
+    IdTaken,
+}
+
+/// One audit record.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AuditRow {
+    pub id: i64,
+    pub ts: i64,
+    pub event: String,
+    pub actor: String,
+    pub detail: String,
+}
+
+/// The synchronous store over one SQLite connection.
+pub struct Store {
+    conn: Connection,
+}
+
+fn wrapped(iv: Vec<u8>, ct: Vec<u8>) -> WrappedKey {
+    WrappedKey {
+        iv: iv.into(),
+        ct: ct.into(),
+    }
+}
+
+const USER_COLUMNS: &str = "u.id, u.username, u.created_at, u.is_admin, u.disabled, u.salt, \
+     u.iterations, u.auth_hash, u.enc_public, u.sig_public, u.enc_private_iv, u.enc_private_ct, \
+     u.sig_private_iv, u.sig_private_ct";
+
+fn user_from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<UserRow> {
+    Ok(UserRow {
+        id: r.get(at)?,
+        username: r.get(at + 1)?,
+        created_at: r.get(at + 2)?,
+        is_admin: r.get(at + 3)?,
+        disabled: r.get(at + 4)?,
+        salt: r.get(at + 5)?,
+        iterations: r.get(at + 6)?,
+        auth_hash: r.get(at + 7)?,
+        enc_public: r.get(at + 8)?,
+        sig_public: r.get(at + 9)?,
+        enc_private: wrapped(r.get(at + 10)?, r.get(at + 11)?),
+        sig_private: wrapped(r.get(at + 12)?, r.get(at + 13)?),
+    })
+}
+
+fn kind_from_str(s: &str) -> Result<ChatKind> {
+    match s {
+        "direct" => Ok(ChatKind::Direct),
+        "group" => Ok(ChatKind::Group),
+        other => Err(StoreError::Corrupt(format!("chat kind {other:?}"))),
+    }
+}
+
+fn kind_str(kind: ChatKind) -> &'static str {
+    match kind {
+        ChatKind::Direct => "direct",
+        ChatKind::Group => "group",
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and applies any
+    /// migrations not yet applied.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        Self::init(conn)
+    }
+
+    /// An in-memory store, for unit tests.
+    pub fn open_in_memory() -> Result<Self> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<Self> {
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let mut store = Self { conn };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let applied: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let applied = usize::try_from(applied).unwrap_or(usize::MAX);
+        if applied > MIGRATIONS.len() {
+            return Err(StoreError::Corrupt(format!(
+                "the database is from a newer version (schema {applied}, this build knows {})",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(
+                None,
+                "user_version",
+                i64::try_from(i + 1).unwrap_or(i64::MAX),
+            )?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the WAL back into the main file; called at shutdown.
+    pub fn checkpoint(&self) -> Result<()> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    // ---- settings -------------------------------------------------------
+
+    /// The value of a setting, if set.
+    pub fn setting(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Sets a setting.
+    pub fn set_setting(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO settings (key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    /// The setting `key`, created with `make()` if absent (atomically).
+    pub fn setting_or_insert(
+        &mut self,
+        key: &str,
+        make: impl FnOnce() -> Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let existing: Option<Vec<u8>> = tx
+            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let value = match existing {
+            Some(v) => v,
+            None => {
+                let v = make();
+                tx.execute(
+                    "INSERT INTO settings (key, value) VALUES (?1, ?2)",
+                    params![key, v],
+                )?;
+                v
+            }
+        };
+        tx.commit()?;
+        Ok(value)
+    }
+
+    // ---- users ------------------------------------------------------------
+
+    /// Creates an account if `admission` allows it. The first account is
+    /// always allowed and becomes an administrator.
+    pub fn create_user(&mut self, new: NewUser, admission: Admission, now: i64) -> Result<UserRow> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let count: i64 = tx.query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0))?;
+        let first = count == 0;
+        if !first {
+            match admission {
+                Admission::Open => {}
+                Admission::FirstOnly => {
+                    return Err(StoreError::Conflict("registration_closed".into()));
+                }
+                Admission::Invite(hash) => {
+                    let used = tx.execute(
+                        "UPDATE invites SET uses_left = uses_left - 1
+                         WHERE code_hash = ?1 AND uses_left > 0 AND expires_at > ?2",
+                        params![hash.as_slice(), now],
+                    )?;
+                    if used == 0 {
+                        return Err(StoreError::Conflict("invalid_invite".into()));
+                    }
+                }
+            }
+        }
+        let taken: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM users WHERE username = ?1)",
+            [&new.username],
+            |r| r.get(0),
+        )?;
+        if taken {
+            return Err(StoreError::Conflict("username_taken".into()));
+        }
+        tx.execute(
+            "INSERT INTO users (username, created_at, is_admin, salt, iterations, auth_hash,
+                enc_public, sig_public, enc_private_iv, enc_private_ct, sig_private_iv, sig_private_ct)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![
+                new.username,
+                now,
+                first,
+                new.salt,
+                new.iterations,
+                new.auth_hash,
+                new.enc_public,
+                new.sig_public,
+                new.enc_private.iv.0,
+                new.enc_private.ct.0,
+                new.sig_private.iv.0,
+                new.sig_private.ct.0
+            ],
+        )?;
+        let id = tx.last_insert_rowid();
+        tx.commit()?;
+        self.user_by_id(id)
+    }
+
+    /// The user with this canonical username.
+    pub fn user_by_name(&self, username: &str) -> Result<Option<UserRow>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {USER_COLUMNS} FROM users u WHERE u.username = ?1"),
+                [username],
+                |r| user_from_row(r, 0),
+            )
+            .optional()?)
+    }
+
+    /// The user with this id.
+    pub fn user_by_id(&self, id: i64) -> Result<UserRow> {
+        self.conn
+            .query_row(
+                &format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = ?1"),
+                [id],
+                |r| user_from_row(r, 0),
+            )
+            .optional()?
+            .ok_or(StoreError::NotFound)
+    }
+
+    /// Every user, by username.
+    pub fn users(&self) -> Result<Vec<UserRow>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {USER_COLUMNS} FROM users u ORDER BY u.username"
+        ))?;
+        let rows = stmt.query_map([], |r| user_from_row(r, 0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Sets a user's admin and disabled flags.
+    pub fn set_user_flags(&self, user_id: i64, is_admin: bool, disabled: bool) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE users SET is_admin = ?2, disabled = ?3 WHERE id = ?1",
+            params![user_id, is_admin, disabled],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    /// Replaces a user's credentials and wrapped keys, and ends every session
+    /// but `keep`, in one transaction. Returns the ended sessions' hashes.
+    pub fn change_credentials(
+        &mut self,
+        user_id: i64,
+        creds: NewCredentials,
+        keep: &[u8; 32],
+    ) -> Result<Vec<[u8; 32]>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "UPDATE users SET salt = ?2, iterations = ?3, auth_hash = ?4,
+                enc_private_iv = ?5, enc_private_ct = ?6, sig_private_iv = ?7, sig_private_ct = ?8
+             WHERE id = ?1",
+            params![
+                user_id,
+                creds.salt,
+                creds.iterations,
+                creds.auth_hash,
+                creds.enc_private.iv.0,
+                creds.enc_private.ct.0,
+                creds.sig_private.iv.0,
+                creds.sig_private.ct.0
+            ],
+        )?;
+        let ended = Self::session_hashes(&tx, user_id, Some(keep))?;
+        tx.execute(
+            "DELETE FROM sessions WHERE user_id = ?1 AND token_hash != ?2",
+            params![user_id, keep.as_slice()],
+        )?;
+        tx.commit()?;
+        Ok(ended)
+    }
+
+    // ---- sessions ---------------------------------------------------------
+
+    fn session_hashes(
+        conn: &Connection,
+        user_id: i64,
+        except: Option<&[u8; 32]>,
+    ) -> Result<Vec<[u8; 32]>> {
+        let mut stmt = conn.prepare("SELECT token_hash FROM sessions WHERE user_id = ?1")?;
+        let rows = stmt.query_map([user_id], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let bytes = row?;
+            let hash: [u8; 32] = bytes
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("session hash length".into()))?;
+            if Some(&hash) != except {
+                out.push(hash);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records a new session.
+    pub fn create_session(
+        &self,
+        token_hash: &[u8; 32],
+        user_id: i64,
+        now: i64,
+        ip: &str,
+    ) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO sessions (token_hash, user_id, created_at, last_seen, ip) VALUES (?1, ?2, ?3, ?3, ?4)",
+            params![token_hash.as_slice(), user_id, now, ip],
+        )?;
+        Ok(())
+    }
+
+    /// The session with this token hash, with its user.
+    pub fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRow>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT s.created_at, s.last_seen, {USER_COLUMNS}
+                     FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = ?1"
+                ),
+                [token_hash.as_slice()],
+                |r| {
+                    Ok(SessionRow {
+                        token_hash: *token_hash,
+                        created_at: r.get(0)?,
+                        last_seen: r.get(1)?,
+                        user: user_from_row(r, 2)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Marks a session as used at `now`.
+    pub fn touch_session(&self, token_hash: &[u8; 32], now: i64) -> Result<()> {
+        self.conn.execute(
+            "UPDATE sessions SET last_seen = ?2 WHERE token_hash = ?1",
+            params![token_hash.as_slice(), now],
+        )?;
+        Ok(())
+    }
+
+    /// Ends one session.
+    pub fn delete_session(&self, token_hash: &[u8; 32]) -> Result<()> {
+        self.conn.execute(
+            "DELETE FROM sessions WHERE token_hash = ?1",
+            [token_hash.as_slice()],
+        )?;
+        Ok(())
+    }
+
+    /// Ends every session of a user; returns their hashes.
+    pub fn delete_user_sessions(&mut self, user_id: i64) -> Result<Vec<[u8; 32]>> {
+        let tx = self.conn.transaction()?;
+        let ended = Self::session_hashes(&tx, user_id, None)?;
+        tx.execute("DELETE FROM sessions WHERE user_id = ?1", [user_id])?;
+        tx.commit()?;
+        Ok(ended)
+    }
+
+    // ---- invites ----------------------------------------------------------
+
+    /// Stores an invite code's hash.
+    pub fn create_invite(
+        &self,
+        code_hash: &[u8; 32],
+        created_by: i64,
+        now: i64,
+        expires_at: i64,
+        uses: u32,
+    ) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO invites (code_hash, created_by, created_at, expires_at, uses_left) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![code_hash.as_slice(), created_by, now, expires_at, uses],
+        )?;
+        Ok(())
+    }
+
+    // ---- login throttling -------------------------------------------------
+
+    /// The counters for (`kind`, `key`), zero if none.
+    pub fn throttle(&self, kind: &str, key: &str) -> Result<Throttle> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT window_start, failures, locked_until FROM throttle WHERE kind = ?1 AND key = ?2",
+                params![kind, key],
+                |r| {
+                    Ok(Throttle {
+                        window_start: r.get(0)?,
+                        failures: r.get(1)?,
+                        locked_until: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?
+            .unwrap_or_default())
+    }
+
+    /// Applies `update` to the counters for (`kind`, `key`) atomically and
+    /// returns the new value.
+    pub fn update_throttle(
+        &mut self,
+        kind: &str,
+        key: &str,
+        update: impl FnOnce(Throttle) -> Throttle,
+    ) -> Result<Throttle> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let old = tx
+            .query_row(
+                "SELECT window_start, failures, locked_until FROM throttle WHERE kind = ?1 AND key = ?2",
+                params![kind, key],
+                |r| {
+                    Ok(Throttle {
+                        window_start: r.get(0)?,
+                        failures: r.get(1)?,
+                        locked_until: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?
+            .unwrap_or_default();
+        let new = update(old);
+        tx.execute(
+            "INSERT INTO throttle (kind, key, window_start, failures, locked_until) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(kind, key) DO UPDATE SET window_start = excluded.window_start,
+                failures = excluded.failures, locked_until = excluded.locked_until",
+            params![kind, key, new.window_start, new.failures, new.locked_until],
+        )?;
+        tx.commit()?;
+        Ok(new)
+    }
+
+    /// Forgets the counters for (`kind`, `key`).
+    pub fn clear_throttle(&self, kind: &str, key: &str) -> Result<()> {
+        self.conn.execute(
+            "DELETE FROM throttle WHERE kind = ?1 AND key = ?2",
+            params![kind, key],
+        )?;
+        Ok(())
+    }
+
+    // ---- chats ------------------------------------------------------------
+
+    fn load_members(conn: &Connection, chat_id: &str) -> Result<Vec<MemberRow>> {
+        let mut stmt = conn.prepare_cached(
+            "SELECT m.user_id, u.username, m.role, m.read_seq FROM members m
+             JOIN users u ON u.id = m.user_id WHERE m.chat_id = ?1 ORDER BY m.joined_at, u.username",
+        )?;
+        let rows = stmt.query_map([chat_id], |r| {
+            Ok(MemberRow {
+                user_id: r.get(0)?,
+                username: r.get(1)?,
+                role: r.get(2)?,
+                read_seq: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn load_chat(conn: &Connection, chat_id: &str) -> Result<Option<ChatRow>> {
+        let row = conn
+            .query_row(
+                "SELECT id, kind, name, created_by, created_at, last_seq FROM chats WHERE id = ?1",
+                [chat_id],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, u64>(5)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((id, kind, name, created_by, created_at, last_seq)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(ChatRow {
+            members: Self::load_members(conn, &id)?,
+            id,
+            kind: kind_from_str(&kind)?,
+            name,
+            created_by,
+            created_at,
+            last_seq,
+        }))
+    }
+
+    /// The chat with this id, with its members.
+    pub fn chat(&self, chat_id: &str) -> Result<Option<ChatRow>> {
+        Self::load_chat(&self.conn, chat_id)
+    }
+
+    /// Every chat `user_id` belongs to, newest activity first.
+    pub fn chats_of(&self, user_id: i64) -> Result<Vec<ChatRow>> {
+        let ids: Vec<String> = {
+            let mut stmt = self.conn.prepare(
+                "SELECT c.id FROM chats c JOIN members m ON m.chat_id = c.id
+                 WHERE m.user_id = ?1 ORDER BY c.created_at DESC",
+            )?;
+            let rows = stmt.query_map([user_id], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(chat) = Self::load_chat(&self.conn, &id)? {
+                out.push(chat);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The direct chat between two users, created if it does not exist.
+    pub fn direct_chat(
+        &mut self,
+        a: i64,
+        b: i64,
+        new_id: &str,
+        now: i64,
+    ) -> Result<(ChatRow, bool)> {
+        let key = format!("{}:{}", a.min(b), a.max(b));
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let existing: Option<String> = tx
+            .query_row("SELECT id FROM chats WHERE direct_key = ?1", [&key], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let (id, created) = match existing {
+            Some(id) => (id, false),
+            None => {
+                tx.execute(
+                    "INSERT INTO chats (id, kind, name, direct_key, created_by, created_at) VALUES (?1, 'direct', NULL, ?2, ?3, ?4)",
+                    params![new_id, key, a, now],
+                )?;
+                for user in [a, b] {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO members (chat_id, user_id, role, joined_at) VALUES (?1, ?2, 'member', ?3)",
+                        params![new_id, user, now],
+                    )?;
+                }
+                (new_id.to_owned(), true)
+            }
+        };
+        let chat = Self::load_chat(&tx, &id)?.ok_or(StoreError::NotFound)?;
+        tx.commit()?;
+        Ok((chat, created))
+    }
+
+    /// Creates a group owned by `owner` with `members` (owner included).
+    pub fn create_group(
+        &mut self,
+        id: &str,
+        name: &str,
+        owner: i64,
+        members: &[i64],
+        now: i64,
+    ) -> Result<ChatRow> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO chats (id, kind, name, direct_key, created_by, created_at) VALUES (?1, ?2, ?3, NULL, ?4, ?5)",
+            params![id, kind_str(ChatKind::Group), name, owner, now],
+        )?;
+        tx.execute(
+            "INSERT INTO members (chat_id, user_id, role, joined_at) VALUES (?1, ?2, 'owner', ?3)",
+            params![id, owner, now],
+        )?;
+        for &user in members.iter().filter(|&&u| u != owner) {
+            tx.execute(
+                "INSERT OR IGNORE INTO members (chat_id, user_id, role, joined_at) VALUES (?1, ?2, 'member', ?3)",
+                params![id, user, now],
+            )?;
+        }
+        let chat = Self::load_chat(&tx, id)?.ok_or(StoreError::NotFound)?;
+        tx.commit()?;
+        Ok(chat)
+    }
+
+    /// Adds a member to a group; returns the updated chat.
+    pub fn add_member(&mut self, chat_id: &str, user_id: i64, now: i64) -> Result<ChatRow> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx.execute(
+            "INSERT OR IGNORE INTO members (chat_id, user_id, role, joined_at) VALUES (?1, ?2, 'member', ?3)",
+            params![chat_id, user_id, now],
+        )?;
+        if n == 0 {
+            return Err(StoreError::Conflict("already a member".into()));
+        }
+        let chat = Self::load_chat(&tx, chat_id)?.ok_or(StoreError::NotFound)?;
+        tx.commit()?;
+        Ok(chat)
+    }
+
+    /// Removes a member from a group. If the owner leaves, the longest-standing
+    /// member becomes owner; if nobody is left, the chat is deleted. Returns
+    /// the chat as it is now, or `None` if it was deleted.
+    pub fn remove_member(&mut self, chat_id: &str, user_id: i64) -> Result<Option<ChatRow>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx.execute(
+            "DELETE FROM members WHERE chat_id = ?1 AND user_id = ?2",
+            params![chat_id, user_id],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound);
+        }
+        let remaining = Self::load_members(&tx, chat_id)?;
+        let result = if remaining.is_empty() {
+            tx.execute("DELETE FROM chats WHERE id = ?1", [chat_id])?;
+            None
+        } else {
+            if !remaining.iter().any(|m| m.role == "owner") {
+                tx.execute(
+                    "UPDATE members SET role = 'owner' WHERE chat_id = ?1 AND user_id = ?2",
+                    params![chat_id, remaining[0].user_id],
+                )?;
+            }
+            Self::load_chat(&tx, chat_id)?
+        };
+        tx.commit()?;
+        Ok(result)
+    }
+
+    /// Renames a group.
+    pub fn rename_chat(&self, chat_id: &str, name: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE chats SET name = ?2 WHERE id = ?1",
+            params![chat_id, name],
+        )?;
+        Ok(())
+    }
+
+    /// Records that `user_id` has read `chat_id` up to `seq` (never backwards).
+    pub fn set_read(&self, chat_id: &str, user_id: i64, seq: u64) -> Result<u64> {
+        self.conn.execute(
+            "UPDATE members SET read_seq = MAX(read_seq, MIN(?3, (SELECT last_seq FROM chats WHERE id = ?1)))
+             WHERE chat_id = ?1 AND user_id = ?2",
+            params![chat_id, user_id, seq],
+        )?;
+        Ok(self.conn.query_row(
+            "SELECT read_seq FROM members WHERE chat_id = ?1 AND user_id = ?2",
+            params![chat_id, user_id],
+            |r| r.get(0),
+        )?)
+    }
+
+    // ---- messages ---------------------------------------------------------
+
+    /// Stores a message if `sender_id` is a member and `keys_for` names
+    /// exactly the current members; idempotent on `id`.
+    pub fn insert_message(
+        &mut self,
+        chat_id: &str,
+        id: &str,
+        sender_id: i64,
+        envelope: &Envelope,
+        now: i64,
+    ) -> Result<Insert> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let existing = tx
+            .query_row(
+                "SELECT chat_id, sender_id, seq, ts FROM messages WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, u64>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                },
+            )
+            .optional()?;
+        if let Some((c, s, seq, ts)) = existing {
+            return Ok(if c == chat_id && s == sender_id {
+                Insert::Duplicate { seq, ts }
+            } else {
+                Insert::IdTaken
+            });
+        }
+        let members = Self::load_members(&tx, chat_id)?;
+        if !members.iter().any(|m| m.user_id == sender_id) {
+            return Ok(Insert::NotMember);
+        }
+        let exact = members.len() == envelope.keys.len()
+            && members
+                .iter()
+                .all(|m| envelope.keys.contains_key(&m.username));
+        if !exact {
+            return Ok(Insert::MembersMismatch {
+                members: members.into_iter().map(|m| m.username).collect(),
+            });
+        }
+        let seq: u64 = tx.query_row(
+            "UPDATE chats SET last_seq = last_seq + 1 WHERE id = ?1 RETURNING last_seq",
+            [chat_id],
+            |r| r.get(0),
+        )?;
+        let json =
+            serde_json::to_string(envelope).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        tx.execute(
+            "INSERT INTO messages (chat_id, seq, id, sender_id, ts, envelope) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![chat_id, seq, id, sender_id, now, json],
+        )?;
+        tx.commit()?;
+        Ok(Insert::Stored {
+            seq,
+            ts: now,
+            members,
+        })
+    }
+
+    fn message_rows(
+        &self,
+        sql: &str,
+        chat_id: &str,
+        seq: u64,
+        limit: usize,
+    ) -> Result<Vec<MessageRow>> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![chat_id, seq, limit], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, u64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, String>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, sender, seq, ts, json) = row?;
+            let envelope =
+                serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            out.push(MessageRow {
+                id,
+                chat_id: chat_id.to_owned(),
+                sender,
+                seq,
+                ts,
+                envelope,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` messages of `chat_id` with sequence numbers above `after`,
+    /// oldest first.
+    pub fn messages_after(
+        &self,
+        chat_id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<MessageRow>> {
+        self.message_rows(
+            "SELECT m.id, u.username, m.seq, m.ts, m.envelope FROM messages m
+             JOIN users u ON u.id = m.sender_id
+             WHERE m.chat_id = ?1 AND m.seq > ?2 ORDER BY m.seq ASC LIMIT ?3",
+            chat_id,
+            after,
+            limit,
+        )
+    }
+
+    /// Up to `limit` messages of `chat_id` with sequence numbers below
+    /// `before`, returned oldest first.
+    pub fn messages_before(
+        &self,
+        chat_id: &str,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<MessageRow>> {
+        let mut rows = self.message_rows(
+            "SELECT m.id, u.username, m.seq, m.ts, m.envelope FROM messages m
+             JOIN users u ON u.id = m.sender_id
+             WHERE m.chat_id = ?1 AND m.seq < ?2 ORDER BY m.seq DESC LIMIT ?3",
+            chat_id,
+            before,
+            limit,
+        )?;
+        rows.reverse();
+        Ok(rows)
+    }
+
+    // ---- audit ------------------------------------------------------------
+
+    /// Appends a security event to the audit log.
+    pub fn audit(&self, now: i64, event: &str, actor: &str, detail: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO audit (ts, event, actor, detail) VALUES (?1, ?2, ?3, ?4)",
+            params![now, event, actor, detail],
+        )?;
+        Ok(())
+    }
+
+    /// The newest `limit` audit records, newest first.
+    pub fn audit_log(&self, limit: usize) -> Result<Vec<AuditRow>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, ts, event, actor, detail FROM audit ORDER BY id DESC LIMIT ?1")?;
+        let rows = stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+            Ok(AuditRow {
+                id: r.get(0)?,
+                ts: r.get(1)?,
+                event: r.get(2)?,
+                actor: r.get(3)?,
+                detail: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+/// The async handle to the store: one connection behind a mutex, each call
+/// run on the blocking thread pool. A std `Mutex` is right here: it is only
+/// ever locked inside `spawn_blocking`, never across an `.await`.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<Mutex<Store>>,
+}
+
+impl Db {
+    /// Wraps an opened store.
+    pub fn new(store: Store) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(store)),
+        }
+    }
+
+    /// Runs `f` with the store on a blocking thread.
+    pub async fn call<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Store) -> Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut store = inner
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            f(&mut store)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// Runs `f` with the store on the current thread; for startup and
+    /// shutdown, outside the async workers.
+    pub fn blocking<T>(&self, f: impl FnOnce(&mut Store) -> Result<T>) -> Result<T> {
+        let mut store = self
+            .inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut store)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str) -> NewUser {
+        let w = || WrappedKey {
+            iv: vec![0; 12].into(),
+            ct: vec![1; 32].into(),
+        };
+        NewUser {
+            username: name.into(),
+            salt: vec![0; 16],
+            iterations: 600_000,
+            auth_hash: "$argon2id$dummy".into(),
+            enc_public: vec![1],
+            sig_public: vec![2],
+            enc_private: w(),
+            sig_private: w(),
+        }
+    }
+
+    fn envelope(keys: &[&str]) -> Envelope {
+        Envelope {
+            v: 1,
+            iv: vec![0; 12].into(),
+            ct: vec![0; 16].into(),
+            keys: keys
+                .iter()
+                .map(|k| (k.to_string(), vec![0; 4].into()))
+                .collect(),
+            sig: vec![0; 4].into(),
+        }
+    }
+
+    #[test]
+    fn first_user_is_admin_and_others_need_admission() {
+        let mut s = Store::open_in_memory().unwrap();
+        let a = s
+            .create_user(user("alice"), Admission::FirstOnly, 1)
+            .unwrap();
+        assert!(a.is_admin);
+        let err = s
+            .create_user(user("bob"), Admission::FirstOnly, 1)
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(ref c) if c == "registration_closed"));
+        let b = s.create_user(user("bob"), Admission::Open, 1).unwrap();
+        assert!(!b.is_admin);
+        let err = s.create_user(user("bob"), Admission::Open, 1).unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(ref c) if c == "username_taken"));
+    }
+
+    #[test]
+    fn invites_are_consumed_and_expire() {
+        let mut s = Store::open_in_memory().unwrap();
+        let a = s.create_user(user("alice"), Admission::Open, 1).unwrap();
+        s.create_invite(&[7; 32], a.id, 1, 100, 1).unwrap();
+        s.create_user(user("bob"), Admission::Invite([7; 32]), 50)
+            .unwrap();
+        let err = s
+            .create_user(user("carol"), Admission::Invite([7; 32]), 50)
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(ref c) if c == "invalid_invite"));
+        s.create_invite(&[8; 32], a.id, 1, 100, 5).unwrap();
+        let err = s
+            .create_user(user("carol"), Admission::Invite([8; 32]), 100)
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(ref c) if c == "invalid_invite"));
+    }
+
+    #[test]
+    fn messages_are_sequenced_idempotent_and_member_checked() {
+        let mut s = Store::open_in_memory().unwrap();
+        let a = s.create_user(user("alice"), Admission::Open, 1).unwrap();
+        let b = s.create_user(user("bob"), Admission::Open, 1).unwrap();
+        let c = s.create_user(user("carol"), Admission::Open, 1).unwrap();
+        let (chat, created) = s.direct_chat(a.id, b.id, "chat-1", 1).unwrap();
+        assert!(created);
+        let (again, created) = s.direct_chat(b.id, a.id, "chat-2", 1).unwrap();
+        assert!(!created);
+        assert_eq!(again.id, chat.id);
+
+        let env = envelope(&["alice", "bob"]);
+        let first = s.insert_message(&chat.id, "m1", a.id, &env, 10).unwrap();
+        assert!(matches!(first, Insert::Stored { seq: 1, ts: 10, .. }));
+        let dup = s.insert_message(&chat.id, "m1", a.id, &env, 20).unwrap();
+        assert!(matches!(dup, Insert::Duplicate { seq: 1, ts: 10 }));
+        let taken = s.insert_message(&chat.id, "m1", b.id, &env, 20).unwrap();
+        assert!(matches!(taken, Insert::IdTaken));
+        let outsider = s.insert_message(&chat.id, "m2", c.id, &env, 20).unwrap();
+        assert!(matches!(outsider, Insert::NotMember));
+        let wrong = s
+            .insert_message(&chat.id, "m3", a.id, &envelope(&["alice"]), 20)
+            .unwrap();
+        assert!(matches!(wrong, Insert::MembersMismatch { .. }));
+        let second = s.insert_message(&chat.id, "m4", b.id, &env, 30).unwrap();
+        assert!(matches!(second, Insert::Stored { seq: 2, .. }));
+
+        let after = s.messages_after(&chat.id, 0, 10).unwrap();
+        assert_eq!(after.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(after[1].sender, "bob");
+        let before = s.messages_before(&chat.id, 2, 10).unwrap();
+        assert_eq!(
+            before.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+            vec!["m1"]
+        );
+        assert_eq!(s.set_read(&chat.id, b.id, 99).unwrap(), 2);
+        assert_eq!(s.set_read(&chat.id, b.id, 1).unwrap(), 2);
+    }
+
+    #[test]
+    fn groups_hand_over_ownership_and_vanish_when_empty() {
+        let mut s = Store::open_in_memory().unwrap();
+        let a = s.create_user(user("alice"), Admission::Open, 1).unwrap();
+        let b = s.create_user(user("bob"), Admission::Open, 2).unwrap();
+        let g = s
+            .create_group("g1", "team", a.id, &[a.id, b.id], 3)
+            .unwrap();
+        assert_eq!(g.members.len(), 2);
+        let g = s.remove_member("g1", a.id).unwrap().unwrap();
+        assert_eq!(g.members[0].username, "bob");
+        assert_eq!(g.members[0].role, "owner");
+        assert!(s.remove_member("g1", b.id).unwrap().is_none());
+        assert!(s.chat("g1").unwrap().is_none());
+    }
+
+    #[test]
+    fn throttle_counters_update_atomically() {
+        let mut s = Store::open_in_memory().unwrap();
+        let t = s
+            .update_throttle("user", "alice", |t| Throttle {
+                failures: t.failures + 1,
+                ..t
+            })
+            .unwrap();
+        assert_eq!(t.failures, 1);
+        assert_eq!(s.throttle("user", "alice").unwrap().failures, 1);
+        s.clear_throttle("user", "alice").unwrap();
+        assert_eq!(s.throttle("user", "alice").unwrap(), Throttle::default());
+    }
+}

@@ -1,0 +1,310 @@
+//! Transport security: the host's own certificate authority and leaf
+//! certificate (made with rcgen on first run, kept in the data directory),
+//! or an administrator's certificate; and the rustls server configuration
+//! (ring provider, TLS 1.2 and 1.3, AEAD suites only).
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
+
+/// What can go wrong setting up TLS.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("certificate generation failed: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("{path}: no usable {what} in the PEM file")]
+    Pem { path: PathBuf, what: &'static str },
+    #[error("TLS configuration rejected: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
+    move |source| TlsError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The certificates the server presents and the fingerprint people check.
+#[derive(Clone)]
+pub struct TlsMaterial {
+    /// The leaf first, then its issuers.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's private key.
+    pub key: Arc<PrivateKeyDer<'static>>,
+    /// The trust anchor clients pin: the local CA, or the last certificate of
+    /// an administrator's chain.
+    pub ca_der: CertificateDer<'static>,
+    /// SHA-256 of `ca_der`, as colon-separated uppercase hex.
+    pub fingerprint: String,
+}
+
+impl std::fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// SHA-256 of `der` as colon-separated uppercase hex (`AB:CD:…`).
+pub fn fingerprint(der: &[u8]) -> String {
+    Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The names and addresses the leaf certificate covers: `localhost`,
+/// loopback, the host name, `<host>.local` and every non-loopback address of
+/// this machine. Sorted, so a change is detectable by comparison.
+pub fn local_names() -> Vec<String> {
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    if let Ok(host) = hostname::get() {
+        let host = host.to_string_lossy().to_lowercase();
+        let valid = host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if !host.is_empty() && host != "localhost" && valid {
+            names.push(format!("{host}.local"));
+            names.push(host);
+        }
+    }
+    if let Ok(ifaces) = if_addrs::get_if_addrs() {
+        for iface in ifaces {
+            let ip = iface.ip();
+            let link_local_v6 =
+                matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
+            if !ip.is_loopback() && !link_local_v6 {
+                names.push(ip.to_string());
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn san(name: &str) -> Result<SanType, rcgen::Error> {
+    Ok(match name.parse::<IpAddr>() {
+        Ok(ip) => SanType::IpAddress(ip),
+        Err(_) => SanType::DnsName(name.try_into()?),
+    })
+}
+
+fn ca_params() -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "SecureChat local CA");
+    dn.push(DnType::OrganizationName, "SecureChat");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> Result<(), TlsError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let tmp = path.with_extension("tmp");
+    let mut file = options.open(&tmp).map_err(io_err(&tmp))?;
+    file.write_all(contents).map_err(io_err(&tmp))?;
+    file.sync_all().map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+const YEAR: time::Duration = time::Duration::days(365);
+
+/// Loads the local CA and leaf from `dir` (`<data>/tls`), creating the CA on
+/// first run and re-issuing the leaf when `names` differ from the ones it
+/// covers or it expires within 30 days.
+pub fn load_or_create(dir: &Path, names: &[String]) -> Result<TlsMaterial, TlsError> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let ca_cert_path = dir.join("ca.pem");
+    let ca_key_path = dir.join("ca.key.pem");
+    let leaf_cert_path = dir.join("leaf.pem");
+    let leaf_key_path = dir.join("leaf.key.pem");
+    let leaf_names_path = dir.join("leaf.names");
+    let now = time::OffsetDateTime::now_utc();
+
+    let (ca_pem, ca_key) = if ca_cert_path.exists() && ca_key_path.exists() {
+        let pem = std::fs::read_to_string(&ca_cert_path).map_err(io_err(&ca_cert_path))?;
+        let key_pem = std::fs::read_to_string(&ca_key_path).map_err(io_err(&ca_key_path))?;
+        (pem, KeyPair::from_pem(&key_pem)?)
+    } else {
+        let key = KeyPair::generate()?;
+        let mut params = ca_params();
+        params.not_before = now - time::Duration::days(1);
+        params.not_after = now + YEAR * 10;
+        let cert = params.self_signed(&key)?;
+        write_private(&ca_key_path, key.serialize_pem().as_bytes())?;
+        write_private(&ca_cert_path, cert.pem().as_bytes())?;
+        let _ = std::fs::remove_file(&leaf_cert_path);
+        (cert.pem(), key)
+    };
+    let ca_der = CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(|_| TlsError::Pem {
+        path: ca_cert_path.clone(),
+        what: "certificate",
+    })?;
+
+    let recorded = std::fs::read_to_string(&leaf_names_path).unwrap_or_default();
+    let (recorded_names, recorded_expiry) = recorded.split_once('\n').unwrap_or(("", ""));
+    let expiry: i64 = recorded_expiry.trim().parse().unwrap_or(0);
+    let fresh = expiry - now.unix_timestamp() > 30 * 24 * 3600;
+    let reuse = leaf_cert_path.exists()
+        && leaf_key_path.exists()
+        && recorded_names == names.join(",")
+        && fresh;
+
+    if !reuse {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = names.iter().map(|n| san(n)).collect::<Result<_, _>>()?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "SecureChat host");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = now - time::Duration::days(1);
+        let not_after = now + YEAR;
+        params.not_after = not_after;
+        let issuer = Issuer::new(ca_params(), &ca_key);
+        let cert = params.signed_by(&key, &issuer)?;
+        write_private(&leaf_key_path, key.serialize_pem().as_bytes())?;
+        write_private(&leaf_cert_path, cert.pem().as_bytes())?;
+        write_private(
+            &leaf_names_path,
+            format!("{}\n{}", names.join(","), not_after.unix_timestamp()).as_bytes(),
+        )?;
+    }
+    let leaf_der = CertificateDer::from_pem_file(&leaf_cert_path).map_err(|_| TlsError::Pem {
+        path: leaf_cert_path.clone(),
+        what: "certificate",
+    })?;
+    let key = PrivateKeyDer::from_pem_file(&leaf_key_path).map_err(|_| TlsError::Pem {
+        path: leaf_key_path.clone(),
+        what: "private key",
+    })?;
+    Ok(TlsMaterial {
+        fingerprint: fingerprint(&ca_der),
+        chain: vec![leaf_der, ca_der.clone()],
+        key: Arc::new(key),
+        ca_der,
+    })
+}
+
+/// Loads an administrator's certificate chain and key (PEM files). The last
+/// certificate of the chain is the one whose fingerprint is shown.
+pub fn load_custom(cert: &Path, key: &Path) -> Result<TlsMaterial, TlsError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|_| TlsError::Pem {
+            path: cert.to_owned(),
+            what: "certificate",
+        })?
+        .collect::<Result<_, _>>()
+        .map_err(|_| TlsError::Pem {
+            path: cert.to_owned(),
+            what: "certificate",
+        })?;
+    let Some(anchor) = chain.last().cloned() else {
+        return Err(TlsError::Pem {
+            path: cert.to_owned(),
+            what: "certificate",
+        });
+    };
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|_| TlsError::Pem {
+        path: key.to_owned(),
+        what: "private key",
+    })?;
+    Ok(TlsMaterial {
+        fingerprint: fingerprint(&anchor),
+        ca_der: anchor,
+        chain,
+        key: Arc::new(key),
+    })
+}
+
+/// The rustls server configuration: ring, TLS 1.2 and 1.3 with rustls's
+/// default (AEAD-only) suites, HTTP/1.1 (WebSockets upgrade over it).
+pub fn server_config(material: &TlsMaterial) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(material.chain.clone(), material.key.clone_key())?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A rustls client configuration that trusts only `anchor`: how the native
+/// client pins the host's CA.
+pub fn pinned_client_config(anchor: &CertificateDer<'_>) -> Result<rustls::ClientConfig, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(anchor.clone().into_owned())?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_is_reused_and_leaf_reissued_when_names_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+        let first = load_or_create(dir.path(), &names).unwrap();
+        let again = load_or_create(dir.path(), &names).unwrap();
+        assert_eq!(first.fingerprint, again.fingerprint);
+        assert_eq!(
+            first.chain[0], again.chain[0],
+            "leaf reused while names are unchanged"
+        );
+        let more = vec![
+            "127.0.0.1".to_owned(),
+            "10.0.0.5".to_owned(),
+            "localhost".to_owned(),
+        ];
+        let changed = load_or_create(dir.path(), &more).unwrap();
+        assert_eq!(first.fingerprint, changed.fingerprint, "the CA survives");
+        assert_ne!(first.chain[0], changed.chain[0], "the leaf is re-issued");
+        assert_eq!(first.fingerprint.len(), 32 * 3 - 1);
+        server_config(&changed).unwrap();
+    }
+}
