@@ -1,1 +1,18 @@
+//! Integration tests, compiled into one binary. Each starts the real server
+//! in-process on 127.0.0.1:0 over real TLS and drives it with the native
+//! client.
 
+mod it {
+    /// Starts servers, makes users, waits for frames.
+    pub mod harness;
+    /// Registration, login, throttling, sessions, password change.
+    mod accounts;
+    /// Direct and group chats: delivery, decryption, membership.
+    mod chats;
+    /// WebSocket admission and abuse: origins, sessions, bad frames, rates.
+    mod socket;
+    /// Delivery across dropped sockets, restarts and kill -9.
+    mod delivery;
+    /// The executable: clean shutdown, static files and headers.
+    mod process;
+}

@@ -850,6 +850,7 @@ impl Store {
 
     /// Records that `user_id` has read `chat_id` up to `seq` (never backwards).
     pub fn set_read(&self, chat_id: &str, user_id: i64, seq: u64) -> Result<u64> {
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
         self.conn.execute(
             "UPDATE members SET read_seq = MAX(read_seq, MIN(?3, (SELECT last_seq FROM chats WHERE id = ?1)))
              WHERE chat_id = ?1 AND user_id = ?2",
@@ -938,6 +939,9 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<MessageRow>> {
         let mut stmt = self.conn.prepare_cached(sql)?;
+        // Sequence numbers from clients may exceed SQLite's integers; none
+        // stored ever does, so clamping keeps the comparison's meaning.
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = stmt.query_map(params![chat_id, seq, limit], |r| {
             Ok((

@@ -1,0 +1,228 @@
+use reqwest::{Method, StatusCode};
+use securechat::client::ClientError;
+use securechat::client::crypto::PBKDF2_ITERATIONS;
+use serde_json::json;
+
+use super::harness::{TestServer, keys, online, password};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn first_user_is_admin_and_registration_modes_are_enforced() {
+    let mut server = TestServer::start().await;
+    let mut admin = server.user("alice").await;
+    assert!(admin.me().await.unwrap().is_admin);
+    let mut bob = server.user("bob").await;
+    assert!(!bob.me().await.unwrap().is_admin);
+
+    // Taken names are refused whatever their case.
+    let err = server
+        .client()
+        .register("ALICE", "another long passphrase here", keys(3), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Api { ref code, .. } if code == "username_taken"), "{err}");
+
+    // Only admins change the mode.
+    let r = bob
+        .raw(Method::PUT, "/api/admin/registration", Some(&json!({"mode": "invite"})))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = admin
+        .raw(Method::PUT, "/api/admin/registration", Some(&json!({"mode": "invite"})))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    let err = server
+        .client()
+        .register("carol", &password("carol"), keys(2), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Api { ref code, .. } if code == "invite_required"), "{err}");
+
+    let r = admin
+        .raw(Method::POST, "/api/admin/invites", Some(&json!({"uses": 1})))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let code = r.json::<serde_json::Value>().await.unwrap()["code"].as_str().unwrap().to_owned();
+    server
+        .client()
+        .register("carol", &password("carol"), keys(2), Some(&code))
+        .await
+        .expect("invite admits");
+    let err = server
+        .client()
+        .register("dave", &password("dave"), keys(3), Some(&code))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Api { ref code, .. } if code == "invalid_invite"), "{err}");
+
+    admin
+        .raw(Method::PUT, "/api/admin/registration", Some(&json!({"mode": "closed"})))
+        .await
+        .unwrap();
+    let err = server
+        .client()
+        .register("dave", &password("dave"), keys(3), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Api { ref code, .. } if code == "registration_closed"), "{err}");
+
+    let r = admin.raw(Method::GET, "/api/admin/audit", None).await.unwrap();
+    let audit: Vec<serde_json::Value> = r.json().await.unwrap();
+    assert!(audit.iter().any(|e| e["event"] == "registration_mode"));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registration_rejects_bad_material() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    let b = |n: usize| securechat::protocol::B64::encode(&vec![7u8; n]);
+    let wrapped = json!({"iv": b(12), "ct": b(100)});
+    let good_keys = keys(0).public();
+    let base = json!({
+        "username": "alice", "salt": b(16), "iterations": PBKDF2_ITERATIONS, "auth_key": b(32),
+        "enc_public": securechat::protocol::B64::encode(&good_keys.enc_spki()),
+        "sig_public": securechat::protocol::B64::encode(&good_keys.sig_spki()),
+        "enc_private": wrapped, "sig_private": wrapped,
+    });
+    let cases = [
+        ("username", json!("a b"), "invalid_username"),
+        ("username", json!("xy"), "invalid_username"),
+        ("salt", json!(b(8)), "invalid_keys"),
+        ("auth_key", json!(b(31)), "invalid_keys"),
+        ("iterations", json!(1000), "invalid_keys"),
+        ("enc_public", json!(b(300)), "invalid_keys"),
+        ("salt", json!("not base64!"), "bad_request"),
+    ];
+    for (field, value, want) in cases {
+        let mut body = base.clone();
+        body[field] = value;
+        let r = client.raw(Method::POST, "/api/register", Some(&body)).await.unwrap();
+        let status = r.status();
+        let got: serde_json::Value = r.json().await.unwrap();
+        assert!(status.is_client_error(), "{field}: {status}");
+        assert_eq!(got["error"], want, "{field}: {got}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn login_failures_look_alike_lock_doubles_and_survives_restart() {
+    let mut server = TestServer::start().await;
+    let _alice = server.user("alice").await;
+    let mut c = server.client();
+    let wrong = [9u8; 32];
+
+    // Prelogin does not reveal whether a user exists.
+    let real = c.prelogin("alice").await.unwrap();
+    let fake = c.prelogin("nobody").await.unwrap();
+    assert_eq!((real.salt.len(), real.iterations), (fake.salt.len(), fake.iterations));
+    assert_eq!(fake.salt, c.prelogin("NOBODY").await.unwrap().salt, "stable per name");
+
+    let (s1, wrong_pw, _) = c.login_attempt("alice", &wrong).await.unwrap();
+    let (s2, unknown, _) = c.login_attempt("nobody", &wrong).await.unwrap();
+    assert_eq!(s1, StatusCode::UNAUTHORIZED);
+    assert_eq!((s1, &wrong_pw), (s2, &unknown), "wrong password and unknown user look alike");
+
+    for _ in 0..4 {
+        let (s, _, _) = c.login_attempt("alice", &wrong).await.unwrap();
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        c.login_attempt("nobody", &wrong).await.unwrap();
+    }
+    // Five failures: both names are locked for a minute, even for the right key.
+    let right = c.auth_key("alice", &password("alice")).await.unwrap();
+    let (s, locked_real, retry) = c.login_attempt("alice", &right).await.unwrap();
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = retry.expect("Retry-After").parse().unwrap();
+    assert!((59..=60).contains(&retry), "{retry}");
+    let (s, locked_unknown, _) = c.login_attempt("nobody", &wrong).await.unwrap();
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(locked_real["error"], locked_unknown["error"]);
+    assert_eq!(locked_real["message"], locked_unknown["message"]);
+    assert_eq!(locked_real["message"], wrong_pw["message"], "one message for every failure");
+
+    // After the minute, one more failure locks for two minutes.
+    server.clock.advance_ms(61_000);
+    let (s, _, _) = c.login_attempt("alice", &wrong).await.unwrap();
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _, retry) = c.login_attempt("alice", &right).await.unwrap();
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = retry.unwrap().parse().unwrap();
+    assert!((119..=120).contains(&retry), "doubled: {retry}");
+
+    // The lock is in the database: a restart does not lift it.
+    server.restart().await;
+    let mut c = server.client();
+    let (s, _, _) = c.login_attempt("alice", &right).await.unwrap();
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+
+    server.clock.advance_ms(121_000);
+    c.login("alice", &password("alice")).await.expect("login after the lock");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn too_many_failures_from_one_address_refuse_it() {
+    let mut server = TestServer::start().await;
+    let _alice = server.user("alice").await;
+    let mut c = server.client();
+    for i in 0..20 {
+        let (s, _, _) = c.login_attempt(&format!("user{i}"), &[1u8; 32]).await.unwrap();
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "attempt {i}");
+    }
+    let right = c.auth_key("alice", &password("alice")).await.unwrap();
+    let (s, _, retry) = c.login_attempt("alice", &right).await.unwrap();
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "the address is refused");
+    assert_eq!(retry.as_deref(), Some("900"));
+    server.clock.advance_ms(15 * 60_000 + 1000);
+    c.login("alice", &password("alice")).await.expect("allowed again");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_expire_and_password_change_ends_the_others() {
+    let mut server = TestServer::start().await;
+    let mut alice = server.user("alice").await;
+    let mut other = server.client();
+    other.login("alice", &password("alice")).await.unwrap();
+    let (mut other_socket, _) = online(&other).await;
+
+    alice
+        .change_password(&password("alice"), "a brand new long passphrase")
+        .await
+        .expect("change password");
+    assert_eq!(
+        super::harness::expect_close(&mut other_socket).await,
+        Some(securechat::protocol::close::SESSION_ENDED)
+    );
+    let err = other.me().await.unwrap_err();
+    assert!(matches!(err, ClientError::Api { status: StatusCode::UNAUTHORIZED, .. }));
+    alice.me().await.expect("this session continues");
+
+    let mut again = server.client();
+    assert!(again.login("alice", &password("alice")).await.is_err());
+    again
+        .login("alice", "a brand new long passphrase")
+        .await
+        .expect("new password, same keys unwrap");
+
+    // Idle timeout: 12 hours unused.
+    server.clock.advance_ms(12 * 3600 * 1000 + 1000);
+    let err = again.me().await.unwrap_err();
+    assert!(matches!(err, ClientError::Api { status: StatusCode::UNAUTHORIZED, .. }));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn state_changing_requests_need_our_origin() {
+    let mut server = TestServer::start().await;
+    let mut alice = server.user("alice").await;
+    alice.set_origin("https://evil.example");
+    let r = alice.raw(Method::POST, "/api/logout", None).await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = alice.raw(Method::GET, "/api/me", None).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "reads need only the session");
+    server.stop().await;
+}

@@ -1,0 +1,218 @@
+//! The shared test harness: a real server on 127.0.0.1:0 with a temporary data
+//! directory and a manual clock, users with pre-generated keys, and helpers
+//! that wait for frames with a timeout (never a sleep).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use securechat::client::crypto::UserKeys;
+use securechat::client::{Client, Connection, Event};
+use securechat::clock::ManualClock;
+use securechat::config::{Config, Limits};
+use securechat::protocol::{ChatInfo, ClientFrame, MessageRecord, ServerFrame};
+use securechat::server::{self, Running};
+
+/// How long any single wait may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Key pairs for test users, generated once per test run: RSA-4096
+/// generation is the slowest thing here.
+pub fn keys(i: usize) -> UserKeys {
+    static KEYS: OnceLock<Vec<UserKeys>> = OnceLock::new();
+    let all = KEYS.get_or_init(|| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(|| UserKeys::generate().expect("key generation")))
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("keygen thread")).collect()
+    });
+    all[i % all.len()].clone()
+}
+
+/// The password of test user `name`.
+pub fn password(name: &str) -> String {
+    format!("correct horse battery staple {name}")
+}
+
+/// A server under test.
+pub struct TestServer {
+    pub running: Option<Running>,
+    pub dir: tempfile::TempDir,
+    pub clock: Arc<ManualClock>,
+    pub config: Config,
+    pub addr: SocketAddr,
+    users: usize,
+}
+
+impl TestServer {
+    /// A server with default limits, except a short presence grace.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A server with limits adjusted by `tune`.
+    pub async fn start_with(tune: impl FnOnce(&mut Limits)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::new("127.0.0.1:0".parse().unwrap(), dir.path().to_owned());
+        config.limits.presence_grace = Duration::from_millis(200);
+        tune(&mut config.limits);
+        let clock = ManualClock::new();
+        let running = server::start(config.clone(), clock.clone()).await.expect("server starts");
+        let addr = running.addr;
+        Self {
+            running: Some(running),
+            dir,
+            clock,
+            config,
+            addr,
+            users: 0,
+        }
+    }
+
+    /// The base URL.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// The CA certificate clients pin.
+    pub fn ca(&self) -> CertificateDer<'static> {
+        CertificateDer::from_pem_file(self.dir.path().join("tls/ca.pem")).expect("ca.pem")
+    }
+
+    /// A client that is not signed in.
+    pub fn client(&self) -> Client {
+        Client::new(&self.url(), &self.ca()).expect("client")
+    }
+
+    /// Registers `name` (keys from the shared pool) and returns its client.
+    pub async fn user(&mut self, name: &str) -> Client {
+        let mut client = self.client();
+        let keys = keys(self.users);
+        self.users += 1;
+        client
+            .register(name, &password(name), keys, None)
+            .await
+            .expect("register");
+        client
+    }
+
+    /// Stops the server (sockets get 1001) and starts it again on the same
+    /// port and data directory.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let mut config = self.config.clone();
+        config.bind = self.addr;
+        let running = server::start(config, self.clock.clone()).await.expect("server restarts");
+        self.running = Some(running);
+    }
+
+    /// Stops the server.
+    pub async fn stop(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await;
+        }
+    }
+}
+
+/// Connects and says hello with no replay.
+pub async fn online(client: &Client) -> (Connection, Vec<ChatInfo>) {
+    let mut conn = client.connect().await.expect("connect");
+    let (chats, _) = conn.hello(BTreeMap::new()).await.expect("hello");
+    (conn, chats)
+}
+
+/// The next frame accepted by `pick`, skipping others, within [`WAIT`].
+pub async fn expect<T>(conn: &mut Connection, what: &str, mut pick: impl FnMut(&ServerFrame) -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let event = tokio::time::timeout_at(deadline, conn.next_event())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+            .unwrap_or_else(|e| panic!("socket failed waiting for {what}: {e}"));
+        match event {
+            Event::Frame(frame) => {
+                if let Some(v) = pick(&frame) {
+                    return v;
+                }
+            }
+            Event::Closed(code) => panic!("socket closed ({code:?}) waiting for {what}"),
+        }
+    }
+}
+
+/// The next `message` frame.
+pub async fn expect_message(conn: &mut Connection) -> MessageRecord {
+    expect(conn, "a message", |f| match f {
+        ServerFrame::Message { message } => Some(message.clone()),
+        _ => None,
+    })
+    .await
+}
+
+/// The next `error` frame's code (and retry hint).
+pub async fn expect_error(conn: &mut Connection) -> (String, Option<u64>, Option<Vec<String>>) {
+    expect(conn, "an error", |f| match f {
+        ServerFrame::Error {
+            code,
+            retry_after_ms,
+            members,
+            ..
+        } => Some((code.clone(), *retry_after_ms, members.clone())),
+        _ => None,
+    })
+    .await
+}
+
+/// The close code the socket ends with, skipping frames.
+pub async fn expect_close(conn: &mut Connection) -> Option<u16> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let event = tokio::time::timeout_at(deadline, conn.next_event())
+            .await
+            .expect("timed out waiting for the socket to close");
+        match event {
+            Ok(Event::Closed(code)) => return code,
+            Ok(Event::Frame(_)) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Sends a text message and waits for its ack; returns (id, seq).
+pub async fn send_text(client: &mut Client, conn: &mut Connection, chat: &ChatInfo, text: &str) -> (String, u64) {
+    let id = uuid::Uuid::new_v4().to_string();
+    let envelope = client.seal_text(chat, &id, text).await.expect("seal");
+    conn.send(&ClientFrame::Send {
+        id: id.clone(),
+        chat: chat.id.clone(),
+        envelope,
+    })
+    .await
+    .expect("send");
+    let seq = expect(conn, "an ack", |f| match f {
+        ServerFrame::Ack { id: acked, seq, .. } if *acked == id => Some(*seq),
+        ServerFrame::Error { code, id: Some(eid), .. } if *eid == id => panic!("send refused: {code}"),
+        _ => None,
+    })
+    .await;
+    (id, seq)
+}
+
+/// Proves nothing else is queued for `conn`: a ping's pong arrives before any
+/// message frame.
+pub async fn expect_nothing_queued(conn: &mut Connection) {
+    conn.send(&ClientFrame::Ping {
+        nonce: Some("sentinel".into()),
+    })
+    .await
+    .expect("ping");
+    expect(conn, "the sentinel pong", |f| match f {
+        ServerFrame::Pong { nonce } if nonce.as_deref() == Some("sentinel") => Some(()),
+        ServerFrame::Message { message } => panic!("unexpected message {} in {}", message.seq, message.chat),
+        _ => None,
+    })
+    .await;
+}

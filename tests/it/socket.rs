@@ -1,0 +1,201 @@
+use securechat::client::{Client, ClientError};
+use securechat::protocol::{ClientFrame, ServerFrame, close};
+
+use super::harness::{TestServer, expect, expect_close, expect_error, expect_message, online, send_text};
+
+fn refused_status(result: Result<securechat::client::Connection, ClientError>) -> u16 {
+    match result {
+        Ok(_) => panic!("the upgrade was accepted"),
+        Err(ClientError::Ws(e)) => match *e {
+            tokio_tungstenite::tungstenite::Error::Http(ref response) => response.status().as_u16(),
+            ref other => panic!("unexpected error {other}"),
+        },
+        Err(other) => panic!("unexpected error {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upgrade_needs_a_live_session_and_our_origin() {
+    let mut server = TestServer::start().await;
+    let alice = server.user("alice").await;
+
+    assert_eq!(refused_status(server.client().connect().await), 401, "no session");
+
+    let mut forged = server.client();
+    forged.set_session_token(Some(securechat::protocol::B64::encode(&[3u8; 32])));
+    assert_eq!(refused_status(forged.connect().await), 401, "unknown session");
+
+    let mut foreign = Client::new(&server.url(), &server.ca()).unwrap();
+    foreign.set_session_token(alice.session_token().map(str::to_owned));
+    foreign.set_origin("https://evil.example");
+    assert_eq!(refused_status(foreign.connect().await), 403, "foreign origin");
+    foreign.set_origin(&format!("https://{}.evil.example", server.addr));
+    assert_eq!(refused_status(foreign.connect().await), 403, "no substring matches");
+
+    online(&alice).await;
+    // Seven days later the session is over, however active.
+    server.clock.advance_ms(7 * 24 * 3600 * 1000 + 1);
+    assert_eq!(refused_status(alice.connect().await), 401, "expired session");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logout_closes_that_sessions_sockets_and_logout_all_closes_every_one() {
+    let mut server = TestServer::start().await;
+    let mut alice = server.user("alice").await;
+    let mut phone = server.client();
+    phone.login("alice", &super::harness::password("alice")).await.unwrap();
+    let (mut desk, _) = online(&alice).await;
+    let (mut pocket, _) = online(&phone).await;
+
+    let old = alice.session_token().unwrap().to_owned();
+    alice.logout().await.unwrap();
+    assert_eq!(expect_close(&mut desk).await, Some(close::SESSION_ENDED));
+    alice.set_session_token(Some(old));
+    assert_eq!(refused_status(alice.connect().await), 401, "a logged-out token is dead");
+    super::harness::expect_nothing_queued(&mut pocket).await;
+
+    phone.logout_all().await.unwrap();
+    assert_eq!(expect_close(&mut pocket).await, Some(close::SESSION_ENDED));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_frames_get_clear_errors_and_everyone_else_is_served() {
+    let mut server = TestServer::start().await;
+    let mut alice = server.user("alice").await;
+    let mut bob = server.user("bob").await;
+    let _carol = server.user("carol").await;
+    let chat = alice.open_direct("bob").await.unwrap();
+    let (mut sa, _) = online(&alice).await;
+    let (mut sb, _) = online(&bob).await;
+
+    // Before hello nothing but hello and ping is taken.
+    let mut early = alice.connect().await.unwrap();
+    early.send(&ClientFrame::Typing { chat: chat.id.clone() }).await.unwrap();
+    assert_eq!(expect_error(&mut early).await.0, "hello_required");
+
+    sa.send_text("{not json").await.unwrap();
+    assert_eq!(expect_error(&mut sa).await.0, "bad_json");
+    sa.send_text(r#"{"type":"shout","text":"hi"}"#).await.unwrap();
+    assert_eq!(expect_error(&mut sa).await.0, "unknown_type");
+    sa.send_text(r#"{"type":"send","id":"x"}"#).await.unwrap();
+    assert_eq!(expect_error(&mut sa).await.0, "bad_frame");
+
+    // Wrong wrapped-key sets: one missing, one extra.
+    for members in [vec!["alice"], vec!["alice", "bob", "carol"]] {
+        let members: Vec<String> = members.into_iter().map(str::to_owned).collect();
+        let id = uuid::Uuid::new_v4().to_string();
+        let envelope = alice.seal_for(&chat.id, &members, &id, "x").await.unwrap();
+        sa.send(&ClientFrame::Send {
+            id,
+            chat: chat.id.clone(),
+            envelope,
+        })
+        .await
+        .unwrap();
+        assert_eq!(expect_error(&mut sa).await.0, "members_mismatch");
+    }
+    // A malformed envelope.
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut envelope = alice.seal_text(&chat, &id, "x").await.unwrap();
+    envelope.iv.0.truncate(8);
+    sa.send(&ClientFrame::Send {
+        id,
+        chat: chat.id.clone(),
+        envelope,
+    })
+    .await
+    .unwrap();
+    assert_eq!(expect_error(&mut sa).await.0, "bad_envelope");
+    // A chat that does not exist.
+    let id = uuid::Uuid::new_v4().to_string();
+    let envelope = alice.seal_text(&chat, &id, "x").await.unwrap();
+    sa.send(&ClientFrame::Send {
+        id,
+        chat: uuid::Uuid::new_v4().to_string(),
+        envelope,
+    })
+    .await
+    .unwrap();
+    assert_eq!(expect_error(&mut sa).await.0, "not_member");
+
+    // Still serving: alice's own socket and bob's.
+    send_text(&mut alice, &mut sa, &chat, "still here").await;
+    let m = expect_message(&mut sb).await;
+    assert_eq!(bob.open(&m).await.unwrap(), "still here");
+
+    // An oversize frame closes that socket with 1009, and only that one.
+    let big = format!(r#"{{"type":"ping","nonce":"{}"}}"#, "x".repeat(70 * 1024));
+    // The server may close before the whole frame is written, so the write
+    // itself can fail; what matters is the close and that nothing else stops.
+    let _ = sa.send_text(&big).await;
+    let code = expect_close(&mut sa).await;
+    assert!(matches!(code, Some(close::TOO_BIG) | None), "closed with {code:?}");
+    let (mut sa, _) = online(&alice).await;
+    send_text(&mut alice, &mut sa, &chat, "back again").await;
+    let m = expect_message(&mut sb).await;
+    assert_eq!(bob.open(&m).await.unwrap(), "back again");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_past_the_bucket_is_refused_and_not_delivered() {
+    // No refill to speak of, so exactly the burst gets through.
+    let mut server = TestServer::start_with(|l| {
+        l.frames_per_sec = 0.001;
+        l.frame_burst = 20.0;
+        l.abuse_close_after = 10;
+    })
+    .await;
+    let mut alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let chat = alice.open_direct("bob").await.unwrap();
+    let (mut sa, _) = online(&alice).await;
+    let (mut sb, _) = online(&bob).await;
+
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        let id = uuid::Uuid::new_v4().to_string();
+        let envelope = alice.seal_text(&chat, &id, &format!("burst {i}")).await.unwrap();
+        ids.push(id.clone());
+        sa.send(&ClientFrame::Send {
+            id,
+            chat: chat.id.clone(),
+            envelope,
+        })
+        .await
+        .unwrap();
+    }
+    let (mut acked, mut limited) = (0, 0);
+    while acked + limited < 25 {
+        match expect(&mut sa, "ack or error", |f| match f {
+            ServerFrame::Ack { .. } => Some(Ok(())),
+            ServerFrame::Error {
+                code, retry_after_ms, ..
+            } => Some(Err((code.clone(), *retry_after_ms))),
+            _ => None,
+        })
+        .await
+        {
+            Ok(()) => acked += 1,
+            Err((code, retry)) => {
+                assert_eq!(code, "rate_limited");
+                assert!(retry.unwrap() > 0);
+                limited += 1;
+            }
+        }
+    }
+    assert_eq!((acked, limited), (20, 5));
+    for seq in 1..=20 {
+        assert_eq!(expect_message(&mut sb).await.seq, seq);
+    }
+    super::harness::expect_nothing_queued(&mut sb).await;
+
+    // Keeping on flooding closes the socket with a policy violation.
+    for _ in 0..10 {
+        sa.send(&ClientFrame::Typing { chat: chat.id.clone() }).await.unwrap();
+    }
+    assert_eq!(expect_close(&mut sa).await, Some(close::POLICY));
+    server.stop().await;
+}
