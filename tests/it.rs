@@ -3,16 +3,16 @@
 //! client.
 
 mod it {
-    /// Starts servers, makes users, waits for frames.
-    pub mod harness;
     /// Registration, login, throttling, sessions, password change.
     mod accounts;
     /// Direct and group chats: delivery, decryption, membership.
     mod chats;
-    /// WebSocket admission and abuse: origins, sessions, bad frames, rates.
-    mod socket;
     /// Delivery across dropped sockets, restarts and kill -9.
     mod delivery;
+    /// Starts servers, makes users, waits for frames.
+    pub mod harness;
     /// The executable: clean shutdown, static files and headers.
     mod process;
+    /// WebSocket admission and abuse: origins, sessions, bad frames, rates.
+    mod socket;
 }

@@ -1620,7 +1620,9 @@ mod tests {
         let mut child = match child {
             Ok(c) => c,
             // CI installs Node.js, so there a missing `node` is a failure.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && std::env::var_os("CI").is_none() => {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound && std::env::var_os("CI").is_none() =>
+            {
                 eprintln!("SKIPPED rust_to_webcrypto: `node` is not installed");
                 return;
             }

@@ -19,16 +19,27 @@ async fn first_user_is_admin_and_registration_modes_are_enforced() {
         .register("ALICE", "another long passphrase here", keys(3), None)
         .await
         .unwrap_err();
-    assert!(matches!(err, ClientError::Api { ref code, .. } if code == "username_taken"), "{err}");
+    assert!(
+        matches!(err, ClientError::Api { ref code, .. } if code == "username_taken"),
+        "{err}"
+    );
 
     // Only admins change the mode.
     let r = bob
-        .raw(Method::PUT, "/api/admin/registration", Some(&json!({"mode": "invite"})))
+        .raw(
+            Method::PUT,
+            "/api/admin/registration",
+            Some(&json!({"mode": "invite"})),
+        )
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let r = admin
-        .raw(Method::PUT, "/api/admin/registration", Some(&json!({"mode": "invite"})))
+        .raw(
+            Method::PUT,
+            "/api/admin/registration",
+            Some(&json!({"mode": "invite"})),
+        )
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
@@ -38,14 +49,24 @@ async fn first_user_is_admin_and_registration_modes_are_enforced() {
         .register("carol", &password("carol"), keys(2), None)
         .await
         .unwrap_err();
-    assert!(matches!(err, ClientError::Api { ref code, .. } if code == "invite_required"), "{err}");
+    assert!(
+        matches!(err, ClientError::Api { ref code, .. } if code == "invite_required"),
+        "{err}"
+    );
 
     let r = admin
-        .raw(Method::POST, "/api/admin/invites", Some(&json!({"uses": 1})))
+        .raw(
+            Method::POST,
+            "/api/admin/invites",
+            Some(&json!({"uses": 1})),
+        )
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    let code = r.json::<serde_json::Value>().await.unwrap()["code"].as_str().unwrap().to_owned();
+    let code = r.json::<serde_json::Value>().await.unwrap()["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     server
         .client()
         .register("carol", &password("carol"), keys(2), Some(&code))
@@ -56,10 +77,17 @@ async fn first_user_is_admin_and_registration_modes_are_enforced() {
         .register("dave", &password("dave"), keys(3), Some(&code))
         .await
         .unwrap_err();
-    assert!(matches!(err, ClientError::Api { ref code, .. } if code == "invalid_invite"), "{err}");
+    assert!(
+        matches!(err, ClientError::Api { ref code, .. } if code == "invalid_invite"),
+        "{err}"
+    );
 
     admin
-        .raw(Method::PUT, "/api/admin/registration", Some(&json!({"mode": "closed"})))
+        .raw(
+            Method::PUT,
+            "/api/admin/registration",
+            Some(&json!({"mode": "closed"})),
+        )
         .await
         .unwrap();
     let err = server
@@ -67,9 +95,15 @@ async fn first_user_is_admin_and_registration_modes_are_enforced() {
         .register("dave", &password("dave"), keys(3), None)
         .await
         .unwrap_err();
-    assert!(matches!(err, ClientError::Api { ref code, .. } if code == "registration_closed"), "{err}");
+    assert!(
+        matches!(err, ClientError::Api { ref code, .. } if code == "registration_closed"),
+        "{err}"
+    );
 
-    let r = admin.raw(Method::GET, "/api/admin/audit", None).await.unwrap();
+    let r = admin
+        .raw(Method::GET, "/api/admin/audit", None)
+        .await
+        .unwrap();
     let audit: Vec<serde_json::Value> = r.json().await.unwrap();
     assert!(audit.iter().any(|e| e["event"] == "registration_mode"));
     server.stop().await;
@@ -100,7 +134,10 @@ async fn registration_rejects_bad_material() {
     for (field, value, want) in cases {
         let mut body = base.clone();
         body[field] = value;
-        let r = client.raw(Method::POST, "/api/register", Some(&body)).await.unwrap();
+        let r = client
+            .raw(Method::POST, "/api/register", Some(&body))
+            .await
+            .unwrap();
         let status = r.status();
         let got: serde_json::Value = r.json().await.unwrap();
         assert!(status.is_client_error(), "{field}: {status}");
@@ -118,13 +155,24 @@ async fn login_failures_look_alike_lock_doubles_and_survives_restart() {
     // Prelogin does not reveal whether a user exists.
     let real = c.prelogin("alice").await.unwrap();
     let fake = c.prelogin("nobody").await.unwrap();
-    assert_eq!((real.salt.len(), real.iterations), (fake.salt.len(), fake.iterations));
-    assert_eq!(fake.salt, c.prelogin("NOBODY").await.unwrap().salt, "stable per name");
+    assert_eq!(
+        (real.salt.len(), real.iterations),
+        (fake.salt.len(), fake.iterations)
+    );
+    assert_eq!(
+        fake.salt,
+        c.prelogin("NOBODY").await.unwrap().salt,
+        "stable per name"
+    );
 
     let (s1, wrong_pw, _) = c.login_attempt("alice", &wrong).await.unwrap();
     let (s2, unknown, _) = c.login_attempt("nobody", &wrong).await.unwrap();
     assert_eq!(s1, StatusCode::UNAUTHORIZED);
-    assert_eq!((s1, &wrong_pw), (s2, &unknown), "wrong password and unknown user look alike");
+    assert_eq!(
+        (s1, &wrong_pw),
+        (s2, &unknown),
+        "wrong password and unknown user look alike"
+    );
 
     for _ in 0..4 {
         let (s, _, _) = c.login_attempt("alice", &wrong).await.unwrap();
@@ -141,7 +189,10 @@ async fn login_failures_look_alike_lock_doubles_and_survives_restart() {
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(locked_real["error"], locked_unknown["error"]);
     assert_eq!(locked_real["message"], locked_unknown["message"]);
-    assert_eq!(locked_real["message"], wrong_pw["message"], "one message for every failure");
+    assert_eq!(
+        locked_real["message"], wrong_pw["message"],
+        "one message for every failure"
+    );
 
     // After the minute, one more failure locks for two minutes.
     server.clock.advance_ms(61_000);
@@ -159,7 +210,9 @@ async fn login_failures_look_alike_lock_doubles_and_survives_restart() {
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
 
     server.clock.advance_ms(121_000);
-    c.login("alice", &password("alice")).await.expect("login after the lock");
+    c.login("alice", &password("alice"))
+        .await
+        .expect("login after the lock");
     server.stop().await;
 }
 
@@ -169,7 +222,10 @@ async fn too_many_failures_from_one_address_refuse_it() {
     let _alice = server.user("alice").await;
     let mut c = server.client();
     for i in 0..20 {
-        let (s, _, _) = c.login_attempt(&format!("user{i}"), &[1u8; 32]).await.unwrap();
+        let (s, _, _) = c
+            .login_attempt(&format!("user{i}"), &[1u8; 32])
+            .await
+            .unwrap();
         assert_eq!(s, StatusCode::UNAUTHORIZED, "attempt {i}");
     }
     let right = c.auth_key("alice", &password("alice")).await.unwrap();
@@ -177,7 +233,9 @@ async fn too_many_failures_from_one_address_refuse_it() {
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "the address is refused");
     assert_eq!(retry.as_deref(), Some("900"));
     server.clock.advance_ms(15 * 60_000 + 1000);
-    c.login("alice", &password("alice")).await.expect("allowed again");
+    c.login("alice", &password("alice"))
+        .await
+        .expect("allowed again");
     server.stop().await;
 }
 
@@ -198,7 +256,13 @@ async fn sessions_expire_and_password_change_ends_the_others() {
         Some(securechat::protocol::close::SESSION_ENDED)
     );
     let err = other.me().await.unwrap_err();
-    assert!(matches!(err, ClientError::Api { status: StatusCode::UNAUTHORIZED, .. }));
+    assert!(matches!(
+        err,
+        ClientError::Api {
+            status: StatusCode::UNAUTHORIZED,
+            ..
+        }
+    ));
     alice.me().await.expect("this session continues");
 
     let mut again = server.client();
@@ -211,7 +275,13 @@ async fn sessions_expire_and_password_change_ends_the_others() {
     // Idle timeout: 12 hours unused.
     server.clock.advance_ms(12 * 3600 * 1000 + 1000);
     let err = again.me().await.unwrap_err();
-    assert!(matches!(err, ClientError::Api { status: StatusCode::UNAUTHORIZED, .. }));
+    assert!(matches!(
+        err,
+        ClientError::Api {
+            status: StatusCode::UNAUTHORIZED,
+            ..
+        }
+    ));
     server.stop().await;
 }
 

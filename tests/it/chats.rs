@@ -1,7 +1,9 @@
 use reqwest::{Method, StatusCode};
 use securechat::protocol::{ClientFrame, ServerFrame};
 
-use super::harness::{TestServer, expect, expect_error, expect_message, expect_nothing_queued, online, send_text};
+use super::harness::{
+    TestServer, expect, expect_error, expect_message, expect_nothing_queued, online, send_text,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_users_exchange_messages_pairwise_and_outsiders_see_nothing() {
@@ -16,11 +18,18 @@ async fn three_users_exchange_messages_pairwise_and_outsiders_see_nothing() {
     let c12 = u1.open_direct("user2").await.unwrap();
     let c23 = u2.open_direct("user3").await.unwrap();
     let c31 = u3.open_direct("user1").await.unwrap();
-    assert_eq!(u2.open_direct("user1").await.unwrap().id, c12.id, "one direct chat per pair");
+    assert_eq!(
+        u2.open_direct("user1").await.unwrap().id,
+        c12.id,
+        "one direct chat per pair"
+    );
 
     send_text(&mut u1, &mut s1, &c12, "hello two, from one **bold**").await;
     let m = expect_message(&mut s2).await;
-    assert_eq!((m.sender.as_str(), m.seq, m.chat.as_str()), ("user1", 1, c12.id.as_str()));
+    assert_eq!(
+        (m.sender.as_str(), m.seq, m.chat.as_str()),
+        ("user1", 1, c12.id.as_str())
+    );
     assert_eq!(u2.open(&m).await.unwrap(), "hello two, from one **bold**");
 
     send_text(&mut u2, &mut s2, &c23, "hi three 👋").await;
@@ -35,21 +44,34 @@ async fn three_users_exchange_messages_pairwise_and_outsiders_see_nothing() {
     let db = std::fs::read(server.dir.path().join("securechat.db")).unwrap_or_default();
     let wal = std::fs::read(server.dir.path().join("securechat.db-wal")).unwrap_or_default();
     for hay in [&db, &wal] {
-        assert!(!hay.windows(9).any(|w| w == b"hi three "), "plaintext on disk");
+        assert!(
+            !hay.windows(9).any(|w| w == b"hi three "),
+            "plaintext on disk"
+        );
     }
 
     // user3 is not in c12: no history, no chat, no sending, no typing.
     let r = u3
-        .raw(Method::GET, &format!("/api/chats/{}/messages", c12.id), None)
+        .raw(
+            Method::GET,
+            &format!("/api/chats/{}/messages", c12.id),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    let r = u3.raw(Method::GET, &format!("/api/chats/{}", c12.id), None).await.unwrap();
+    let r = u3
+        .raw(Method::GET, &format!("/api/chats/{}", c12.id), None)
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert!(u3.chats().await.unwrap().iter().all(|c| c.id != c12.id));
     let members = vec!["user1".to_owned(), "user2".to_owned(), "user3".to_owned()];
     let id = uuid::Uuid::new_v4().to_string();
-    let envelope = u3.seal_for(&c12.id, &members, &id, "let me in").await.unwrap();
+    let envelope = u3
+        .seal_for(&c12.id, &members, &id, "let me in")
+        .await
+        .unwrap();
     s3.send(&ClientFrame::Send {
         id,
         chat: c12.id.clone(),
@@ -58,13 +80,20 @@ async fn three_users_exchange_messages_pairwise_and_outsiders_see_nothing() {
     .await
     .unwrap();
     assert_eq!(expect_error(&mut s3).await.0, "not_member");
-    s3.send(&ClientFrame::Typing { chat: c12.id.clone() }).await.unwrap();
+    s3.send(&ClientFrame::Typing {
+        chat: c12.id.clone(),
+    })
+    .await
+    .unwrap();
     assert_eq!(expect_error(&mut s3).await.0, "not_member");
 
     // Members page history; the page holds the envelope, which opens.
     let page = u2.history(&c12.id, "limit=10").await.unwrap();
     assert_eq!(page.messages.len(), 1);
-    assert_eq!(u2.open(&page.messages[0]).await.unwrap(), "hello two, from one **bold**");
+    assert_eq!(
+        u2.open(&page.messages[0]).await.unwrap(),
+        "hello two, from one **bold**"
+    );
     expect_nothing_queued(&mut s1).await;
     expect_nothing_queued(&mut s2).await;
     server.stop().await;
@@ -102,7 +131,11 @@ async fn group_members_all_decrypt_and_a_removed_member_gets_nothing_more() {
 
     // Only the owner removes others.
     let r = u2
-        .raw(Method::DELETE, &format!("/api/chats/{}/members/user3", group.id), None)
+        .raw(
+            Method::DELETE,
+            &format!("/api/chats/{}/members/user3", group.id),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
@@ -125,22 +158,45 @@ async fn group_members_all_decrypt_and_a_removed_member_gets_nothing_more() {
     .unwrap();
     let (code, _, members) = expect_error(&mut s1).await;
     assert_eq!(code, "members_mismatch");
-    assert_eq!(members.unwrap(), vec!["user1".to_owned(), "user2".to_owned()]);
+    assert_eq!(
+        members.unwrap(),
+        vec!["user1".to_owned(), "user2".to_owned()]
+    );
 
-    let group = u1.chats().await.unwrap().into_iter().find(|c| c.id == group.id).unwrap();
+    let group = u1
+        .chats()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.id == group.id)
+        .unwrap();
     send_text(&mut u1, &mut s1, &group, "after removal").await;
     let m = expect_message(&mut s2).await;
     assert_eq!(u2.open(&m).await.unwrap(), "after removal");
     expect_nothing_queued(&mut s3).await;
     let r = u3
-        .raw(Method::GET, &format!("/api/chats/{}/messages", group.id), None)
+        .raw(
+            Method::GET,
+            &format!("/api/chats/{}/messages", group.id),
+            None,
+        )
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::NOT_FOUND, "removed members lose history access");
+    assert_eq!(
+        r.status(),
+        StatusCode::NOT_FOUND,
+        "removed members lose history access"
+    );
 
     // Leaving: user2 leaves; user1 remains owner.
     u2.remove_member(&group.id, "user2").await.unwrap();
-    let left = u1.chats().await.unwrap().into_iter().find(|c| c.id == group.id).unwrap();
+    let left = u1
+        .chats()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.id == group.id)
+        .unwrap();
     assert_eq!(left.members.len(), 1);
     server.stop().await;
 }
@@ -158,7 +214,11 @@ async fn presence_typing_and_read_reach_the_members() {
     })
     .await;
     let chat = u1.open_direct("user2").await.unwrap();
-    s2.send(&ClientFrame::Typing { chat: chat.id.clone() }).await.unwrap();
+    s2.send(&ClientFrame::Typing {
+        chat: chat.id.clone(),
+    })
+    .await
+    .unwrap();
     expect(&mut s1, "typing", |f| match f {
         ServerFrame::Typing { user, .. } if user == "user2" => Some(()),
         _ => None,
@@ -178,10 +238,17 @@ async fn presence_typing_and_read_reach_the_members() {
     })
     .await;
     s2.close().await;
-    expect(&mut s1, "user2 offline after the grace period", |f| match f {
-        ServerFrame::Presence { user, online: false } if user == "user2" => Some(()),
-        _ => None,
-    })
+    expect(
+        &mut s1,
+        "user2 offline after the grace period",
+        |f| match f {
+            ServerFrame::Presence {
+                user,
+                online: false,
+            } if user == "user2" => Some(()),
+            _ => None,
+        },
+    )
     .await;
     server.stop().await;
 }

@@ -28,7 +28,10 @@ async fn dropped_sockets_and_a_restart_lose_nothing_and_repeat_nothing() {
     }
     let mut sb = bob.connect().await.unwrap();
     let last = seen.last().unwrap().0;
-    let (_, replayed) = sb.hello(BTreeMap::from([(chat.id.clone(), last)])).await.unwrap();
+    let (_, replayed) = sb
+        .hello(BTreeMap::from([(chat.id.clone(), last)]))
+        .await
+        .unwrap();
     for m in replayed {
         seen.push((m.seq, bob.open(&m).await.unwrap()));
     }
@@ -44,7 +47,11 @@ async fn dropped_sockets_and_a_restart_lose_nothing_and_repeat_nothing() {
     };
     sa.send(&frame).await.unwrap();
     expect(&mut sa, "the first ack", |f| match f {
-        ServerFrame::Ack { id: a, duplicate: false, .. } if *a == id => Some(()),
+        ServerFrame::Ack {
+            id: a,
+            duplicate: false,
+            ..
+        } if *a == id => Some(()),
         _ => None,
     })
     .await;
@@ -55,7 +62,12 @@ async fn dropped_sockets_and_a_restart_lose_nothing_and_repeat_nothing() {
     let (mut sa, _) = online(&alice).await;
     sa.send(&frame).await.unwrap();
     let seq = expect(&mut sa, "the duplicate ack", |f| match f {
-        ServerFrame::Ack { id: a, duplicate: true, seq, .. } if *a == id => Some(*seq),
+        ServerFrame::Ack {
+            id: a,
+            duplicate: true,
+            seq,
+            ..
+        } if *a == id => Some(*seq),
         _ => None,
     })
     .await;
@@ -65,7 +77,10 @@ async fn dropped_sockets_and_a_restart_lose_nothing_and_repeat_nothing() {
     }
     let mut sb = bob.connect().await.unwrap();
     let last = seen.last().unwrap().0;
-    let (_, replayed) = sb.hello(BTreeMap::from([(chat.id.clone(), last)])).await.unwrap();
+    let (_, replayed) = sb
+        .hello(BTreeMap::from([(chat.id.clone(), last)]))
+        .await
+        .unwrap();
     for m in replayed {
         seen.push((m.seq, bob.open(&m).await.unwrap()));
     }

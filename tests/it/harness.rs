@@ -27,7 +27,10 @@ pub fn keys(i: usize) -> UserKeys {
         let handles: Vec<_> = (0..4)
             .map(|_| std::thread::spawn(|| UserKeys::generate().expect("key generation")))
             .collect();
-        handles.into_iter().map(|h| h.join().expect("keygen thread")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("keygen thread"))
+            .collect()
     });
     all[i % all.len()].clone()
 }
@@ -60,7 +63,9 @@ impl TestServer {
         config.limits.presence_grace = Duration::from_millis(200);
         tune(&mut config.limits);
         let clock = ManualClock::new();
-        let running = server::start(config.clone(), clock.clone()).await.expect("server starts");
+        let running = server::start(config.clone(), clock.clone())
+            .await
+            .expect("server starts");
         let addr = running.addr;
         Self {
             running: Some(running),
@@ -105,7 +110,9 @@ impl TestServer {
         self.stop().await;
         let mut config = self.config.clone();
         config.bind = self.addr;
-        let running = server::start(config, self.clock.clone()).await.expect("server restarts");
+        let running = server::start(config, self.clock.clone())
+            .await
+            .expect("server restarts");
         self.running = Some(running);
     }
 
@@ -125,7 +132,11 @@ pub async fn online(client: &Client) -> (Connection, Vec<ChatInfo>) {
 }
 
 /// The next frame accepted by `pick`, skipping others, within [`WAIT`].
-pub async fn expect<T>(conn: &mut Connection, what: &str, mut pick: impl FnMut(&ServerFrame) -> Option<T>) -> T {
+pub async fn expect<T>(
+    conn: &mut Connection,
+    what: &str,
+    mut pick: impl FnMut(&ServerFrame) -> Option<T>,
+) -> T {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let event = tokio::time::timeout_at(deadline, conn.next_event())
@@ -182,7 +193,12 @@ pub async fn expect_close(conn: &mut Connection) -> Option<u16> {
 }
 
 /// Sends a text message and waits for its ack; returns (id, seq).
-pub async fn send_text(client: &mut Client, conn: &mut Connection, chat: &ChatInfo, text: &str) -> (String, u64) {
+pub async fn send_text(
+    client: &mut Client,
+    conn: &mut Connection,
+    chat: &ChatInfo,
+    text: &str,
+) -> (String, u64) {
     let id = uuid::Uuid::new_v4().to_string();
     let envelope = client.seal_text(chat, &id, text).await.expect("seal");
     conn.send(&ClientFrame::Send {
@@ -194,7 +210,11 @@ pub async fn send_text(client: &mut Client, conn: &mut Connection, chat: &ChatIn
     .expect("send");
     let seq = expect(conn, "an ack", |f| match f {
         ServerFrame::Ack { id: acked, seq, .. } if *acked == id => Some(*seq),
-        ServerFrame::Error { code, id: Some(eid), .. } if *eid == id => panic!("send refused: {code}"),
+        ServerFrame::Error {
+            code,
+            id: Some(eid),
+            ..
+        } if *eid == id => panic!("send refused: {code}"),
         _ => None,
     })
     .await;
@@ -211,7 +231,9 @@ pub async fn expect_nothing_queued(conn: &mut Connection) {
     .expect("ping");
     expect(conn, "the sentinel pong", |f| match f {
         ServerFrame::Pong { nonce } if nonce.as_deref() == Some("sentinel") => Some(()),
-        ServerFrame::Message { message } => panic!("unexpected message {} in {}", message.seq, message.chat),
+        ServerFrame::Message { message } => {
+            panic!("unexpected message {} in {}", message.seq, message.chat)
+        }
         _ => None,
     })
     .await;

@@ -12,9 +12,22 @@ use tokio::process::{Child, Command};
 use super::harness::{TestServer, WAIT, expect_close, keys, online, password, send_text};
 
 /// Starts the real executable on 127.0.0.1:0; returns it and its URL.
-async fn spawn_host(dir: &Path) -> (Child, String, tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) {
+async fn spawn_host(
+    dir: &Path,
+) -> (
+    Child,
+    String,
+    tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_securechat"))
-        .args(["host", "--headless", "--no-browser", "--bind", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "host",
+            "--headless",
+            "--no-browser",
+            "--bind",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir)
         .env("SECURECHAT_LOG", "warn")
         .stdout(Stdio::piped())
@@ -45,9 +58,14 @@ async fn acknowledged_messages_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, url, _out) = spawn_host(dir.path()).await;
     let mut alice = Client::new(&url, &ca(dir.path())).unwrap();
-    alice.register("alice", &password("alice"), keys(0), None).await.unwrap();
+    alice
+        .register("alice", &password("alice"), keys(0), None)
+        .await
+        .unwrap();
     let mut bob = Client::new(&url, &ca(dir.path())).unwrap();
-    bob.register("bob", &password("bob"), keys(1), None).await.unwrap();
+    bob.register("bob", &password("bob"), keys(1), None)
+        .await
+        .unwrap();
     let chat = alice.open_direct("bob").await.unwrap();
     let (mut sa, _) = online(&alice).await;
     let mut acked = Vec::new();
@@ -74,21 +92,35 @@ async fn sigterm_closes_sockets_with_1001_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, url, mut out) = spawn_host(dir.path()).await;
     let mut alice = Client::new(&url, &ca(dir.path())).unwrap();
-    alice.register("alice", &password("alice"), keys(0), None).await.unwrap();
+    alice
+        .register("alice", &password("alice"), keys(0), None)
+        .await
+        .unwrap();
     let (mut socket, _) = online(&alice).await;
     let pid = child.id().unwrap().to_string();
-    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
     assert!(status.success());
     assert_eq!(expect_close(&mut socket).await, Some(close::GOING_AWAY));
-    let exit = tokio::time::timeout(WAIT, child.wait()).await.unwrap().unwrap();
+    let exit = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(exit.success(), "{exit}");
     let mut rest = Vec::new();
     while let Ok(Some(line)) = out.next_line().await {
         rest.push(line);
     }
-    assert!(rest.iter().any(|l| l.contains("SecureChat stopped")), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("SecureChat stopped")),
+        "{rest:?}"
+    );
     // The database is checkpointed: no write-ahead log left behind with data.
-    let wal = std::fs::metadata(dir.path().join("securechat.db-wal")).map(|m| m.len()).unwrap_or(0);
+    let wal = std::fs::metadata(dir.path().join("securechat.db-wal"))
+        .map(|m| m.len())
+        .unwrap_or(0);
     assert_eq!(wal, 0);
 }
 
@@ -104,7 +136,12 @@ async fn every_response_carries_the_security_headers() {
             "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
             "{path}"
         );
-        assert!(h["strict-transport-security"].to_str().unwrap().starts_with("max-age="));
+        assert!(
+            h["strict-transport-security"]
+                .to_str()
+                .unwrap()
+                .starts_with("max-age=")
+        );
         assert_eq!(h["x-content-type-options"], "nosniff");
         assert_eq!(h["referrer-policy"], "no-referrer");
     }
@@ -113,6 +150,9 @@ async fn every_response_carries_the_security_headers() {
     assert!(r.text().await.unwrap().contains("SecureChat"));
     let r = client.raw(Method::GET, "/api/me", None).await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["error"], "unauthorized");
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["error"],
+        "unauthorized"
+    );
     server.stop().await;
 }

@@ -1,7 +1,9 @@
 use securechat::client::{Client, ClientError};
 use securechat::protocol::{ClientFrame, ServerFrame, close};
 
-use super::harness::{TestServer, expect, expect_close, expect_error, expect_message, online, send_text};
+use super::harness::{
+    TestServer, expect, expect_close, expect_error, expect_message, online, send_text,
+};
 
 fn refused_status(result: Result<securechat::client::Connection, ClientError>) -> u16 {
     match result {
@@ -19,23 +21,43 @@ async fn upgrade_needs_a_live_session_and_our_origin() {
     let mut server = TestServer::start().await;
     let alice = server.user("alice").await;
 
-    assert_eq!(refused_status(server.client().connect().await), 401, "no session");
+    assert_eq!(
+        refused_status(server.client().connect().await),
+        401,
+        "no session"
+    );
 
     let mut forged = server.client();
     forged.set_session_token(Some(securechat::protocol::B64::encode(&[3u8; 32])));
-    assert_eq!(refused_status(forged.connect().await), 401, "unknown session");
+    assert_eq!(
+        refused_status(forged.connect().await),
+        401,
+        "unknown session"
+    );
 
     let mut foreign = Client::new(&server.url(), &server.ca()).unwrap();
     foreign.set_session_token(alice.session_token().map(str::to_owned));
     foreign.set_origin("https://evil.example");
-    assert_eq!(refused_status(foreign.connect().await), 403, "foreign origin");
+    assert_eq!(
+        refused_status(foreign.connect().await),
+        403,
+        "foreign origin"
+    );
     foreign.set_origin(&format!("https://{}.evil.example", server.addr));
-    assert_eq!(refused_status(foreign.connect().await), 403, "no substring matches");
+    assert_eq!(
+        refused_status(foreign.connect().await),
+        403,
+        "no substring matches"
+    );
 
     online(&alice).await;
     // Seven days later the session is over, however active.
     server.clock.advance_ms(7 * 24 * 3600 * 1000 + 1);
-    assert_eq!(refused_status(alice.connect().await), 401, "expired session");
+    assert_eq!(
+        refused_status(alice.connect().await),
+        401,
+        "expired session"
+    );
     server.stop().await;
 }
 
@@ -44,7 +66,10 @@ async fn logout_closes_that_sessions_sockets_and_logout_all_closes_every_one() {
     let mut server = TestServer::start().await;
     let mut alice = server.user("alice").await;
     let mut phone = server.client();
-    phone.login("alice", &super::harness::password("alice")).await.unwrap();
+    phone
+        .login("alice", &super::harness::password("alice"))
+        .await
+        .unwrap();
     let (mut desk, _) = online(&alice).await;
     let (mut pocket, _) = online(&phone).await;
 
@@ -52,7 +77,11 @@ async fn logout_closes_that_sessions_sockets_and_logout_all_closes_every_one() {
     alice.logout().await.unwrap();
     assert_eq!(expect_close(&mut desk).await, Some(close::SESSION_ENDED));
     alice.set_session_token(Some(old));
-    assert_eq!(refused_status(alice.connect().await), 401, "a logged-out token is dead");
+    assert_eq!(
+        refused_status(alice.connect().await),
+        401,
+        "a logged-out token is dead"
+    );
     super::harness::expect_nothing_queued(&mut pocket).await;
 
     phone.logout_all().await.unwrap();
@@ -72,12 +101,19 @@ async fn bad_frames_get_clear_errors_and_everyone_else_is_served() {
 
     // Before hello nothing but hello and ping is taken.
     let mut early = alice.connect().await.unwrap();
-    early.send(&ClientFrame::Typing { chat: chat.id.clone() }).await.unwrap();
+    early
+        .send(&ClientFrame::Typing {
+            chat: chat.id.clone(),
+        })
+        .await
+        .unwrap();
     assert_eq!(expect_error(&mut early).await.0, "hello_required");
 
     sa.send_text("{not json").await.unwrap();
     assert_eq!(expect_error(&mut sa).await.0, "bad_json");
-    sa.send_text(r#"{"type":"shout","text":"hi"}"#).await.unwrap();
+    sa.send_text(r#"{"type":"shout","text":"hi"}"#)
+        .await
+        .unwrap();
     assert_eq!(expect_error(&mut sa).await.0, "unknown_type");
     sa.send_text(r#"{"type":"send","id":"x"}"#).await.unwrap();
     assert_eq!(expect_error(&mut sa).await.0, "bad_frame");
@@ -131,7 +167,10 @@ async fn bad_frames_get_clear_errors_and_everyone_else_is_served() {
     // itself can fail; what matters is the close and that nothing else stops.
     let _ = sa.send_text(&big).await;
     let code = expect_close(&mut sa).await;
-    assert!(matches!(code, Some(close::TOO_BIG) | None), "closed with {code:?}");
+    assert!(
+        matches!(code, Some(close::TOO_BIG) | None),
+        "closed with {code:?}"
+    );
     let (mut sa, _) = online(&alice).await;
     send_text(&mut alice, &mut sa, &chat, "back again").await;
     let m = expect_message(&mut sb).await;
@@ -157,7 +196,10 @@ async fn a_burst_past_the_bucket_is_refused_and_not_delivered() {
     let mut ids = Vec::new();
     for i in 0..25 {
         let id = uuid::Uuid::new_v4().to_string();
-        let envelope = alice.seal_text(&chat, &id, &format!("burst {i}")).await.unwrap();
+        let envelope = alice
+            .seal_text(&chat, &id, &format!("burst {i}"))
+            .await
+            .unwrap();
         ids.push(id.clone());
         sa.send(&ClientFrame::Send {
             id,
@@ -172,7 +214,9 @@ async fn a_burst_past_the_bucket_is_refused_and_not_delivered() {
         match expect(&mut sa, "ack or error", |f| match f {
             ServerFrame::Ack { .. } => Some(Ok(())),
             ServerFrame::Error {
-                code, retry_after_ms, ..
+                code,
+                retry_after_ms,
+                ..
             } => Some(Err((code.clone(), *retry_after_ms))),
             _ => None,
         })
@@ -194,7 +238,11 @@ async fn a_burst_past_the_bucket_is_refused_and_not_delivered() {
 
     // Keeping on flooding closes the socket with a policy violation.
     for _ in 0..10 {
-        sa.send(&ClientFrame::Typing { chat: chat.id.clone() }).await.unwrap();
+        sa.send(&ClientFrame::Typing {
+            chat: chat.id.clone(),
+        })
+        .await
+        .unwrap();
     }
     assert_eq!(expect_close(&mut sa).await, Some(close::POLICY));
     server.stop().await;
