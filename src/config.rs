@@ -138,8 +138,9 @@ pub struct Limits {
     pub ip_lock: Duration,
     /// The window in which failures are counted.
     pub login_window: Duration,
-    /// The least PBKDF2 iteration count an account may declare.
-    pub min_pbkdf2_iterations: u32,
+    /// The PBKDF2 iteration count every account uses. One count for all, so
+    /// the count prelogin reports for unknown names gives nothing away.
+    pub pbkdf2_iterations: u32,
 }
 
 impl Default for Limits {
@@ -175,7 +176,7 @@ impl Default for Limits {
             ip_failures_before_lock: 20,
             ip_lock: Duration::from_secs(15 * 60),
             login_window: Duration::from_secs(15 * 60),
-            min_pbkdf2_iterations: 600_000,
+            pbkdf2_iterations: 600_000,
         }
     }
 }

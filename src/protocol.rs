@@ -364,7 +364,7 @@ pub enum ServerFrame {
 pub mod close {
     /// The server is shutting down (standard "going away").
     pub const GOING_AWAY: u16 = 1001;
-    /// A policy was broken: sustained flooding, or a frame before `hello`.
+    /// A policy was broken: sustained flooding.
     pub const POLICY: u16 = 1008;
     /// A frame or message over the size limit.
     pub const TOO_BIG: u16 = 1009;

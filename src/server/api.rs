@@ -135,11 +135,11 @@ fn check_credentials(
     check_len("auth_key", auth_key, 32, 32)?;
     check_wrapped("enc_private", enc)?;
     check_wrapped("sig_private", sig)?;
-    let min = app.config.limits.min_pbkdf2_iterations;
-    if iterations < min || iterations > 10_000_000 {
+    let want = app.config.limits.pbkdf2_iterations;
+    if iterations != want {
         return Err(ApiError::bad_request(
             "invalid_keys",
-            format!("iterations must be between {min} and 10000000."),
+            format!("iterations must be {want}."),
         ));
     }
     Ok(())
@@ -187,7 +187,7 @@ pub async fn prelogin(
         },
         None => PreloginResponse {
             salt: auth::fake_salt(&app.server_secret, &name).to_vec().into(),
-            iterations: crate::client::crypto::PBKDF2_ITERATIONS,
+            iterations: app.config.limits.pbkdf2_iterations,
         },
     }))
 }
@@ -275,9 +275,30 @@ pub async fn login(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Body(req): Body<LoginRequest>,
 ) -> Result<Response, ApiError> {
-    let name = req.username.trim().to_ascii_lowercase();
     let ip = peer.ip().to_string();
     let now = app.clock.now_ms();
+    // A name that breaks the rules cannot exist; it still costs a dummy
+    // verification and counts against the address, but keys nothing else.
+    let Ok(name) = canonical_username(&req.username) else {
+        let ip_locked = {
+            let i = ip.clone();
+            app.db
+                .call(move |s| s.throttle("ip", &i))
+                .await?
+                .locked_until
+                > now
+        };
+        if ip_locked {
+            return Err(auth::login_failed(Some(1000)));
+        }
+        app.passwords.verify(None, req.auth_key.0).await?;
+        let limits = app.config.limits.clone();
+        let i = ip.clone();
+        app.db
+            .call(move |s| s.update_throttle("ip", &i, |t| auth::ip_failure(t, now, &limits)))
+            .await?;
+        return Err(auth::login_failed(None));
+    };
     let (n, i) = (name.clone(), ip.clone());
     let (user_t, ip_t, user) = app
         .db
@@ -394,6 +415,20 @@ pub async fn change_password(
         &req.enc_private,
         &req.sig_private,
     )?;
+    // The same lock as sign-in: a stolen session must not become a way to
+    // guess the password.
+    let now = app.clock.now_ms();
+    let name = user.user.username.clone();
+    let locked_until = app
+        .db
+        .call(move |s| s.throttle("user", &name))
+        .await?
+        .locked_until;
+    if locked_until > now {
+        return Err(auth::login_failed(Some(
+            u64::try_from(locked_until - now).unwrap_or(1),
+        )));
+    }
     let ok = req.old_auth_key.len() == 32
         && app
             .passwords
@@ -401,7 +436,6 @@ pub async fn change_password(
             .await?;
     if !ok {
         let limits = app.config.limits.clone();
-        let now = app.clock.now_ms();
         let name = user.user.username.clone();
         app.db
             .call(move |s| {

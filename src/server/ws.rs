@@ -65,6 +65,9 @@ pub async fn upgrade(
         }))
 }
 
+/// How long one write to a socket may take before the socket is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What the loop does after handling a frame.
 enum Flow {
     Continue,
@@ -172,6 +175,12 @@ impl Connection {
                             Flow::Close(code, reason) => break Some((code, reason)),
                         },
                         Some(Ok(Message::Binary(_))) => {
+                            if let Err(flow) = self.admit(None).await {
+                                match flow {
+                                    Flow::Close(code, reason) => break Some((code, reason)),
+                                    Flow::Continue => continue,
+                                }
+                            }
                             self.send(&error_frame("bad_frame", "Frames are JSON text; binary frames are not accepted.")).await;
                         }
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
@@ -183,7 +192,7 @@ impl Connection {
                     {
                         continue;
                     }
-                    if self.socket.send(Message::Text(out.text)).await.is_err() {
+                    if !self.write(Message::Text(out.text)).await {
                         break None;
                     }
                 }
@@ -191,7 +200,7 @@ impl Connection {
                     if last_heard.elapsed() > limits.idle_timeout {
                         break Some((close::IDLE, "no answer to pings"));
                     }
-                    if self.socket.send(Message::Ping(Default::default())).await.is_err() {
+                    if !self.write(Message::Ping(Default::default())).await {
                         break None;
                     }
                 }
@@ -231,16 +240,72 @@ impl Connection {
         .await;
     }
 
+    /// Writes one message; false if the socket failed or the peer has not
+    /// taken it within the write timeout (a reader that stopped reading must
+    /// not hold its task, its slots and its presence forever).
+    async fn write(&mut self, message: Message) -> bool {
+        matches!(
+            tokio::time::timeout(WRITE_TIMEOUT, self.socket.send(message)).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// Sends a frame; a failure shows up as the socket ending.
     async fn send(&mut self, frame: &ServerFrame) {
-        let _ = self.socket.send(Message::Text(encode(frame).text)).await;
+        self.write(Message::Text(encode(frame).text)).await;
     }
 
     async fn send_outbound(&mut self, out: Outbound) -> bool {
-        self.socket.send(Message::Text(out.text)).await.is_ok()
+        self.write(Message::Text(out.text)).await
+    }
+
+    /// Takes a token from the user's bucket. Every frame counts but the
+    /// connection's first `hello`, so neither garbage nor errors can be
+    /// flooded. On refusal the client gets `rate_limited` (with the message
+    /// id, for `send`); too many refusals in a row close the socket (1008).
+    async fn admit(&mut self, id: Option<String>) -> Result<(), Flow> {
+        match self
+            .app
+            .frame_limiter
+            .check(&self.user.id, self.app.clock.now_ms())
+        {
+            Ok(()) => {
+                self.refused_in_a_row = 0;
+                Ok(())
+            }
+            Err(wait) => {
+                self.refused_in_a_row += 1;
+                if self.refused_in_a_row >= self.app.config.limits.abuse_close_after {
+                    return Err(Flow::Close(close::POLICY, "sending far too fast"));
+                }
+                self.send(&ServerFrame::Error {
+                    code: "rate_limited".into(),
+                    message: "You are sending too fast; this frame was not delivered.".into(),
+                    id,
+                    retry_after_ms: Some(wait),
+                    members: None,
+                })
+                .await;
+                Err(Flow::Continue)
+            }
+        }
     }
 
     async fn handle_text(&mut self, text: &str) -> Flow {
-        let value: serde_json::Value = match serde_json::from_str(text) {
+        let parsed = serde_json::from_str::<serde_json::Value>(text);
+        let field = |name: &str| {
+            parsed
+                .as_ref()
+                .ok()
+                .and_then(|v| v.get(name))
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        };
+        let first_hello = !self.hello && field("type").as_deref() == Some("hello");
+        if !first_hello && let Err(flow) = self.admit(field("id")).await {
+            return flow;
+        }
+        let value: serde_json::Value = match parsed {
             Ok(v) => v,
             Err(e) => {
                 self.send(&error_frame(
@@ -293,40 +358,14 @@ impl Connection {
                 .await;
                 Flow::Continue
             }
-            other => {
-                if let Err(wait) = self
-                    .app
-                    .frame_limiter
-                    .check(&self.user.id, self.app.clock.now_ms())
-                {
-                    self.refused_in_a_row += 1;
-                    if self.refused_in_a_row >= self.app.config.limits.abuse_close_after {
-                        return Flow::Close(close::POLICY, "sending far too fast");
-                    }
-                    let id = match &other {
-                        ClientFrame::Send { id, .. } => Some(id.clone()),
-                        _ => None,
-                    };
-                    self.send(&ServerFrame::Error {
-                        code: "rate_limited".into(),
-                        message: "You are sending too fast; this frame was not delivered.".into(),
-                        id,
-                        retry_after_ms: Some(wait),
-                        members: None,
-                    })
-                    .await;
-                    return Flow::Continue;
+            other => match other {
+                ClientFrame::Send { id, chat, envelope } => {
+                    self.send_message(id, chat, envelope).await
                 }
-                self.refused_in_a_row = 0;
-                match other {
-                    ClientFrame::Send { id, chat, envelope } => {
-                        self.send_message(id, chat, envelope).await
-                    }
-                    ClientFrame::Typing { chat } => self.typing(chat).await,
-                    ClientFrame::Read { chat, seq } => self.read(chat, seq).await,
-                    ClientFrame::Hello { .. } | ClientFrame::Ping { .. } => Flow::Continue,
-                }
-            }
+                ClientFrame::Typing { chat } => self.typing(chat).await,
+                ClientFrame::Read { chat, seq } => self.read(chat, seq).await,
+                ClientFrame::Hello { .. } | ClientFrame::Ping { .. } => Flow::Continue,
+            },
         }
     }
 

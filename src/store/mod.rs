@@ -703,7 +703,7 @@ impl Store {
         Self::load_chat(&self.conn, chat_id)
     }
 
-    /// Every chat `user_id` belongs to, newest activity first.
+    /// Every chat `user_id` belongs to, newest first.
     pub fn chats_of(&self, user_id: i64) -> Result<Vec<ChatRow>> {
         let ids: Vec<String> = {
             let mut stmt = self.conn.prepare(
