@@ -1,9 +1,36 @@
 use reqwest::{Method, StatusCode};
-use securechat::client::ClientError;
 use securechat::client::crypto::PBKDF2_ITERATIONS;
+use securechat::client::{Client, ClientError};
+use securechat::protocol::Me;
 use serde_json::json;
 
-use super::harness::{TestServer, keys, online, password};
+use super::harness::{TestServer, assert_refused, keys, online, password};
+
+/// Sets the registration mode as `client`; the HTTP status.
+async fn set_mode(client: &Client, mode: &str) -> StatusCode {
+    client
+        .raw(
+            Method::PUT,
+            "/api/admin/registration",
+            Some(&json!({ "mode": mode })),
+        )
+        .await
+        .unwrap()
+        .status()
+}
+
+/// Registers `name` (with key set `key`) on a fresh client.
+async fn register(
+    server: &TestServer,
+    name: &str,
+    key: usize,
+    invite: Option<&str>,
+) -> Result<Me, ClientError> {
+    server
+        .client()
+        .register(name, &password(name), keys(key), invite)
+        .await
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn first_user_is_admin_and_registration_modes_are_enforced() {
@@ -14,45 +41,12 @@ async fn first_user_is_admin_and_registration_modes_are_enforced() {
     assert!(!bob.me().await.unwrap().is_admin);
 
     // Taken names are refused whatever their case.
-    let err = server
-        .client()
-        .register("ALICE", "another long passphrase here", keys(3), None)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, ClientError::Api { ref code, .. } if code == "username_taken"),
-        "{err}"
-    );
+    assert_refused(register(&server, "ALICE", 3, None).await, "username_taken");
 
     // Only admins change the mode.
-    let r = bob
-        .raw(
-            Method::PUT,
-            "/api/admin/registration",
-            Some(&json!({"mode": "invite"})),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    let r = admin
-        .raw(
-            Method::PUT,
-            "/api/admin/registration",
-            Some(&json!({"mode": "invite"})),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-
-    let err = server
-        .client()
-        .register("carol", &password("carol"), keys(2), None)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, ClientError::Api { ref code, .. } if code == "invite_required"),
-        "{err}"
-    );
+    assert_eq!(set_mode(&bob, "invite").await, StatusCode::FORBIDDEN);
+    assert_eq!(set_mode(&admin, "invite").await, StatusCode::OK);
+    assert_refused(register(&server, "carol", 2, None).await, "invite_required");
 
     let r = admin
         .raw(
@@ -63,41 +57,20 @@ async fn first_user_is_admin_and_registration_modes_are_enforced() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    let code = r.json::<serde_json::Value>().await.unwrap()["code"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    server
-        .client()
-        .register("carol", &password("carol"), keys(2), Some(&code))
+    let body: serde_json::Value = r.json().await.unwrap();
+    let code = body["code"].as_str().unwrap();
+    register(&server, "carol", 2, Some(code))
         .await
         .expect("invite admits");
-    let err = server
-        .client()
-        .register("dave", &password("dave"), keys(3), Some(&code))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, ClientError::Api { ref code, .. } if code == "invalid_invite"),
-        "{err}"
+    assert_refused(
+        register(&server, "dave", 3, Some(code)).await,
+        "invalid_invite",
     );
 
-    admin
-        .raw(
-            Method::PUT,
-            "/api/admin/registration",
-            Some(&json!({"mode": "closed"})),
-        )
-        .await
-        .unwrap();
-    let err = server
-        .client()
-        .register("dave", &password("dave"), keys(3), None)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, ClientError::Api { ref code, .. } if code == "registration_closed"),
-        "{err}"
+    assert_eq!(set_mode(&admin, "closed").await, StatusCode::OK);
+    assert_refused(
+        register(&server, "dave", 3, None).await,
+        "registration_closed",
     );
 
     let r = admin

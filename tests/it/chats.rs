@@ -2,18 +2,14 @@ use reqwest::{Method, StatusCode};
 use securechat::protocol::{ClientFrame, ServerFrame};
 
 use super::harness::{
-    TestServer, expect, expect_error, expect_message, expect_nothing_queued, online, send_text,
+    TestServer, expect, expect_error, expect_message, expect_nothing_queued, online, send_envelope,
+    send_text, status, trio,
 };
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_users_exchange_messages_pairwise_and_outsiders_see_nothing() {
     let mut server = TestServer::start().await;
-    let mut u1 = server.user("user1").await;
-    let mut u2 = server.user("user2").await;
-    let mut u3 = server.user("user3").await;
-    let (mut s1, _) = online(&u1).await;
-    let (mut s2, _) = online(&u2).await;
-    let (mut s3, _) = online(&u3).await;
+    let ([mut u1, mut u2, mut u3], [mut s1, mut s2, mut s3]) = trio(&mut server).await;
 
     let c12 = u1.open_direct("user2").await.unwrap();
     let c23 = u2.open_direct("user3").await.unwrap();
@@ -51,20 +47,14 @@ async fn three_users_exchange_messages_pairwise_and_outsiders_see_nothing() {
     }
 
     // user3 is not in c12: no history, no chat, no sending, no typing.
-    let r = u3
-        .raw(
-            Method::GET,
-            &format!("/api/chats/{}/messages", c12.id),
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    let r = u3
-        .raw(Method::GET, &format!("/api/chats/{}", c12.id), None)
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        status(&u3, Method::GET, &format!("/api/chats/{}/messages", c12.id)).await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        status(&u3, Method::GET, &format!("/api/chats/{}", c12.id)).await,
+        StatusCode::NOT_FOUND
+    );
     assert!(u3.chats().await.unwrap().iter().all(|c| c.id != c12.id));
     let members = vec!["user1".to_owned(), "user2".to_owned(), "user3".to_owned()];
     let id = uuid::Uuid::new_v4().to_string();
@@ -72,13 +62,7 @@ async fn three_users_exchange_messages_pairwise_and_outsiders_see_nothing() {
         .seal_for(&c12.id, &members, &id, "let me in")
         .await
         .unwrap();
-    s3.send(&ClientFrame::Send {
-        id,
-        chat: c12.id.clone(),
-        envelope,
-    })
-    .await
-    .unwrap();
+    send_envelope(&mut s3, id, &c12.id, envelope).await;
     assert_eq!(expect_error(&mut s3).await.0, "not_member");
     s3.send(&ClientFrame::Typing {
         chat: c12.id.clone(),
@@ -102,12 +86,7 @@ async fn three_users_exchange_messages_pairwise_and_outsiders_see_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn group_members_all_decrypt_and_a_removed_member_gets_nothing_more() {
     let mut server = TestServer::start().await;
-    let mut u1 = server.user("user1").await;
-    let mut u2 = server.user("user2").await;
-    let mut u3 = server.user("user3").await;
-    let (mut s1, _) = online(&u1).await;
-    let (mut s2, _) = online(&u2).await;
-    let (mut s3, _) = online(&u3).await;
+    let ([mut u1, mut u2, mut u3], [mut s1, mut s2, mut s3]) = trio(&mut server).await;
 
     let group = u1.create_group("Team", &["user2", "user3"]).await.unwrap();
     assert_eq!(group.members.len(), 3);
@@ -130,15 +109,15 @@ async fn group_members_all_decrypt_and_a_removed_member_gets_nothing_more() {
     }
 
     // Only the owner removes others.
-    let r = u2
-        .raw(
+    assert_eq!(
+        status(
+            &u2,
             Method::DELETE,
-            &format!("/api/chats/{}/members/user3", group.id),
-            None,
+            &format!("/api/chats/{}/members/user3", group.id)
         )
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        .await,
+        StatusCode::FORBIDDEN
+    );
     u1.remove_member(&group.id, "user3").await.unwrap();
     expect(&mut s3, "removal notice", |f| match f {
         ServerFrame::ChatRemoved { chat } if *chat == group.id => Some(()),
@@ -149,13 +128,7 @@ async fn group_members_all_decrypt_and_a_removed_member_gets_nothing_more() {
     // A send still keyed for the old members is refused with the new list.
     let id = uuid::Uuid::new_v4().to_string();
     let stale = u1.seal_text(&group, &id, "stale").await.unwrap();
-    s1.send(&ClientFrame::Send {
-        id,
-        chat: group.id.clone(),
-        envelope: stale,
-    })
-    .await
-    .unwrap();
+    send_envelope(&mut s1, id, &group.id, stale).await;
     let (code, _, members) = expect_error(&mut s1).await;
     assert_eq!(code, "members_mismatch");
     assert_eq!(
@@ -174,16 +147,13 @@ async fn group_members_all_decrypt_and_a_removed_member_gets_nothing_more() {
     let m = expect_message(&mut s2).await;
     assert_eq!(u2.open(&m).await.unwrap(), "after removal");
     expect_nothing_queued(&mut s3).await;
-    let r = u3
-        .raw(
-            Method::GET,
-            &format!("/api/chats/{}/messages", group.id),
-            None,
-        )
-        .await
-        .unwrap();
     assert_eq!(
-        r.status(),
+        status(
+            &u3,
+            Method::GET,
+            &format!("/api/chats/{}/messages", group.id)
+        )
+        .await,
         StatusCode::NOT_FOUND,
         "removed members lose history access"
     );

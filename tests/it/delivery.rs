@@ -1,8 +1,24 @@
 use std::collections::BTreeMap;
 
+use securechat::client::{Client, Connection};
 use securechat::protocol::{ClientFrame, ServerFrame, close};
 
 use super::harness::{TestServer, expect, expect_close, expect_message, online, send_text};
+
+/// Reconnects `bob` and replays `chat` from the last message in `seen`,
+/// appending what arrives; returns the new socket.
+async fn catch_up(bob: &mut Client, chat: &str, seen: &mut Vec<(u64, String)>) -> Connection {
+    let mut socket = bob.connect().await.unwrap();
+    let last = seen.last().map_or(0, |m| m.0);
+    let (_, replayed) = socket
+        .hello(BTreeMap::from([(chat.to_owned(), last)]))
+        .await
+        .unwrap();
+    for m in replayed {
+        seen.push((m.seq, bob.open(&m).await.unwrap()));
+    }
+    socket
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dropped_sockets_and_a_restart_lose_nothing_and_repeat_nothing() {
@@ -26,15 +42,7 @@ async fn dropped_sockets_and_a_restart_lose_nothing_and_repeat_nothing() {
     for i in 10..15 {
         send_text(&mut alice, &mut sa, &chat, &format!("m{i}")).await;
     }
-    let mut sb = bob.connect().await.unwrap();
-    let last = seen.last().unwrap().0;
-    let (_, replayed) = sb
-        .hello(BTreeMap::from([(chat.id.clone(), last)]))
-        .await
-        .unwrap();
-    for m in replayed {
-        seen.push((m.seq, bob.open(&m).await.unwrap()));
-    }
+    let mut sb = catch_up(&mut bob, &chat.id, &mut seen).await;
 
     // Alice sends one that is stored, but she loses the ack to a restart; and
     // a resend with the same id after the restart is stored once.
@@ -75,15 +83,7 @@ async fn dropped_sockets_and_a_restart_lose_nothing_and_repeat_nothing() {
     for i in 16..20 {
         send_text(&mut alice, &mut sa, &chat, &format!("m{i}")).await;
     }
-    let mut sb = bob.connect().await.unwrap();
-    let last = seen.last().unwrap().0;
-    let (_, replayed) = sb
-        .hello(BTreeMap::from([(chat.id.clone(), last)]))
-        .await
-        .unwrap();
-    for m in replayed {
-        seen.push((m.seq, bob.open(&m).await.unwrap()));
-    }
+    let mut sb = catch_up(&mut bob, &chat.id, &mut seen).await;
     super::harness::expect_nothing_queued(&mut sb).await;
 
     let want: Vec<(u64, String)> = (0..20).map(|i| (i + 1, format!("m{i}"))).collect();

@@ -10,10 +10,10 @@ use std::time::Duration;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use securechat::client::crypto::UserKeys;
-use securechat::client::{Client, Connection, Event};
+use securechat::client::{Client, ClientError, Connection, Event};
 use securechat::clock::ManualClock;
 use securechat::config::{Config, Limits};
-use securechat::protocol::{ChatInfo, ClientFrame, MessageRecord, ServerFrame};
+use securechat::protocol::{ChatInfo, ClientFrame, Envelope, MessageRecord, ServerFrame};
 use securechat::server::{self, Running};
 
 /// How long any single wait may take before the test fails.
@@ -201,13 +201,7 @@ pub async fn send_text(
 ) -> (String, u64) {
     let id = uuid::Uuid::new_v4().to_string();
     let envelope = client.seal_text(chat, &id, text).await.expect("seal");
-    conn.send(&ClientFrame::Send {
-        id: id.clone(),
-        chat: chat.id.clone(),
-        envelope,
-    })
-    .await
-    .expect("send");
+    send_envelope(conn, id.clone(), &chat.id, envelope).await;
     let seq = expect(conn, "an ack", |f| match f {
         ServerFrame::Ack { id: acked, seq, .. } if *acked == id => Some(*seq),
         ServerFrame::Error {
@@ -237,4 +231,47 @@ pub async fn expect_nothing_queued(conn: &mut Connection) {
         _ => None,
     })
     .await;
+}
+
+/// Asserts that `result` is the API error `code`.
+pub fn assert_refused<T: std::fmt::Debug>(result: Result<T, ClientError>, code: &str) {
+    match result {
+        Err(ClientError::Api { code: got, .. }) => assert_eq!(got, code),
+        other => panic!("expected the API error {code}, got {other:?}"),
+    }
+}
+
+/// Sends an already sealed envelope as message `id` (no waiting).
+pub async fn send_envelope(conn: &mut Connection, id: String, chat: &str, envelope: Envelope) {
+    conn.send(&ClientFrame::Send {
+        id,
+        chat: chat.to_owned(),
+        envelope,
+    })
+    .await
+    .expect("send");
+}
+
+/// Registers user1, user2 and user3 and brings each online.
+pub async fn trio(server: &mut TestServer) -> ([Client; 3], [Connection; 3]) {
+    let clients = [
+        server.user("user1").await,
+        server.user("user2").await,
+        server.user("user3").await,
+    ];
+    let sockets = [
+        online(&clients[0]).await.0,
+        online(&clients[1]).await.0,
+        online(&clients[2]).await.0,
+    ];
+    (clients, sockets)
+}
+
+/// The status of a body-less request by `client`.
+pub async fn status(client: &Client, method: reqwest::Method, path: &str) -> reqwest::StatusCode {
+    client
+        .raw(method, path, None)
+        .await
+        .expect("request")
+        .status()
 }

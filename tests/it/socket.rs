@@ -2,7 +2,8 @@ use securechat::client::{Client, ClientError};
 use securechat::protocol::{ClientFrame, ServerFrame, close};
 
 use super::harness::{
-    TestServer, expect, expect_close, expect_error, expect_message, online, send_text,
+    TestServer, expect, expect_close, expect_error, expect_message, online, send_envelope,
+    send_text,
 };
 
 fn refused_status(result: Result<securechat::client::Connection, ClientError>) -> u16 {
@@ -123,37 +124,19 @@ async fn bad_frames_get_clear_errors_and_everyone_else_is_served() {
         let members: Vec<String> = members.into_iter().map(str::to_owned).collect();
         let id = uuid::Uuid::new_v4().to_string();
         let envelope = alice.seal_for(&chat.id, &members, &id, "x").await.unwrap();
-        sa.send(&ClientFrame::Send {
-            id,
-            chat: chat.id.clone(),
-            envelope,
-        })
-        .await
-        .unwrap();
+        send_envelope(&mut sa, id, &chat.id, envelope).await;
         assert_eq!(expect_error(&mut sa).await.0, "members_mismatch");
     }
     // A malformed envelope.
     let id = uuid::Uuid::new_v4().to_string();
     let mut envelope = alice.seal_text(&chat, &id, "x").await.unwrap();
     envelope.iv.0.truncate(8);
-    sa.send(&ClientFrame::Send {
-        id,
-        chat: chat.id.clone(),
-        envelope,
-    })
-    .await
-    .unwrap();
+    send_envelope(&mut sa, id, &chat.id, envelope).await;
     assert_eq!(expect_error(&mut sa).await.0, "bad_envelope");
     // A chat that does not exist.
     let id = uuid::Uuid::new_v4().to_string();
     let envelope = alice.seal_text(&chat, &id, "x").await.unwrap();
-    sa.send(&ClientFrame::Send {
-        id,
-        chat: uuid::Uuid::new_v4().to_string(),
-        envelope,
-    })
-    .await
-    .unwrap();
+    send_envelope(&mut sa, id, &uuid::Uuid::new_v4().to_string(), envelope).await;
     assert_eq!(expect_error(&mut sa).await.0, "not_member");
 
     // Still serving: alice's own socket and bob's.
@@ -201,13 +184,7 @@ async fn a_burst_past_the_bucket_is_refused_and_not_delivered() {
             .await
             .unwrap();
         ids.push(id.clone());
-        sa.send(&ClientFrame::Send {
-            id,
-            chat: chat.id.clone(),
-            envelope,
-        })
-        .await
-        .unwrap();
+        send_envelope(&mut sa, id, &chat.id, envelope).await;
     }
     let (mut acked, mut limited) = (0, 0);
     while acked + limited < 25 {
