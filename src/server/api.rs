@@ -277,85 +277,66 @@ pub async fn login(
 ) -> Result<Response, ApiError> {
     let ip = peer.ip().to_string();
     let now = app.clock.now_ms();
-    // A name that breaks the rules cannot exist; it still costs a dummy
-    // verification and counts against the address, but keys nothing else.
-    let Ok(name) = canonical_username(&req.username) else {
-        let ip_locked = {
-            let i = ip.clone();
-            app.db
-                .call(move |s| s.throttle("ip", &i))
-                .await?
-                .locked_until
-                > now
-        };
-        if ip_locked {
-            return Err(auth::login_failed(Some(1000)));
-        }
-        app.passwords.verify(None, req.auth_key.0).await?;
-        let limits = app.config.limits.clone();
-        let i = ip.clone();
-        app.db
-            .call(move |s| s.update_throttle("ip", &i, |t| auth::ip_failure(t, now, &limits)))
-            .await?;
-        return Err(auth::login_failed(None));
-    };
+    // A name that breaks the rules cannot exist: it costs a dummy
+    // verification and counts against the address only.
+    let name = canonical_username(&req.username).ok();
+    let actor = name.clone().unwrap_or_else(|| "(invalid name)".into());
+    let limits = app.config.limits.clone();
     let (n, i) = (name.clone(), ip.clone());
-    let (user_t, ip_t, user) = app
+    let counted = app
         .db
         .call(move |s| {
-            Ok((
-                s.throttle("user", &n)?,
-                s.throttle("ip", &i)?,
-                s.user_by_name(&n)?,
-            ))
+            let mut entries = vec![("ip", i.as_str())];
+            if let Some(n) = &n {
+                entries.push(("user", n.as_str()));
+            }
+            let counted = s.count_attempt(&entries, now, |kind, t| match kind {
+                "user" => auth::user_failure(t, now, &limits),
+                _ => auth::ip_failure(t, now, &limits),
+            })?;
+            let user = match &n {
+                Some(n) => s.user_by_name(n)?,
+                None => None,
+            };
+            Ok((counted, user))
         })
         .await?;
-    let locked_until = user_t.locked_until.max(ip_t.locked_until);
-    if locked_until > now {
-        app.audit("login_refused_locked", &name, format!("ip={ip}"))
-            .await;
-        return Err(auth::login_failed(Some(
-            u64::try_from(locked_until - now).unwrap_or(1),
-        )));
-    }
+    let (counters, user) = match counted {
+        (Err(locked_until), _) => {
+            app.audit("login_refused_locked", &actor, format!("ip={ip}"))
+                .await;
+            let wait = u64::try_from(locked_until - now).unwrap_or(1);
+            return Err(auth::login_failed(Some(wait)));
+        }
+        (Ok(counters), user) => (counters, user),
+    };
+    let (ip_before, ip_after) = counters[0];
+    let user_after = counters.get(1).map(|c| c.1);
     let hash = user.as_ref().map(|u| u.auth_hash.clone());
     let verified = req.auth_key.len() == 32 && app.passwords.verify(hash, req.auth_key.0).await?;
-    match user {
-        Some(user) if verified && !user.disabled => {
-            let n = name.clone();
-            app.db.call(move |s| s.clear_throttle("user", &n)).await?;
+    match (user, name) {
+        (Some(user), Some(name)) if verified && !user.disabled => {
+            let i = ip.clone();
+            app.db
+                .call(move |s| s.settle_success(&name, &i, ip_before))
+                .await?;
             app.audit("login", &user.username, format!("ip={ip}")).await;
             open_session(&app, &user, &ip, StatusCode::OK).await
         }
         _ => {
-            let limits = app.config.limits.clone();
-            let (n, i) = (name.clone(), ip.clone());
-            let (user_t, ip_t) = app
-                .db
-                .call(move |s| {
-                    let u =
-                        s.update_throttle("user", &n, |t| auth::user_failure(t, now, &limits))?;
-                    let i = s.update_throttle("ip", &i, |t| auth::ip_failure(t, now, &limits))?;
-                    Ok((u, i))
-                })
-                .await?;
+            let failures = user_after.map_or(0, |t| t.failures);
             app.audit(
                 "login_failed",
-                &name,
-                format!("ip={ip} failures={}", user_t.failures),
+                &actor,
+                format!("ip={ip} failures={failures}"),
             )
             .await;
-            if user_t.locked_until > now {
-                app.audit(
-                    "user_locked",
-                    &name,
-                    format!("until={} failures={}", user_t.locked_until, user_t.failures),
-                )
-                .await;
+            if let Some(t) = user_after.filter(|t| t.locked_until > now) {
+                let detail = format!("until={} failures={}", t.locked_until, t.failures);
+                app.audit("user_locked", &actor, detail).await;
             }
-            if ip_t.locked_until > now && ip_t.failures == app.config.limits.ip_failures_before_lock
-            {
-                app.audit("ip_locked", &ip, format!("until={}", ip_t.locked_until))
+            if ip_after.locked_until > now && ip_before.locked_until <= now {
+                app.audit("ip_locked", &ip, format!("until={}", ip_after.locked_until))
                     .await;
             }
             Err(auth::login_failed(None))

@@ -587,8 +587,82 @@ impl Store {
 
     /// The counters for (`kind`, `key`), zero if none.
     pub fn throttle(&self, kind: &str, key: &str) -> Result<Throttle> {
-        Ok(self
+        Self::read_throttle(&self.conn, kind, key)
+    }
+
+    /// Applies `update` to the counters for (`kind`, `key`) atomically and
+    /// returns the new value.
+    pub fn update_throttle(
+        &mut self,
+        kind: &str,
+        key: &str,
+        update: impl FnOnce(Throttle) -> Throttle,
+    ) -> Result<Throttle> {
+        let tx = self
             .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let new = update(Self::read_throttle(&tx, kind, key)?);
+        Self::write_throttle(&tx, kind, key, new)?;
+        tx.commit()?;
+        Ok(new)
+    }
+
+    /// Counts one login attempt against every (`kind`, `key`) in `entries`,
+    /// atomically: if any of them is locked at `now`, nothing changes and
+    /// the latest lock end is returned as `Err`; otherwise each counter
+    /// becomes `apply(kind, counter)` and the (old, new) pairs are returned.
+    /// Counting before the password is checked means parallel attempts
+    /// cannot slip past a lock while the first ones are being verified.
+    pub fn count_attempt(
+        &mut self,
+        entries: &[(&str, &str)],
+        now: i64,
+        apply: impl Fn(&str, Throttle) -> Throttle,
+    ) -> Result<std::result::Result<Vec<(Throttle, Throttle)>, i64>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut old = Vec::with_capacity(entries.len());
+        for (kind, key) in entries {
+            old.push(Self::read_throttle(&tx, kind, key)?);
+        }
+        let locked_until = old.iter().map(|t| t.locked_until).max().unwrap_or(0);
+        if locked_until > now {
+            return Ok(Err(locked_until));
+        }
+        let mut out = Vec::with_capacity(entries.len());
+        for ((kind, key), before) in entries.iter().zip(old) {
+            let after = apply(kind, before);
+            Self::write_throttle(&tx, kind, key, after)?;
+            out.push((before, after));
+        }
+        tx.commit()?;
+        Ok(Ok(out))
+    }
+
+    /// Undoes a counted attempt that succeeded: the username's counter is
+    /// cleared, and the address's goes back by one (its lock to `ip_before`'s).
+    pub fn settle_success(&mut self, user: &str, ip: &str, ip_before: Throttle) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "DELETE FROM throttle WHERE kind = 'user' AND key = ?1",
+            [user],
+        )?;
+        let current = Self::read_throttle(&tx, "ip", ip)?;
+        let restored = Throttle {
+            failures: current.failures.saturating_sub(1),
+            locked_until: ip_before.locked_until,
+            ..current
+        };
+        Self::write_throttle(&tx, "ip", ip, restored)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn read_throttle(conn: &Connection, kind: &str, key: &str) -> Result<Throttle> {
+        Ok(conn
             .query_row(
                 "SELECT window_start, failures, locked_until FROM throttle WHERE kind = ?1 AND key = ?2",
                 params![kind, key],
@@ -604,47 +678,12 @@ impl Store {
             .unwrap_or_default())
     }
 
-    /// Applies `update` to the counters for (`kind`, `key`) atomically and
-    /// returns the new value.
-    pub fn update_throttle(
-        &mut self,
-        kind: &str,
-        key: &str,
-        update: impl FnOnce(Throttle) -> Throttle,
-    ) -> Result<Throttle> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let old = tx
-            .query_row(
-                "SELECT window_start, failures, locked_until FROM throttle WHERE kind = ?1 AND key = ?2",
-                params![kind, key],
-                |r| {
-                    Ok(Throttle {
-                        window_start: r.get(0)?,
-                        failures: r.get(1)?,
-                        locked_until: r.get(2)?,
-                    })
-                },
-            )
-            .optional()?
-            .unwrap_or_default();
-        let new = update(old);
-        tx.execute(
+    fn write_throttle(conn: &Connection, kind: &str, key: &str, t: Throttle) -> Result<()> {
+        conn.execute(
             "INSERT INTO throttle (kind, key, window_start, failures, locked_until) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT(kind, key) DO UPDATE SET window_start = excluded.window_start,
                 failures = excluded.failures, locked_until = excluded.locked_until",
-            params![kind, key, new.window_start, new.failures, new.locked_until],
-        )?;
-        tx.commit()?;
-        Ok(new)
-    }
-
-    /// Forgets the counters for (`kind`, `key`).
-    pub fn clear_throttle(&self, kind: &str, key: &str) -> Result<()> {
-        self.conn.execute(
-            "DELETE FROM throttle WHERE kind = ?1 AND key = ?2",
-            params![kind, key],
+            params![kind, key, t.window_start, t.failures, t.locked_until],
         )?;
         Ok(())
     }
@@ -1206,17 +1245,28 @@ mod tests {
     }
 
     #[test]
-    fn throttle_counters_update_atomically() {
+    fn attempts_are_counted_before_checking_and_locks_refuse_them() {
         let mut s = Store::open_in_memory().unwrap();
-        let t = s
-            .update_throttle("user", "alice", |t| Throttle {
-                failures: t.failures + 1,
-                ..t
-            })
-            .unwrap();
-        assert_eq!(t.failures, 1);
-        assert_eq!(s.throttle("user", "alice").unwrap().failures, 1);
-        s.clear_throttle("user", "alice").unwrap();
+        let bump = |_: &str, t: Throttle| Throttle {
+            failures: t.failures + 1,
+            locked_until: if t.failures + 1 >= 2 { 100 } else { 0 },
+            ..t
+        };
+        let entries = [("ip", "1.2.3.4"), ("user", "alice")];
+        let first = s.count_attempt(&entries, 10, bump).unwrap().unwrap();
+        assert_eq!(first[1].1.failures, 1);
+        let second = s.count_attempt(&entries, 10, bump).unwrap().unwrap();
+        assert_eq!(second[1].1.locked_until, 100);
+        assert_eq!(
+            s.count_attempt(&entries, 10, bump).unwrap(),
+            Err(100),
+            "locked: refused, not counted"
+        );
+        assert_eq!(s.throttle("user", "alice").unwrap().failures, 2);
+        // A success clears the name and takes the attempt back from the address.
+        s.settle_success("alice", "1.2.3.4", second[0].0).unwrap();
         assert_eq!(s.throttle("user", "alice").unwrap(), Throttle::default());
+        let ip = s.throttle("ip", "1.2.3.4").unwrap();
+        assert_eq!((ip.failures, ip.locked_until), (1, 0));
     }
 }

@@ -269,3 +269,24 @@ async fn state_changing_requests_need_our_origin() {
     assert_eq!(r.status(), StatusCode::OK, "reads need only the session");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn parallel_guesses_cannot_slip_past_the_lock() {
+    let mut server = TestServer::start().await;
+    let _alice = server.user("alice").await;
+    let attempts = (0..10).map(|_| {
+        let mut c = server.client();
+        async move { c.login_attempt("alice", &[5u8; 32]).await.unwrap().0 }
+    });
+    let statuses = futures_util::future::join_all(attempts).await;
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    let failed = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    assert_eq!((failed, refused), (5, 5), "{statuses:?}");
+    server.stop().await;
+}
