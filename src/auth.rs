@@ -242,11 +242,15 @@ impl FromRequestParts<App> for AdminUser {
 }
 
 /// What a failed login does to a username's counters: failures within the
-/// window are counted; from the `user_failures_before_lock`-th on, each locks
-/// the name for the base time doubled per further failure, capped.
+/// window (or within a window after the last lock ended) are counted; from
+/// the `user_failures_before_lock`-th on, each locks the name for the base
+/// time doubled per further failure, capped.
 pub fn user_failure(t: Throttle, now: i64, limits: &Limits) -> Throttle {
     let window = ms(limits.login_window);
-    let mut t = if now - t.window_start > window {
+    // The count restarts only after a quiet window with no lock in it: a
+    // failure soon after a lock ends keeps doubling towards the cap.
+    let quiet = now - t.window_start > window && now - t.locked_until > window;
+    let mut t = if quiet {
         Throttle {
             window_start: now,
             failures: 0,
@@ -337,6 +341,25 @@ mod tests {
             t = user_failure(t, now, &limits);
         }
         assert_eq!(t.locked_until - now, 3_600_000);
+    }
+
+    #[test]
+    fn failures_right_after_each_lock_keep_doubling_to_an_hour() {
+        let limits = Limits::default();
+        let mut t = Throttle::default();
+        let mut now = 1_000_000_000;
+        let mut locks = Vec::new();
+        for _ in 0..12 {
+            t = user_failure(t, now, &limits);
+            if t.locked_until > now {
+                locks.push((t.locked_until - now) / 60_000);
+                now = t.locked_until + 1_000; // try again just after the lock
+            }
+        }
+        assert_eq!(locks, vec![1, 2, 4, 8, 16, 32, 60, 60]);
+        // A quiet window after the lock ends starts the count afresh.
+        t = user_failure(t, t.locked_until + ms(limits.login_window) + 1, &limits);
+        assert_eq!(t.failures, 1);
     }
 
     #[test]
