@@ -1126,7 +1126,7 @@ mod tests {
     #[test]
     fn seal_open_round_trip_two_recipients() {
         let f = fixture();
-        let content = br#"{"type":"text","body":"hi"}"#;
+        let content = br#"{"v":1,"type":"text","text":"hi"}"#;
         let t = Instant::now();
         let s = seal(
             "m1",
@@ -1568,7 +1568,7 @@ mod tests {
         use std::process::{Command, Stdio};
 
         let f = fixture();
-        let content = r#"{"type":"text","body":"Hi from Rust — ✓ ü"}"#;
+        let content = r#"{"v":1,"type":"text","text":"Hi from Rust — ✓ ü"}"#;
         let (msg_id, chat_id) = (
             "5e0c4f7e-1a2b-4c3d-8e9f-001122334455",
             "c6f1e2d3-4b5a-4978-8e1f-0a2b3c4d5e6f",

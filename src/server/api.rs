@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use axum::Json;
 use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
@@ -24,6 +24,25 @@ use crate::protocol::{
 };
 use crate::server::App;
 use crate::store::{Admission, ChatRow, MessageRow, NewCredentials, NewUser, StoreError, UserRow};
+
+/// The query-string extractor, with errors in the API's own shape.
+pub struct Params<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S>
+    for Params<T>
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(Params(v)),
+            Err(rejection) => Err(ApiError::bad_request("bad_request", rejection.body_text())),
+        }
+    }
+}
 
 /// The JSON body extractor, with errors in the API's own shape.
 pub struct Body<T>(pub T);
@@ -213,7 +232,8 @@ pub async fn register(
             "The public keys must be RSA-4096 (e = 65537) in SPKI DER.",
         )
     })?;
-    let admission = match app.registration_mode().await? {
+    let mode = app.registration_mode().await?;
+    let admission = match mode {
         RegistrationMode::Open => Admission::Open,
         RegistrationMode::Closed => Admission::FirstOnly,
         RegistrationMode::Invite => match req.invite.as_deref().filter(|c| !c.trim().is_empty()) {
@@ -233,7 +253,6 @@ pub async fn register(
         enc_private: req.enc_private,
         sig_private: req.sig_private,
     };
-    let mode = app.registration_mode().await?;
     let user = match app
         .db
         .call(move |s| s.create_user(new, admission, now))
@@ -734,7 +753,7 @@ pub async fn history(
     State(app): State<App>,
     user: AuthUser,
     Path(id): Path<String>,
-    Query(q): Query<HistoryQuery>,
+    Params(q): Params<HistoryQuery>,
 ) -> Result<Json<HistoryPage>, ApiError> {
     let chat = member_chat(&app, &user, id).await?;
     let max = app.config.limits.history_page_max;
@@ -930,6 +949,15 @@ pub async fn audit_log(
 }
 
 /// Any other `/api/` path.
-pub async fn not_found(_headers: HeaderMap) -> ApiError {
+pub async fn not_found() -> ApiError {
     ApiError::not_found("No such API endpoint.")
+}
+
+/// A known `/api/` path with the wrong method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "That endpoint does not take this method.",
+    )
 }

@@ -291,6 +291,7 @@ pub fn router(app: App) -> Router {
         )
         .route("/admin/audit", get(api::audit_log))
         .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
         .layer(middleware::from_fn_with_state(app.clone(), api_guard));
     Router::new()
         .nest("/api", api)

@@ -149,6 +149,35 @@ async fn every_response_carries_the_security_headers() {
     assert_eq!(r.status(), StatusCode::OK);
     assert!(r.text().await.unwrap().contains("SecureChat"));
     let r = client.raw(Method::GET, "/api/me", None).await.unwrap();
+    // Every /api/ answer is JSON in the same shape, framework errors included.
+    for (method, path, status, code) in [
+        (
+            Method::PUT,
+            "/api/me",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+        (
+            Method::GET,
+            "/api/nothing",
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            Method::POST,
+            "/api/login",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "bad_request",
+        ),
+    ] {
+        let r = client.raw(method, path, None).await.unwrap();
+        assert_eq!(r.status(), status, "{path}");
+        assert_eq!(
+            r.json::<serde_json::Value>().await.unwrap()["error"],
+            code,
+            "{path}"
+        );
+    }
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
         r.json::<serde_json::Value>().await.unwrap()["error"],
