@@ -224,3 +224,37 @@ async fn a_burst_past_the_bucket_is_refused_and_not_delivered() {
     assert_eq!(expect_close(&mut sa).await, Some(close::POLICY));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_peer_is_closed_and_an_answering_one_is_kept() {
+    let mut server = TestServer::start_with(|l| {
+        l.ping_interval = std::time::Duration::from_millis(100);
+        l.idle_timeout = std::time::Duration::from_millis(400);
+    })
+    .await;
+    let alice = server.user("alice").await;
+    let (mut silent, _) = online(&alice).await;
+    let (mut lively, _) = online(&alice).await;
+    // The lively socket keeps reading (and so answers pings) until the
+    // server has dropped the silent one, which never answers.
+    let hub = server.running.as_ref().unwrap().app.hub.clone();
+    let deadline = tokio::time::Instant::now() + super::harness::WAIT;
+    while hub.socket_count() > 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the silent socket was never closed"
+        );
+        let tick = tokio::time::Instant::now() + std::time::Duration::from_millis(50);
+        if let Ok(Ok(securechat::client::Event::Closed(code))) =
+            tokio::time::timeout_at(tick, lively.next_event()).await
+        {
+            panic!("the answering socket was closed ({code:?})");
+        }
+    }
+    // Its close frame may be lost to the client, which cannot answer the
+    // pings it never read before the server hangs up.
+    let code = expect_close(&mut silent).await;
+    assert!(matches!(code, Some(close::IDLE) | None), "{code:?}");
+    super::harness::expect_nothing_queued(&mut lively).await;
+    server.stop().await;
+}
