@@ -59,6 +59,12 @@ pub struct Config {
     /// Extra origins (`https://name:port`) allowed besides the one the request
     /// was addressed to; for reverse proxies and the local relay.
     pub allowed_origins: Vec<String>,
+    /// The data directory's master key; `None` finds it by the rule in
+    /// [`crate::secrets`] (environment, key file, OS keyring).
+    pub master_key: Option<crate::secrets::MasterKey>,
+    /// If set, the retention period is changed to this at start: `Some(0)`
+    /// keeps everything forever, `Some(n)` keeps n days.
+    pub retention_days: Option<u32>,
     /// Every limit, timeout and rate.
     pub limits: Limits,
 }
@@ -73,6 +79,8 @@ impl Config {
             tls_key: None,
             registration: None,
             allowed_origins: Vec::new(),
+            master_key: None,
+            retention_days: None,
             limits: Limits::default(),
         }
     }

@@ -7,6 +7,8 @@
 //! - [`cli`]: the clap definitions of every subcommand and their dispatch.
 //! - [`config`]: settings from flags and environment; limits; the data directory.
 //! - [`clock`]: the time source, injectable so tests can move time forward.
+//! - [`secrets`]: the master key (OS keyring, environment or key file) and its
+//!   subkeys.
 //! - [`tls`]: the local CA and leaf certificate (rcgen), the rustls server config.
 //! - [`server`]: HTTP routes, static assets with security headers, the WebSocket
 //!   endpoint, graceful shutdown.
@@ -25,6 +27,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod protocol;
+pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod tls;

@@ -3,7 +3,6 @@
 //! or an administrator's certificate; and the rustls server configuration
 //! (ring provider, TLS 1.2 and 1.3, AEAD suites only).
 
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -127,37 +126,62 @@ fn ca_params() -> CertificateParams {
 }
 
 fn write_private(path: &Path, contents: &[u8]) -> Result<(), TlsError> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+    crate::secrets::write_private(path, contents).map_err(io_err(path))
+}
+
+/// A private key's PEM, sealed under the `tls` subkey with the file's name as
+/// AAD (`<name>.key.enc`). A plaintext `<name>.key.pem` from 0.1.0 is sealed
+/// and removed the first time it is read.
+fn read_key(dir: &Path, name: &str, key: &[u8; 32]) -> Result<Option<String>, TlsError> {
+    let sealed_path = dir.join(format!("{name}.key.enc"));
+    let plain_path = dir.join(format!("{name}.key.pem"));
+    let aad = format!("securechat/v1/tls/{name}");
+    if let Ok(sealed) = std::fs::read(&sealed_path) {
+        let pem = crate::secrets::open(key, aad.as_bytes(), &sealed)
+            .and_then(|p| String::from_utf8(p).ok())
+            .ok_or(TlsError::Pem {
+                path: sealed_path,
+                what: "private key (it does not decrypt with this data directory's key)",
+            })?;
+        return Ok(Some(pem));
     }
-    let tmp = path.with_extension("tmp");
-    let mut file = options.open(&tmp).map_err(io_err(&tmp))?;
-    file.write_all(contents).map_err(io_err(&tmp))?;
-    file.sync_all().map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    match std::fs::read_to_string(&plain_path) {
+        Ok(pem) => {
+            write_key(dir, name, key, &pem)?;
+            std::fs::remove_file(&plain_path).map_err(io_err(&plain_path))?;
+            Ok(Some(pem))
+        }
+        Err(_) => Ok(None),
+    }
+}
+
+fn write_key(dir: &Path, name: &str, key: &[u8; 32], pem: &str) -> Result<(), TlsError> {
+    let aad = format!("securechat/v1/tls/{name}");
+    let sealed = crate::secrets::seal(key, aad.as_bytes(), pem.as_bytes());
+    write_private(&dir.join(format!("{name}.key.enc")), &sealed)
 }
 
 const YEAR: time::Duration = time::Duration::days(365);
 
 /// Loads the local CA and leaf from `dir` (`<data>/tls`), creating the CA on
 /// first run and re-issuing the leaf when `names` differ from the ones it
-/// covers or it expires within 30 days.
-pub fn load_or_create(dir: &Path, names: &[String]) -> Result<TlsMaterial, TlsError> {
+/// covers or it expires within 30 days. Private keys are stored sealed under
+/// `key` (the `tls` subkey).
+pub fn load_or_create(
+    dir: &Path,
+    names: &[String],
+    key: &[u8; 32],
+) -> Result<TlsMaterial, TlsError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let ca_cert_path = dir.join("ca.pem");
-    let ca_key_path = dir.join("ca.key.pem");
     let leaf_cert_path = dir.join("leaf.pem");
-    let leaf_key_path = dir.join("leaf.key.pem");
     let leaf_names_path = dir.join("leaf.names");
     let now = time::OffsetDateTime::now_utc();
+    let sealing_key = key;
 
-    let (ca_pem, ca_key) = if ca_cert_path.exists() && ca_key_path.exists() {
+    let ca_key_pem = read_key(dir, "ca", sealing_key)?;
+    let (ca_pem, ca_key) = if let (true, Some(key_pem)) = (ca_cert_path.exists(), ca_key_pem) {
         let pem = std::fs::read_to_string(&ca_cert_path).map_err(io_err(&ca_cert_path))?;
-        let key_pem = std::fs::read_to_string(&ca_key_path).map_err(io_err(&ca_key_path))?;
         (pem, KeyPair::from_pem(&key_pem)?)
     } else {
         let key = KeyPair::generate()?;
@@ -165,7 +189,7 @@ pub fn load_or_create(dir: &Path, names: &[String]) -> Result<TlsMaterial, TlsEr
         params.not_before = now - time::Duration::days(1);
         params.not_after = now + YEAR * 10;
         let cert = params.self_signed(&key)?;
-        write_private(&ca_key_path, key.serialize_pem().as_bytes())?;
+        write_key(dir, "ca", sealing_key, &key.serialize_pem())?;
         write_private(&ca_cert_path, cert.pem().as_bytes())?;
         let _ = std::fs::remove_file(&leaf_cert_path);
         (cert.pem(), key)
@@ -179,12 +203,15 @@ pub fn load_or_create(dir: &Path, names: &[String]) -> Result<TlsMaterial, TlsEr
     let (recorded_names, recorded_expiry) = recorded.split_once('\n').unwrap_or(("", ""));
     let expiry: i64 = recorded_expiry.trim().parse().unwrap_or(0);
     let fresh = expiry - now.unix_timestamp() > 30 * 24 * 3600;
+    let leaf_key_pem = read_key(dir, "leaf", sealing_key)?;
     let reuse = leaf_cert_path.exists()
-        && leaf_key_path.exists()
+        && leaf_key_pem.is_some()
         && recorded_names == names.join(",")
         && fresh;
 
-    if !reuse {
+    let leaf_key_pem = if let (true, Some(pem)) = (reuse, leaf_key_pem) {
+        pem
+    } else {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         params.subject_alt_names = names.iter().map(|n| san(n)).collect::<Result<_, _>>()?;
@@ -203,21 +230,23 @@ pub fn load_or_create(dir: &Path, names: &[String]) -> Result<TlsMaterial, TlsEr
         params.not_after = not_after;
         let issuer = Issuer::new(ca_params(), &ca_key);
         let cert = params.signed_by(&key, &issuer)?;
-        write_private(&leaf_key_path, key.serialize_pem().as_bytes())?;
+        write_key(dir, "leaf", sealing_key, &key.serialize_pem())?;
         write_private(&leaf_cert_path, cert.pem().as_bytes())?;
         write_private(
             &leaf_names_path,
             format!("{}\n{}", names.join(","), not_after.unix_timestamp()).as_bytes(),
         )?;
-    }
+        key.serialize_pem()
+    };
     let leaf_der = CertificateDer::from_pem_file(&leaf_cert_path).map_err(|_| TlsError::Pem {
         path: leaf_cert_path.clone(),
         what: "certificate",
     })?;
-    let key = PrivateKeyDer::from_pem_file(&leaf_key_path).map_err(|_| TlsError::Pem {
-        path: leaf_key_path.clone(),
-        what: "private key",
-    })?;
+    let key =
+        PrivateKeyDer::from_pem_slice(leaf_key_pem.as_bytes()).map_err(|_| TlsError::Pem {
+            path: dir.join("leaf.key.enc"),
+            what: "private key",
+        })?;
     Ok(TlsMaterial {
         fingerprint: fingerprint(&ca_der),
         chain: vec![leaf_der, ca_der.clone()],
@@ -289,8 +318,9 @@ mod tests {
     fn ca_is_reused_and_leaf_reissued_when_names_change() {
         let dir = tempfile::tempdir().unwrap();
         let names = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
-        let first = load_or_create(dir.path(), &names).unwrap();
-        let again = load_or_create(dir.path(), &names).unwrap();
+        let key = [7u8; 32];
+        let first = load_or_create(dir.path(), &names, &key).unwrap();
+        let again = load_or_create(dir.path(), &names, &key).unwrap();
         assert_eq!(first.fingerprint, again.fingerprint);
         assert_eq!(
             first.chain[0], again.chain[0],
@@ -301,10 +331,16 @@ mod tests {
             "10.0.0.5".to_owned(),
             "localhost".to_owned(),
         ];
-        let changed = load_or_create(dir.path(), &more).unwrap();
+        let changed = load_or_create(dir.path(), &more, &key).unwrap();
         assert_eq!(first.fingerprint, changed.fingerprint, "the CA survives");
         assert_ne!(first.chain[0], changed.chain[0], "the leaf is re-issued");
         assert_eq!(first.fingerprint.len(), 32 * 3 - 1);
         server_config(&changed).unwrap();
+        // No private key is stored in the clear, and another key cannot open them.
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            assert!(!bytes.windows(11).any(|w| w == b"PRIVATE KEY"));
+        }
+        assert!(load_or_create(dir.path(), &more, &[8u8; 32]).is_err());
     }
 }

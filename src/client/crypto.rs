@@ -130,7 +130,7 @@ pub fn random_salt() -> Result<[u8; SALT_LEN]> {
     random_bytes()
 }
 
-fn aes_gcm_encrypt(
+pub(crate) fn aes_gcm_encrypt(
     key: &[u8; KEY_LEN],
     iv: &[u8; IV_LEN],
     aad: &[u8],
@@ -142,7 +142,7 @@ fn aes_gcm_encrypt(
         .map_err(|_| CryptoError::Internal)
 }
 
-fn aes_gcm_decrypt(
+pub(crate) fn aes_gcm_decrypt(
     key: &[u8; KEY_LEN],
     iv: &[u8; IV_LEN],
     aad: &[u8],

@@ -22,11 +22,12 @@ use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{Passwords, random_bytes};
+use crate::auth::Passwords;
 use crate::chat::{Hub, RateLimiter};
 use crate::clock::Clock;
 use crate::config::{Config, RegistrationMode};
 use crate::error::ApiError;
+use crate::secrets::{self, MasterKey};
 use crate::store::{Db, Store};
 use crate::tls::{self, TlsMaterial};
 
@@ -90,10 +91,10 @@ impl AppState {
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot create the data directory {0}: {1}")]
-    DataDir(std::path::PathBuf, std::io::Error),
     #[error("cannot open the database: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Secrets(#[from] secrets::SecretsError),
     #[error("{0}")]
     Tls(#[from] tls::TlsError),
     #[error("cannot listen on {0}: {1}")]
@@ -198,20 +199,38 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     ))
 }
 
+/// The data directory's master key: the configured one (checked against the
+/// directory), or found by the rule in [`crate::secrets`].
+pub fn open_master_key(config: &Config) -> Result<MasterKey, StartError> {
+    Ok(match &config.master_key {
+        Some(key) => {
+            secrets::check_or_record(&config.data_dir, key)?;
+            key.clone()
+        }
+        None => {
+            let env = std::env::var(secrets::MASTER_KEY_ENV).ok();
+            secrets::load_or_create(&config.data_dir, env.as_deref(), secrets::KeyringUse::Ask)?
+        }
+    })
+}
+
 /// Opens the store, prepares TLS, binds and starts serving.
 pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, StartError> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
-    let store = Store::open(&config.data_dir.join("securechat.db"))?;
+    let master = open_master_key(&config)?;
+    tracing::info!("the master key comes from {}", master.source);
+    let store = Store::open(&config.data_dir.join("securechat.db"), &master.subkey("db"))?;
     let db = Db::new(store);
-    let server_secret =
-        db.blocking(|s| s.setting_or_insert("server_secret", || random_bytes::<32>().to_vec()))?;
+    let server_secret = master.subkey("server-secret").to_vec();
     if let Some(mode) = config.registration {
         db.blocking(|s| s.set_setting("registration_mode", mode.as_str().as_bytes()))?;
     }
     let material = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => tls::load_custom(cert, key)?,
-        _ => tls::load_or_create(&config.data_dir.join("tls"), &tls::local_names())?,
+        _ => tls::load_or_create(
+            &config.data_dir.join("tls"),
+            &tls::local_names(),
+            &master.subkey("tls"),
+        )?,
     };
     let rustls_config = tls::server_config(&material)?;
     let passwords =

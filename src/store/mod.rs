@@ -32,6 +32,12 @@ pub enum StoreError {
     /// A stored value could not be decoded.
     #[error("corrupt stored value: {0}")]
     Corrupt(String),
+    /// The database cannot be read with this key.
+    #[error("the database cannot be decrypted with this key")]
+    WrongKey,
+    /// A file operation around the database failed.
+    #[error("{0}")]
+    Io(String),
     /// The blocking task running the query failed.
     #[error("store task failed: {0}")]
     Task(String),
@@ -186,6 +192,76 @@ pub struct AuditRow {
     pub detail: String,
 }
 
+/// SQLCipher's raw-key syntax for a 32-byte key: no passphrase derivation.
+fn raw_key(key: &[u8; 32]) -> String {
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    format!("x'{hex}'")
+}
+
+/// True if and only if `path` exists and starts with the plaintext SQLite
+/// header (a database from before encryption at rest).
+pub fn is_plaintext(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut header = [0u8; 16];
+    match std::fs::File::open(path) {
+        Ok(mut f) => Ok(f.read_exact(&mut header).is_ok() && &header == b"SQLite format 3\0"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(StoreError::Io(format!("{}: {e}", path.display()))),
+    }
+}
+
+fn sync_dir(path: &Path) {
+    if let Some(dir) = path.parent()
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+}
+
+/// Encrypts a plaintext database in place, once: a backup copy is made
+/// first and removed only after the encrypted copy has replaced the
+/// original; a crash in between leaves the backup, and the next start
+/// begins again from it.
+pub fn encrypt_plaintext(path: &Path, key: &[u8; 32]) -> Result<()> {
+    let io =
+        |what: &str, e: std::io::Error| StoreError::Io(format!("{what} {}: {e}", path.display()));
+    let backup = path.with_extension("db.plaintext-backup");
+    let fresh = path.with_extension("db.encrypting");
+    {
+        // Fold the write-ahead log into the file, so one file holds it all.
+        let conn = Connection::open(path)?;
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        conn.pragma_update(None, "journal_mode", "DELETE")?;
+    }
+    std::fs::copy(path, &backup).map_err(|e| io("backing up", e))?;
+    std::fs::File::open(&backup)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io("backing up", e))?;
+    let _ = std::fs::remove_file(&fresh);
+    {
+        let conn = Connection::open(path)?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        conn.execute(
+            "ATTACH DATABASE ?1 AS encrypted KEY ?2",
+            params![fresh.to_string_lossy(), raw_key(key)],
+        )?;
+        conn.query_row("SELECT sqlcipher_export('encrypted')", [], |_| Ok(()))?;
+        conn.execute_batch(&format!(
+            "PRAGMA encrypted.user_version = {version}; DETACH DATABASE encrypted;"
+        ))?;
+    }
+    std::fs::File::open(&fresh)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io("encrypting", e))?;
+    std::fs::rename(&fresh, path).map_err(|e| io("replacing", e))?;
+    sync_dir(path);
+    for suffix in ["db-wal", "db-shm"] {
+        let _ = std::fs::remove_file(path.with_extension(suffix));
+    }
+    std::fs::remove_file(&backup).map_err(|e| io("removing the backup of", e))?;
+    Ok(())
+}
+
 /// The synchronous store over one SQLite connection.
 pub struct Store {
     conn: Connection,
@@ -235,10 +311,24 @@ fn kind_str(kind: ChatKind) -> &'static str {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `path` and applies any
-    /// migrations not yet applied.
-    pub fn open(path: &Path) -> Result<Self> {
+    /// Opens (creating if needed) the SQLCipher database at `path`, keyed
+    /// with `key` (the `db` subkey), and applies any migrations not yet
+    /// applied. A plaintext database from 0.1.0 is first encrypted in place
+    /// (see [`encrypt_plaintext`]).
+    pub fn open(path: &Path, key: &[u8; 32]) -> Result<Self> {
+        if is_plaintext(path)? {
+            encrypt_plaintext(path, key)?;
+        } else {
+            // A backup left by a migration that finished but crashed before
+            // removing it is plaintext: it must not linger.
+            let _ = std::fs::remove_file(path.with_extension("db.plaintext-backup"));
+        }
         let conn = Connection::open(path)?;
+        conn.execute_batch(&format!("PRAGMA key = \"{}\";", raw_key(key)))?;
+        // The first read proves the key; SQLCipher reports a wrong one as
+        // "file is not a database".
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
+            .map_err(|_| StoreError::WrongKey)?;
         Self::init(conn)
     }
 

@@ -14,6 +14,7 @@ use securechat::client::{Client, ClientError, Connection, Event};
 use securechat::clock::ManualClock;
 use securechat::config::{Config, Limits};
 use securechat::protocol::{ChatInfo, ClientFrame, Envelope, MessageRecord, ServerFrame};
+use securechat::secrets::MasterKey;
 use securechat::server::{self, Running};
 
 /// How long any single wait may take before the test fails.
@@ -33,6 +34,17 @@ pub fn keys(i: usize) -> UserKeys {
             .collect()
     });
     all[i % all.len()].clone()
+}
+
+/// The master key of test data directories (never the user's keyring).
+pub fn test_master_key() -> MasterKey {
+    MasterKey::from_bytes(*b"securechat test master key 32 b!")
+}
+
+/// The same key as `SECURECHAT_MASTER_KEY` would carry it.
+pub fn test_master_key_env() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b"securechat test master key 32 b!")
 }
 
 /// The password of test user `name`.
@@ -61,6 +73,7 @@ impl TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = Config::new("127.0.0.1:0".parse().unwrap(), dir.path().to_owned());
         config.limits.presence_grace = Duration::from_millis(200);
+        config.master_key = Some(test_master_key());
         tune(&mut config.limits);
         let clock = ManualClock::new();
         let running = server::start(config.clone(), clock.clone())

@@ -9,7 +9,9 @@ use securechat::protocol::close;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use super::harness::{TestServer, WAIT, expect_close, keys, online, password, send_text};
+use super::harness::{
+    TestServer, WAIT, expect_close, keys, online, password, send_text, test_master_key_env,
+};
 
 /// Starts the real executable on 127.0.0.1:0; returns it and its URL.
 async fn spawn_host(
@@ -30,6 +32,7 @@ async fn spawn_host(
         ])
         .arg(dir)
         .env("SECURECHAT_LOG", "warn")
+        .env("SECURECHAT_MASTER_KEY", test_master_key_env())
         .stdout(Stdio::piped())
         .stdin(Stdio::null())
         .kill_on_drop(true)
