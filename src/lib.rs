@@ -15,12 +15,15 @@
 //! - [`auth`]: registration, prelogin, login, Argon2id, sessions, throttling.
 //! - [`chat`]: the hub: live sockets per user, presence, fan-out, rate limits.
 //! - [`store`]: SQLite access and migrations; nothing else touches SQL.
+//! - [`chatlog`]: encrypted per-session chat logs and the audit log, their
+//!   writer thread and their reader.
 //! - [`protocol`]: the wire types shared by the server and the native client.
 //! - [`client`]: a native client of the protocol with the end-to-end crypto.
 //! - [`error`]: the API error type, mapped to HTTP status and a safe message.
 
 pub mod auth;
 pub mod chat;
+pub mod chatlog;
 pub mod cli;
 pub mod client;
 pub mod clock;

@@ -18,6 +18,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::protocol::ServerFrame;
 
+/// What delivering a frame adds to the receiving session's chat log.
+#[derive(Debug, Clone)]
+pub enum LogEvent {
+    /// A line for the log of `chat`.
+    Chat { chat: Arc<str>, line: Arc<str> },
+    /// A user's presence changed.
+    Presence { user: Arc<str>, online: bool },
+}
+
 /// A frame serialised once, for any number of sockets.
 #[derive(Debug, Clone)]
 pub struct Outbound {
@@ -26,18 +35,63 @@ pub struct Outbound {
     /// For `message` frames: the chat and sequence number, so a socket that
     /// is replaying history can skip what it already sent.
     pub chat_seq: Option<(Arc<str>, u64)>,
+    /// The chat-log event of delivering it (never message content).
+    pub log: Option<LogEvent>,
 }
 
-/// Serialises a frame once, for any number of sockets.
+/// Serialises a frame once, for any number of sockets, with the log event
+/// its delivery implies.
 pub fn encode(frame: &ServerFrame) -> Outbound {
-    let chat_seq = match frame {
-        ServerFrame::Message { message } => Some((Arc::from(message.chat.as_str()), message.seq)),
-        _ => None,
+    let (chat_seq, log) = match frame {
+        ServerFrame::Message { message } => {
+            let chat: Arc<str> = Arc::from(message.chat.as_str());
+            let line = format!(
+                "message-received id={} seq={} sender={} bytes={}",
+                message.id,
+                message.seq,
+                message.sender,
+                message.envelope.ct.len()
+            );
+            (
+                Some((chat.clone(), message.seq)),
+                Some(LogEvent::Chat {
+                    chat,
+                    line: Arc::from(line),
+                }),
+            )
+        }
+        ServerFrame::Presence { user, online } => (
+            None,
+            Some(LogEvent::Presence {
+                user: Arc::from(user.as_str()),
+                online: *online,
+            }),
+        ),
+        ServerFrame::ChatRemoved { chat } => (
+            None,
+            Some(LogEvent::Chat {
+                chat: Arc::from(chat.as_str()),
+                line: Arc::from("member-left you were removed"),
+            }),
+        ),
+        _ => (None, None),
     };
     Outbound {
         // Serialising these plain structs cannot fail.
         text: Utf8Bytes::from(serde_json::to_string(frame).unwrap_or_default()),
         chat_seq,
+        log,
+    }
+}
+
+/// Serialises a frame whose delivery writes `line` in the log of `chat`.
+pub fn encode_logged(frame: &ServerFrame, chat: &str, line: &str) -> Outbound {
+    Outbound {
+        log: Some(LogEvent::Chat {
+            chat: Arc::from(chat),
+            line: Arc::from(line),
+        }),
+        ..encode(frame)
     }
 }
 
@@ -299,6 +353,16 @@ impl Hub {
                 conn.close.close(code);
             }
         }
+    }
+
+    /// The sessions and users of every live socket.
+    pub fn sessions(&self) -> Vec<(i64, [u8; 32])> {
+        let inner = self.lock();
+        inner
+            .users
+            .iter()
+            .flat_map(|(id, u)| u.conns.values().map(move |c| (*id, c.session)))
+            .collect()
     }
 
     /// The number of live sockets.

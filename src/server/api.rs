@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use crate::auth::{self, AdminUser, AuthUser, canonical_username, ms};
-use crate::chat::encode;
+use crate::chat::{encode, encode_logged};
 use crate::client::crypto::PublicKeys;
 use crate::config::RegistrationMode;
 use crate::error::ApiError;
@@ -117,12 +117,17 @@ pub fn message_record(m: MessageRow) -> MessageRecord {
     }
 }
 
-/// Tells every member's sockets about the chat's new state.
-fn push_chat(app: &App, chat: &ChatRow) {
+/// Tells every member's sockets about the chat's new state; `event` is
+/// what happened, for the members' chat logs.
+fn push_chat(app: &App, chat: &ChatRow, event: &str) {
     for member in &chat.members {
-        let frame = encode(&ServerFrame::Chat {
-            chat: chat_info(chat, member.user_id),
-        });
+        let frame = encode_logged(
+            &ServerFrame::Chat {
+                chat: chat_info(chat, member.user_id),
+            },
+            &chat.id,
+            event,
+        );
         app.hub.send_to_users([member.user_id], &frame, None);
     }
 }
@@ -576,7 +581,11 @@ pub async fn create_chat(
                 .call(move |s| s.direct_chat(me_id, peer.id, &new_id, now))
                 .await?;
             if created {
-                push_chat(&app, &chat);
+                push_chat(
+                    &app,
+                    &chat,
+                    &format!("chat-created by={}", user.user.username),
+                );
             }
             let status = if created {
                 StatusCode::CREATED
@@ -607,7 +616,11 @@ pub async fn create_chat(
                 .db
                 .call(move |s| s.create_group(&new_id, &name, me_id, &ids, now))
                 .await?;
-            push_chat(&app, &chat);
+            push_chat(
+                &app,
+                &chat,
+                &format!("group-created by={}", user.user.username),
+            );
             Ok((StatusCode::CREATED, Json(chat_info(&chat, me_id))).into_response())
         }
     }
@@ -660,7 +673,11 @@ pub async fn rename_chat(
             s.chat(&id)?.ok_or(StoreError::NotFound)
         })
         .await?;
-    push_chat(&app, &chat);
+    push_chat(
+        &app,
+        &chat,
+        &format!("group-renamed by={}", user.user.username),
+    );
     Ok(Json(chat_info(&chat, user.user.id)))
 }
 
@@ -693,7 +710,15 @@ pub async fn add_member(
         }
         other => other?,
     };
-    push_chat(&app, &chat);
+    push_chat(
+        &app,
+        &chat,
+        &format!(
+            "member-joined user={} by={}",
+            req.username.trim().to_ascii_lowercase(),
+            user.user.username
+        ),
+    );
     Ok(Json(chat_info(&chat, user.user.id)))
 }
 
@@ -732,7 +757,11 @@ pub async fn remove_member(
         None,
     );
     if let Some(after) = after {
-        push_chat(&app, &after);
+        push_chat(
+            &app,
+            &after,
+            &format!("member-left user={name} by={}", user.user.username),
+        );
     }
     Ok(StatusCode::NO_CONTENT)
 }

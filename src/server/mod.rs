@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Passwords;
 use crate::chat::{Hub, RateLimiter};
+use crate::chatlog::Logger;
 use crate::clock::Clock;
 use crate::config::{Config, RegistrationMode};
 use crate::error::ApiError;
@@ -58,6 +59,8 @@ pub struct AppState {
     pub tasks: TaskTracker,
     /// The certificate material, for the fingerprint.
     pub tls: TlsMaterial,
+    /// Writes the encrypted chat and audit logs.
+    pub logger: Logger,
 }
 
 /// The shared handle given to handlers.
@@ -78,6 +81,8 @@ impl AppState {
         let now = self.clock.now_ms();
         let actor = actor.to_owned();
         tracing::info!(event, %actor, %detail, "audit");
+        self.logger
+            .audit(format!("{event} actor={actor} {detail}"), now);
         if let Err(e) = self
             .db
             .call(move |s| s.audit(now, event, &actor, &detail))
@@ -151,6 +156,8 @@ impl Running {
             Err(e) => tracing::warn!(error = %e, "server task failed"),
             Ok(Ok(())) => {}
         }
+        let logger = self.app.logger.clone();
+        let _ = tokio::task::spawn_blocking(move || logger.stop()).await;
         if let Err(e) = self.app.db.call(|s| s.checkpoint()).await {
             tracing::warn!(error = %e, "could not checkpoint the database");
         }
@@ -233,6 +240,13 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         )?,
     };
     let rustls_config = tls::server_config(&material)?;
+    let logger = Logger::start(
+        &config.data_dir,
+        db.clone(),
+        master.subkey("logs"),
+        master.subkey("log-names"),
+        clock.now_ms(),
+    );
     let passwords =
         Passwords::new(config.limits.argon2_concurrency).map_err(StartError::Hashing)?;
     let listener = bind(config.bind)?;
@@ -259,6 +273,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
         tls: material,
+        logger,
     });
 
     let handle = axum_server::Handle::new();

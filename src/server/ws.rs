@@ -14,7 +14,7 @@ use axum::response::Response;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::auth::{check_session, session_from_headers};
-use crate::chat::{Outbound, Refused, encode};
+use crate::chat::{LogEvent, Outbound, Refused, encode};
 use crate::client::crypto::{IV_LEN, SIGNATURE_LEN, WRAPPED_KEY_LEN};
 use crate::error::ApiError;
 use crate::protocol::{ClientFrame, Envelope, ServerFrame, WireLimits, close};
@@ -59,6 +59,7 @@ pub async fn upgrade(
                 replayed: HashMap::new(),
                 refused_in_a_row: 0,
                 conn_id: 0,
+                log_session: crate::chatlog::opaque_id(),
             };
             conn.run().await;
             drop(token);
@@ -89,6 +90,8 @@ struct Connection {
     refused_in_a_row: u32,
     /// This socket's id in the hub.
     conn_id: u64,
+    /// The opaque id of this chat session in the chat logs' names.
+    log_session: String,
 }
 
 fn error_frame(code: &str, message: impl Into<String>) -> ServerFrame {
@@ -192,7 +195,7 @@ impl Connection {
                     {
                         continue;
                     }
-                    if !self.write(Message::Text(out.text)).await {
+                    if !self.send_outbound(out).await {
                         break None;
                     }
                 }
@@ -211,6 +214,10 @@ impl Connection {
                 }
             }
         };
+        let reason = outcome.map_or("disconnected", |(_, reason)| reason);
+        self.app
+            .logger
+            .end(&self.log_session, reason, self.app.clock.now_ms());
         if let Some((code, reason)) = outcome {
             self.close(code, reason).await;
         }
@@ -255,8 +262,30 @@ impl Connection {
         self.write(Message::Text(encode(frame).text)).await;
     }
 
+    /// Sends a queued frame and, once it is out, logs what it means for
+    /// this chat session.
     async fn send_outbound(&mut self, out: Outbound) -> bool {
-        self.write(Message::Text(out.text)).await
+        if !self.write(Message::Text(out.text)).await {
+            return false;
+        }
+        let now = self.app.clock.now_ms();
+        let logger = &self.app.logger;
+        match out.log {
+            Some(LogEvent::Chat { chat, line }) => {
+                logger.chat(
+                    &self.log_session,
+                    &self.user.username,
+                    &chat,
+                    line.to_string(),
+                    now,
+                );
+            }
+            Some(LogEvent::Presence { user, online }) => {
+                logger.presence(&self.log_session, &user, online, now);
+            }
+            None => {}
+        }
+        true
     }
 
     /// Takes a token from the user's bucket. Every frame counts but the
@@ -490,6 +519,7 @@ impl Connection {
         // each chat's messages in sequence order.
         let _order = app.send_lock.lock().await;
         let now = app.clock.now_ms();
+        let ct_len = envelope.ct.len();
         let (sender_id, mid, cid, env) = (self.user.id, id.clone(), chat.clone(), envelope.clone());
         let result = app
             .db
@@ -507,6 +537,13 @@ impl Connection {
                         envelope,
                     },
                 });
+                app.logger.chat(
+                    &self.log_session,
+                    &self.user.username,
+                    &chat,
+                    format!("message-sent id={id} seq={seq} bytes={ct_len}"),
+                    ts,
+                );
                 // The sender's other sockets get the message; this one the ack.
                 app.hub.send_to_users(
                     members.iter().map(|m| m.user_id),

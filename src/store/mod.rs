@@ -15,7 +15,10 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use crate::protocol::{ChatKind, Envelope, WrappedKey};
 
 /// The migrations, in order; `PRAGMA user_version` counts those applied.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/0001_init.sql"),
+    include_str!("../../migrations/0002_logs_and_reset.sql"),
+];
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +64,8 @@ pub struct UserRow {
     pub sig_public: Vec<u8>,
     pub enc_private: WrappedKey,
     pub sig_private: WrappedKey,
+    /// When an administrator's reset code expires; 0 if no reset is pending.
+    pub reset_expires: i64,
 }
 
 impl std::fmt::Debug for UserRow {
@@ -182,6 +187,20 @@ pub enum Insert {
     IdTaken,
 }
 
+/// One chat log file and what it belongs to.
+#[derive(Debug, Clone)]
+pub struct ChatLogRow {
+    /// Relative to the data directory.
+    pub path: String,
+    pub chat_id: String,
+    /// The chat's name now: a group's name, or "a & b" for a direct chat;
+    /// `None` if the chat no longer exists.
+    pub chat_label: Option<String>,
+    pub username: String,
+    pub session_id: String,
+    pub started_at: i64,
+}
+
 /// One audit record.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct AuditRow {
@@ -276,7 +295,7 @@ fn wrapped(iv: Vec<u8>, ct: Vec<u8>) -> WrappedKey {
 
 const USER_COLUMNS: &str = "u.id, u.username, u.created_at, u.is_admin, u.disabled, u.salt, \
      u.iterations, u.auth_hash, u.enc_public, u.sig_public, u.enc_private_iv, u.enc_private_ct, \
-     u.sig_private_iv, u.sig_private_ct";
+     u.sig_private_iv, u.sig_private_ct, u.reset_expires";
 
 fn user_from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<UserRow> {
     Ok(UserRow {
@@ -292,6 +311,7 @@ fn user_from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<UserRow> 
         sig_public: r.get(at + 9)?,
         enc_private: wrapped(r.get(at + 10)?, r.get(at + 11)?),
         sig_private: wrapped(r.get(at + 12)?, r.get(at + 13)?),
+        reset_expires: r.get(at + 14)?,
     })
 }
 
@@ -1134,6 +1154,172 @@ impl Store {
         )?;
         rows.reverse();
         Ok(rows)
+    }
+
+    // ---- chat logs, retention, account reset -------------------------------
+
+    /// Records which chat, user and session a new log file belongs to.
+    pub fn record_chat_log(
+        &self,
+        path: &str,
+        chat_id: &str,
+        username: &str,
+        session_id: &str,
+        started_at: i64,
+    ) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO chat_logs (path, chat_id, username, session_id, started_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![path, chat_id, username, session_id, started_at],
+        )?;
+        Ok(())
+    }
+
+    /// Every recorded chat log, oldest first.
+    pub fn chat_logs(&self) -> Result<Vec<ChatLogRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT l.path, l.chat_id, l.username, l.session_id, l.started_at, c.kind, c.name
+             FROM chat_logs l LEFT JOIN chats c ON c.id = l.chat_id ORDER BY l.started_at, l.path",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                ChatLogRow {
+                    path: r.get(0)?,
+                    chat_id: r.get(1)?,
+                    username: r.get(2)?,
+                    session_id: r.get(3)?,
+                    started_at: r.get(4)?,
+                    chat_label: None,
+                },
+                r.get::<_, Option<String>>(5)?,
+                r.get::<_, Option<String>>(6)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (mut log, kind, name) = row?;
+            log.chat_label = match kind.as_deref() {
+                Some("group") => name,
+                Some(_) => {
+                    let members = Self::load_members(&self.conn, &log.chat_id)?;
+                    Some(
+                        members
+                            .into_iter()
+                            .map(|m| m.username)
+                            .collect::<Vec<_>>()
+                            .join(" & "),
+                    )
+                }
+                None => None,
+            };
+            out.push(log);
+        }
+        Ok(out)
+    }
+
+    /// Deletes messages older than `cutoff` and forgets chat logs started
+    /// before it; returns how many messages went and the logs' paths (for
+    /// the caller to delete).
+    pub fn prune(&mut self, cutoff: i64) -> Result<(usize, Vec<String>)> {
+        let tx = self.conn.transaction()?;
+        let messages = tx.execute("DELETE FROM messages WHERE ts < ?1", [cutoff])?;
+        let paths: Vec<String> = {
+            let mut stmt = tx.prepare("SELECT path FROM chat_logs WHERE started_at < ?1")?;
+            let rows = stmt.query_map([cutoff], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        tx.execute("DELETE FROM chat_logs WHERE started_at < ?1", [cutoff])?;
+        tx.commit()?;
+        Ok((messages, paths))
+    }
+
+    /// Starts an administrator's reset of `user_id`: the password stops
+    /// working, the wrapped private keys are deleted (so the old history can
+    /// no longer be opened by anyone), every session ends, and the code
+    /// whose hash is given may set new credentials until `expires`.
+    /// Returns the ended sessions.
+    pub fn start_reset(
+        &mut self,
+        user_id: i64,
+        code_hash: &[u8; 32],
+        expires: i64,
+    ) -> Result<Vec<[u8; 32]>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx.execute(
+            "UPDATE users SET auth_hash = '!reset', enc_private_iv = x'', enc_private_ct = x'',
+                sig_private_iv = x'', sig_private_ct = x'', reset_code_hash = ?2, reset_expires = ?3
+             WHERE id = ?1",
+            params![user_id, code_hash.as_slice(), expires],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound);
+        }
+        let ended = Self::session_hashes(&tx, user_id, None)?;
+        tx.execute("DELETE FROM sessions WHERE user_id = ?1", [user_id])?;
+        tx.commit()?;
+        Ok(ended)
+    }
+
+    /// Completes a reset if `code_hash` matches the pending one at `now`:
+    /// new salt, auth hash, public and wrapped private keys. `None` if there
+    /// is no such pending reset.
+    pub fn complete_reset(
+        &mut self,
+        username: &str,
+        code_hash: &[u8; 32],
+        now: i64,
+        new: NewUser,
+    ) -> Result<Option<UserRow>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let pending: Option<(i64, Option<Vec<u8>>, i64)> = tx
+            .query_row(
+                "SELECT id, reset_code_hash, reset_expires FROM users WHERE username = ?1",
+                [username],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let id = match pending {
+            Some((id, Some(stored), expires))
+                if expires > now
+                    && subtle::ConstantTimeEq::ct_eq(stored.as_slice(), code_hash.as_slice())
+                        .into() =>
+            {
+                id
+            }
+            _ => return Ok(None),
+        };
+        tx.execute(
+            "UPDATE users SET salt = ?2, iterations = ?3, auth_hash = ?4, enc_public = ?5, sig_public = ?6,
+                enc_private_iv = ?7, enc_private_ct = ?8, sig_private_iv = ?9, sig_private_ct = ?10,
+                reset_code_hash = NULL, reset_expires = 0
+             WHERE id = ?1",
+            params![
+                id,
+                new.salt,
+                new.iterations,
+                new.auth_hash,
+                new.enc_public,
+                new.sig_public,
+                new.enc_private.iv.0,
+                new.enc_private.ct.0,
+                new.sig_private.iv.0,
+                new.sig_private.ct.0
+            ],
+        )?;
+        tx.commit()?;
+        Ok(Some(self.user_by_id(id)?))
+    }
+
+    /// Deletes invites that are used up or expired before `now`.
+    pub fn prune_invites(&self, now: i64) -> Result<()> {
+        self.conn.execute(
+            "DELETE FROM invites WHERE uses_left <= 0 OR expires_at <= ?1",
+            [now],
+        )?;
+        Ok(())
     }
 
     // ---- audit ------------------------------------------------------------
