@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::admin::{Admin, AdminError};
 use crate::clock::SystemClock;
 use crate::config::{self, Config, RegistrationMode};
 
@@ -24,6 +25,99 @@ pub struct Cli {
 pub enum Command {
     /// Host the chat: an HTTPS + wss:// server with a certificate of its own.
     Host(HostArgs),
+    /// Manage accounts (works whether the server is running or not).
+    User {
+        #[command(flatten)]
+        dir: DataDir,
+        #[command(subcommand)]
+        action: UserAction,
+    },
+    /// Create invite codes.
+    Invite {
+        #[command(flatten)]
+        dir: DataDir,
+        #[command(subcommand)]
+        action: InviteAction,
+    },
+    /// Read the encrypted chat logs.
+    Logs {
+        #[command(flatten)]
+        dir: DataDir,
+        #[command(subcommand)]
+        action: LogsAction,
+    },
+    /// Read the encrypted audit log of security events.
+    Audit {
+        #[command(flatten)]
+        dir: DataDir,
+        #[command(subcommand)]
+        action: AuditAction,
+    },
+}
+
+/// The data directory of an admin command.
+#[derive(Debug, Clone, Args)]
+pub struct DataDir {
+    /// Data directory (default: SECURECHAT_DATA_DIR, else the platform's
+    /// per-user data folder).
+    #[arg(long, env = "SECURECHAT_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl DataDir {
+    fn path(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(config::default_data_dir)
+    }
+}
+
+/// `securechat user …`
+#[derive(Debug, Subcommand)]
+pub enum UserAction {
+    /// List every account.
+    List,
+    /// Disable an account: it cannot sign in, and its open sessions end at once.
+    Disable { name: String },
+    /// Enable a disabled account.
+    Enable { name: String },
+    /// Make an account an administrator.
+    Promote { name: String },
+    /// Reset an account: prints a one-time code its owner uses to choose a new
+    /// password. Their keys are replaced, so their old messages become unreadable.
+    Reset { name: String },
+}
+
+/// `securechat invite …`
+#[derive(Debug, Subcommand)]
+pub enum InviteAction {
+    /// Create an invite code (needed when registration is `invite`).
+    Create {
+        /// How many accounts the code may create.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// How long the code is valid: 30m, 24h, 7d…
+        #[arg(long, default_value = "7d")]
+        expires: String,
+    },
+}
+
+/// `securechat logs …`
+#[derive(Debug, Subcommand)]
+pub enum LogsAction {
+    /// List the chat logs: file, start, user and chat.
+    List,
+    /// Decrypt and print one log (as `logs list` names it).
+    Show { file: String },
+    /// Decrypt every chat log into DIR as plain .txt files.
+    Export { dir: PathBuf },
+}
+
+/// `securechat audit …`
+#[derive(Debug, Subcommand)]
+pub enum AuditAction {
+    /// Decrypt and print the audit log.
+    Show,
 }
 
 /// Flags of `securechat host`.
@@ -54,6 +148,10 @@ pub struct HostArgs {
     /// closed. Remembered in the data directory.
     #[arg(long, value_enum)]
     pub registration: Option<RegistrationMode>,
+    /// Keep messages and chat logs this many days (0: forever). Remembered in
+    /// the data directory.
+    #[arg(long)]
+    pub retention_days: Option<u32>,
     /// An extra allowed Origin (https://name:port), e.g. behind a proxy.
     /// Repeatable.
     #[arg(long = "allowed-origin")]
@@ -70,6 +168,7 @@ impl Default for HostArgs {
             tls_cert: None,
             tls_key: None,
             registration: None,
+            retention_days: None,
             allowed_origins: Vec::new(),
         }
     }
@@ -97,6 +196,10 @@ pub fn main() -> ExitCode {
     };
     let result = match cli.command.unwrap_or(Command::Host(HostArgs::default())) {
         Command::Host(args) => runtime.block_on(host(args)),
+        Command::User { dir, action } => admin_command(&dir, |a| user(a, action)),
+        Command::Invite { dir, action } => admin_command(&dir, |a| invite(a, action)),
+        Command::Logs { dir, action } => admin_command(&dir, |a| logs(a, action)),
+        Command::Audit { dir, action } => admin_command(&dir, |a| audit(a, action)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -118,6 +221,7 @@ pub async fn host(args: HostArgs) -> Result<(), String> {
     config.tls_key = args.tls_key;
     config.registration = args.registration;
     config.allowed_origins = args.allowed_origins;
+    config.retention_days = args.retention_days;
     let mut running = crate::server::start(config, Arc::new(SystemClock))
         .await
         .map_err(|e| e.to_string())?;
@@ -163,4 +267,132 @@ async fn stop_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+fn admin_command(
+    dir: &DataDir,
+    run: impl FnOnce(&mut Admin) -> Result<(), AdminError>,
+) -> Result<(), String> {
+    let mut admin = Admin::open(&dir.path()).map_err(|e| e.to_string())?;
+    run(&mut admin).map_err(|e| e.to_string())
+}
+
+fn when(ms: i64) -> String {
+    crate::chatlog::timestamp(ms)
+}
+
+fn user(admin: &mut Admin, action: UserAction) -> Result<(), AdminError> {
+    match action {
+        UserAction::List => {
+            println!(
+                "{:<32}  {:<5}  {:<8}  {:<24}",
+                "USER", "ADMIN", "STATE", "CREATED"
+            );
+            for u in admin.users()? {
+                let state = if u.reset_expires > 0 {
+                    "reset"
+                } else if u.disabled {
+                    "disabled"
+                } else {
+                    "active"
+                };
+                let admin_flag = if u.is_admin { "yes" } else { "no" };
+                println!(
+                    "{:<32}  {:<5}  {:<8}  {:<24}",
+                    u.username,
+                    admin_flag,
+                    state,
+                    when(u.created_at)
+                );
+            }
+        }
+        UserAction::Disable { name } => {
+            admin.set_disabled(&name, true)?;
+            println!("Disabled {name}: they cannot sign in, and their open sessions have ended.");
+        }
+        UserAction::Enable { name } => {
+            admin.set_disabled(&name, false)?;
+            println!("Enabled {name}.");
+        }
+        UserAction::Promote { name } => {
+            admin.promote(&name)?;
+            println!("{name} is now an administrator.");
+        }
+        UserAction::Reset { name } => {
+            let (code, expires) = admin.reset(&name)?;
+            println!(
+                "Reset code for {name} (shown once, valid until {}):",
+                when(expires)
+            );
+            println!("  {code}");
+            println!(
+                "They choose a new password with it. Their old messages can no longer be read,"
+            );
+            println!("and their contacts will see that their keys changed.");
+        }
+    }
+    Ok(())
+}
+
+fn invite(admin: &mut Admin, action: InviteAction) -> Result<(), AdminError> {
+    match action {
+        InviteAction::Create { uses, expires } => {
+            let valid_for = crate::admin::parse_duration(&expires)?;
+            let (code, until) = admin.create_invite(uses, valid_for)?;
+            println!(
+                "Invite code (shown once; {uses} use(s), valid until {}):",
+                when(until)
+            );
+            println!("  {code}");
+        }
+    }
+    Ok(())
+}
+
+fn print_damage(file: &str, damage: &Option<String>) {
+    if let Some(damage) = damage {
+        eprintln!("warning: {file}: the end of the log is damaged and was skipped: {damage}");
+    }
+}
+
+fn logs(admin: &mut Admin, action: LogsAction) -> Result<(), AdminError> {
+    match action {
+        LogsAction::List => {
+            for log in admin.logs()? {
+                println!(
+                    "{}  {}  {}  {}",
+                    log.path,
+                    log.started_at.map_or_else(|| "-".to_owned(), when),
+                    log.user.as_deref().unwrap_or("(unknown user)"),
+                    log.chat.as_deref().unwrap_or("(unknown chat)")
+                );
+            }
+        }
+        LogsAction::Show { file } => {
+            let contents = admin.read_log(&file)?;
+            for line in &contents.lines {
+                println!("{line}");
+            }
+            print_damage(&file, &contents.damage);
+        }
+        LogsAction::Export { dir } => {
+            let written = admin.export_logs(&dir)?;
+            println!("Wrote {} log(s) to {}", written.len(), dir.display());
+        }
+    }
+    Ok(())
+}
+
+fn audit(admin: &mut Admin, action: AuditAction) -> Result<(), AdminError> {
+    match action {
+        AuditAction::Show => {
+            for (file, contents) in admin.audit_logs()? {
+                for line in &contents.lines {
+                    println!("{line}");
+                }
+                print_damage(&file, &contents.damage);
+            }
+        }
+    }
+    Ok(())
 }

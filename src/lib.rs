@@ -5,6 +5,8 @@
 //!
 //! # Layout
 //! - [`cli`]: the clap definitions of every subcommand and their dispatch.
+//! - [`admin`]: accounts, invites, chat logs and the audit log of a data
+//!   directory, for the command line.
 //! - [`config`]: settings from flags and environment; limits; the data directory.
 //! - [`clock`]: the time source, injectable so tests can move time forward.
 //! - [`secrets`]: the master key (OS keyring, environment or key file) and its
@@ -21,6 +23,7 @@
 //! - [`client`]: a native client of the protocol with the end-to-end crypto.
 //! - [`error`]: the API error type, mapped to HTTP status and a safe message.
 
+pub mod admin;
 pub mod auth;
 pub mod chat;
 pub mod chatlog;

@@ -153,6 +153,22 @@ pub struct ChangePasswordRequest {
     pub sig_private: WrappedKey,
 }
 
+/// `POST /api/reset`: completes an administrator's reset with the one-time
+/// code: new salt, auth key and key pairs (the old ones are gone).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResetRequest {
+    pub username: String,
+    pub code: String,
+    pub salt: B64,
+    pub iterations: u32,
+    pub auth_key: B64,
+    pub enc_public: B64,
+    pub sig_public: B64,
+    pub enc_private: WrappedKey,
+    pub sig_private: WrappedKey,
+}
+
 /// One entry of the user directory (`GET /api/users`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UserEntry {

@@ -23,7 +23,7 @@ use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use crate::protocol::{
     AddMemberRequest, B64, ChangePasswordRequest, ChatInfo, ClientFrame, CreateChatRequest,
     Envelope, HistoryPage, LoginRequest, LoginResponse, Me, MessageRecord, PreloginRequest,
-    PreloginResponse, RegisterRequest, ServerFrame, UserEntry, WrappedKey,
+    PreloginResponse, RegisterRequest, ResetRequest, ServerFrame, UserEntry, WrappedKey,
 };
 use crypto::{CryptoError, PublicKeys, UserKeys, Wrapped};
 
@@ -50,6 +50,11 @@ pub enum ClientError {
     Protocol(String),
     #[error("not signed in")]
     NotSignedIn,
+    /// A contact's keys differ from the ones pinned on first contact.
+    #[error(
+        "{0}'s keys have changed since first contact: compare safety numbers before trusting them"
+    )]
+    KeyChanged(String),
 }
 
 impl From<tungstenite::Error> for ClientError {
@@ -402,6 +407,66 @@ impl Client {
         let keys = PublicKeys::from_spki(&entry.enc_public.0, &entry.sig_public.0)?;
         self.pinned.insert(username.to_owned(), keys.clone());
         Ok(keys)
+    }
+
+    /// Fetches `username`'s keys again and compares them with the pinned
+    /// ones: [`ClientError::KeyChanged`] if they differ (after an account
+    /// reset, or an attack). Pins them if none were.
+    pub async fn check_keys(&mut self, username: &str) -> Result<PublicKeys> {
+        let entry: UserEntry = self
+            .call::<(), _>(Method::GET, &format!("/api/users/{username}"), None)
+            .await?;
+        let keys = PublicKeys::from_spki(&entry.enc_public.0, &entry.sig_public.0)?;
+        match self.pinned.get(username) {
+            Some(pinned) if *pinned != keys => Err(ClientError::KeyChanged(username.to_owned())),
+            _ => {
+                self.pinned.insert(username.to_owned(), keys.clone());
+                Ok(keys)
+            }
+        }
+    }
+
+    /// Trusts `username`'s current keys after the user has checked them.
+    pub fn accept_keys(&mut self, username: &str, keys: PublicKeys) {
+        self.pinned.insert(username.to_owned(), keys);
+    }
+
+    /// Completes an administrator's reset with its one-time code: a new
+    /// password and new key pairs, then signed in.
+    pub async fn complete_reset(
+        &mut self,
+        username: &str,
+        code: &str,
+        password: &str,
+        keys: UserKeys,
+    ) -> Result<Me> {
+        let username = username.trim().to_ascii_lowercase();
+        let salt = crypto::random_salt()?;
+        let password = password.to_owned();
+        let name = username.clone();
+        let (derived, keys, enc, sig) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let derived = crypto::derive_keys(&password, &salt, crypto::PBKDF2_ITERATIONS)?;
+            let (enc, sig) = keys.wrap(&derived.wrap_key, &name)?;
+            Ok((derived, keys, enc, sig))
+        })
+        .await
+        .map_err(|e| ClientError::Protocol(e.to_string()))??;
+        let public = keys.public();
+        let body = ResetRequest {
+            username: username.clone(),
+            code: code.to_owned(),
+            salt: salt.to_vec().into(),
+            iterations: crypto::PBKDF2_ITERATIONS,
+            auth_key: derived.auth_key.to_vec().into(),
+            enc_public: public.enc_spki().into(),
+            sig_public: public.sig_spki().into(),
+            enc_private: wrapped_to_wire(&enc),
+            sig_private: wrapped_to_wire(&sig),
+        };
+        let response: LoginResponse = self.call(Method::POST, "/api/reset", Some(&body)).await?;
+        self.pinned.insert(username.clone(), public);
+        self.me = Some((username, keys));
+        Ok(response.user)
     }
 
     /// `GET /api/chats`.

@@ -19,8 +19,8 @@ use crate::error::ApiError;
 use crate::protocol::{
     AccountKeys, AddMemberRequest, B64, ChangePasswordRequest, ChatInfo, CreateChatRequest,
     HistoryPage, LoginRequest, LoginResponse, Me, Member, MessageRecord, PreloginRequest,
-    PreloginResponse, RegisterRequest, RenameChatRequest, ServerFrame, UserEntry, WrappedKey,
-    close,
+    PreloginResponse, RegisterRequest, RenameChatRequest, ResetRequest, ServerFrame, UserEntry,
+    WrappedKey, close,
 };
 use crate::server::App;
 use crate::store::{Admission, ChatRow, MessageRow, NewCredentials, NewUser, StoreError, UserRow};
@@ -366,6 +366,90 @@ pub async fn login(
             Err(auth::login_failed(None))
         }
     }
+}
+
+/// `POST /api/reset`: completes an administrator's reset with its one-time
+/// code. Throttled like sign-in; every failure answers the same way.
+pub async fn complete_reset(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Body(req): Body<ResetRequest>,
+) -> Result<Response, ApiError> {
+    let failed = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "reset_failed",
+            "That reset code is wrong or has expired. Ask an administrator for a new one.",
+        )
+    };
+    let name = canonical_username(&req.username)?;
+    check_credentials(
+        &app,
+        &req.salt,
+        req.iterations,
+        &req.auth_key,
+        &req.enc_private,
+        &req.sig_private,
+    )?;
+    PublicKeys::from_spki(&req.enc_public.0, &req.sig_public.0).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_keys",
+            "The public keys must be RSA-4096 (e = 65537) in SPKI DER.",
+        )
+    })?;
+    let ip = peer.ip().to_string();
+    let now = app.clock.now_ms();
+    let limits = app.config.limits.clone();
+    let (n, i) = (name.clone(), ip.clone());
+    let counted = app
+        .db
+        .call(move |s| {
+            s.count_attempt(
+                &[("ip", i.as_str()), ("user", n.as_str())],
+                now,
+                |kind, t| match kind {
+                    "user" => auth::user_failure(t, now, &limits),
+                    _ => auth::ip_failure(t, now, &limits),
+                },
+            )
+        })
+        .await?;
+    let ip_before = match counted {
+        Err(until) => {
+            return Err(auth::login_failed(Some(
+                u64::try_from(until - now).unwrap_or(1),
+            )));
+        }
+        Ok(counters) => counters[0].0,
+    };
+    let auth_hash = app.passwords.hash(req.auth_key.0).await?;
+    let new = NewUser {
+        username: name.clone(),
+        salt: req.salt.0,
+        iterations: req.iterations,
+        auth_hash,
+        enc_public: req.enc_public.0,
+        sig_public: req.sig_public.0,
+        enc_private: req.enc_private,
+        sig_private: req.sig_private,
+    };
+    let code_hash = auth::invite_hash(&req.code);
+    let n = name.clone();
+    let done = app
+        .db
+        .call(move |s| s.complete_reset(&n, &code_hash, now, new))
+        .await?;
+    let Some(user) = done else {
+        app.audit("reset_failed", &name, format!("ip={ip}")).await;
+        return Err(failed());
+    };
+    let (n, i) = (name.clone(), ip.clone());
+    app.db
+        .call(move |s| s.settle_success(&n, &i, ip_before))
+        .await?;
+    app.audit("reset_completed", &user.username, format!("ip={ip}"))
+        .await;
+    open_session(&app, &user, &ip, StatusCode::OK).await
 }
 
 /// `POST /api/logout`: ends this session and closes its sockets.

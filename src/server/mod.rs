@@ -112,6 +112,8 @@ pub enum StartError {
 pub struct Running {
     /// The address it listens on (with the real port when bound to 0).
     pub addr: SocketAddr,
+    /// Where the data directory's master key came from.
+    pub key_source: secrets::KeySource,
     /// The shared state, for tests and admin commands in-process.
     pub app: App,
     handle: axum_server::Handle<SocketAddr>,
@@ -231,6 +233,9 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
     if let Some(mode) = config.registration {
         db.blocking(|s| s.set_setting("registration_mode", mode.as_str().as_bytes()))?;
     }
+    if let Some(days) = config.retention_days {
+        db.blocking(|s| s.set_number("retention_days", i64::from(days)))?;
+    }
     let material = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => tls::load_custom(cert, key)?,
         _ => tls::load_or_create(
@@ -285,13 +290,99 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
     .handle(handle.clone());
     let service = router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let serve = tokio::spawn(async move { server.serve(service).await });
+    tokio::spawn(maintenance(app.clone()));
     tracing::info!(%addr, fingerprint = %app.tls.fingerprint, "SecureChat is listening");
     Ok(Running {
         addr,
+        key_source: master.source.clone(),
         app,
         handle,
         serve,
     })
+}
+
+/// Housekeeping while the server runs: every second it notices changes an
+/// administrator made from the command line (and closes sockets whose
+/// session or account is gone); every hour it applies the retention period
+/// and drops spent invites.
+async fn maintenance(app: App) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen_epoch = app.db.call(|s| s.number("admin_epoch")).await.unwrap_or(0);
+    let mut last_prune: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = app.shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        if let Ok(epoch) = app.db.call(|s| s.number("admin_epoch")).await
+            && epoch != seen_epoch
+        {
+            seen_epoch = epoch;
+            close_revoked_sockets(&app).await;
+        }
+        if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
+            last_prune = Some(tokio::time::Instant::now());
+            if let Err(e) = apply_retention(&app).await {
+                tracing::error!(error = %e, "applying the retention period failed");
+            }
+        }
+    }
+}
+
+/// Closes every socket whose session was deleted or whose account was
+/// disabled (by a command-line tool, outside this process).
+pub async fn close_revoked_sockets(app: &App) {
+    let live = app.hub.sessions();
+    let revoked = app
+        .db
+        .call(move |s| {
+            let mut revoked = Vec::new();
+            for (_, hash) in live {
+                match s.session(&hash)? {
+                    Some(session) if !session.user.disabled => {}
+                    _ => revoked.push(hash),
+                }
+            }
+            Ok(revoked)
+        })
+        .await;
+    match revoked {
+        Ok(revoked) => app
+            .hub
+            .close_sessions(&revoked, crate::protocol::close::SESSION_ENDED),
+        Err(e) => tracing::error!(error = %e, "checking sessions failed"),
+    }
+}
+
+/// Deletes messages and chat logs older than the retention period (if one
+/// is set) and spent invites.
+pub async fn apply_retention(app: &App) -> Result<(), crate::store::StoreError> {
+    let now = app.clock.now_ms();
+    let days = app.db.call(|s| s.number("retention_days")).await?;
+    app.db.call(move |s| s.prune_invites(now)).await?;
+    if days <= 0 {
+        return Ok(());
+    }
+    let cutoff = now - days.saturating_mul(86_400_000);
+    let (messages, logs) = app.db.call(move |s| s.prune(cutoff)).await?;
+    let dir = app.config.data_dir.clone();
+    let removed = logs.len();
+    tokio::task::spawn_blocking(move || {
+        for rel in logs {
+            let _ = std::fs::remove_file(dir.join(&rel));
+            if let Some(parent) = dir.join(&rel).parent() {
+                // Removes the chat's folder once it is empty; fails harmlessly otherwise.
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
+    })
+    .await
+    .map_err(|e| crate::store::StoreError::Task(e.to_string()))?;
+    if messages > 0 || removed > 0 {
+        tracing::info!(messages, logs = removed, days, "retention applied");
+    }
+    Ok(())
 }
 
 /// Every route of the server.
@@ -304,6 +395,7 @@ pub fn router(app: App) -> Router {
         .route("/logout-all", post(api::logout_all))
         .route("/me", get(api::me))
         .route("/change-password", post(api::change_password))
+        .route("/reset", post(api::complete_reset))
         .route("/users", get(api::users))
         .route("/users/{name}", get(api::user))
         .route("/chats", get(api::chats).post(api::create_chat))

@@ -449,6 +449,44 @@ impl Store {
         Ok(value)
     }
 
+    /// A numeric setting, 0 if unset.
+    pub fn number(&self, key: &str) -> Result<i64> {
+        Ok(self
+            .setting(key)?
+            .and_then(|v| String::from_utf8(v).ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Sets a numeric setting.
+    pub fn set_number(&self, key: &str, value: i64) -> Result<()> {
+        self.set_setting(key, value.to_string().as_bytes())
+    }
+
+    /// Tells a running server that an administrator changed accounts from
+    /// outside it (it re-checks the sessions of its open sockets).
+    pub fn bump_admin_epoch(&mut self) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let current: i64 = tx
+            .query_row(
+                "SELECT value FROM settings WHERE key = 'admin_epoch'",
+                [],
+                |r| r.get::<_, Vec<u8>>(0),
+            )
+            .optional()?
+            .and_then(|v| String::from_utf8(v).ok()?.parse().ok())
+            .unwrap_or(0);
+        tx.execute(
+            "INSERT INTO settings (key, value) VALUES ('admin_epoch', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [(current + 1).to_string().into_bytes()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     // ---- users ------------------------------------------------------------
 
     /// Creates an account if `admission` allows it. The first account is
