@@ -5,6 +5,8 @@
 mod it {
     /// Registration, login, throttling, sessions, password change.
     mod accounts;
+    /// Encryption at rest, chat logs, the master key and admin commands.
+    mod at_rest;
     /// Direct and group chats: delivery, decryption, membership.
     mod chats;
     /// Delivery across dropped sockets, restarts and kill -9.

@@ -1468,6 +1468,45 @@ mod tests {
     }
 
     #[test]
+    fn a_plaintext_database_from_0_1_0_is_encrypted_in_place_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("securechat.db");
+        {
+            // A 0.1.0 database: schema 1, plaintext, in WAL mode.
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO settings (key, value) VALUES ('registration_mode', CAST('invite' AS BLOB))",
+                [],
+            )
+            .unwrap();
+        }
+        assert!(is_plaintext(&path).unwrap());
+        let key = [9u8; 32];
+        let store = Store::open(&path, &key).unwrap();
+        assert_eq!(
+            store.setting("registration_mode").unwrap().unwrap(),
+            b"invite"
+        );
+        drop(store);
+        assert!(!is_plaintext(&path).unwrap(), "the file is encrypted now");
+        assert!(
+            !path.with_extension("db.plaintext-backup").exists(),
+            "the backup is gone"
+        );
+        let raw = std::fs::read(&path).unwrap();
+        assert!(!raw.windows(8).any(|w| w == b"settings"));
+        assert!(matches!(
+            Store::open(&path, &[8u8; 32]),
+            Err(StoreError::WrongKey)
+        ));
+        let again = Store::open(&path, &key).unwrap();
+        assert_eq!(again.number("admin_epoch").unwrap(), 0);
+    }
+
+    #[test]
     fn first_user_is_admin_and_others_need_admission() {
         let mut s = Store::open_in_memory().unwrap();
         let a = s

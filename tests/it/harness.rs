@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -16,6 +18,8 @@ use securechat::config::{Config, Limits};
 use securechat::protocol::{ChatInfo, ClientFrame, Envelope, MessageRecord, ServerFrame};
 use securechat::secrets::MasterKey;
 use securechat::server::{self, Running};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
 
 /// How long any single wait may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -97,7 +101,7 @@ impl TestServer {
 
     /// The CA certificate clients pin.
     pub fn ca(&self) -> CertificateDer<'static> {
-        CertificateDer::from_pem_file(self.dir.path().join("tls/ca.pem")).expect("ca.pem")
+        ca(self.dir.path())
     }
 
     /// A client that is not signed in.
@@ -287,4 +291,70 @@ pub async fn status(client: &Client, method: reqwest::Method, path: &str) -> req
         .await
         .expect("request")
         .status()
+}
+
+/// Starts the real executable on 127.0.0.1:0; returns it and its URL.
+pub async fn spawn_host(dir: &Path) -> (Child, String, Lines<BufReader<ChildStdout>>) {
+    spawn_host_with(dir, |_| {}).await
+}
+
+/// [`spawn_host`], with the command adjusted by `tune` first (environment).
+pub async fn spawn_host_with(
+    dir: &Path,
+    tune: impl FnOnce(&mut Command),
+) -> (Child, String, Lines<BufReader<ChildStdout>>) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_securechat"));
+    command
+        .args([
+            "host",
+            "--headless",
+            "--no-browser",
+            "--bind",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir)
+        .env("SECURECHAT_LOG", "warn")
+        .env("SECURECHAT_MASTER_KEY", test_master_key_env())
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    tune(&mut command);
+    let mut child = command.spawn().expect("the executable starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = tokio::time::timeout(WAIT, async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("a URL line");
+            if let Some(url) = line.trim().strip_prefix("https://") {
+                break format!("https://{}", url.trim_end_matches('/'));
+            }
+        }
+    })
+    .await
+    .expect("the URL is printed");
+    (child, url, lines)
+}
+
+pub fn ca(dir: &Path) -> CertificateDer<'static> {
+    CertificateDer::from_pem_file(dir.join("tls/ca.pem")).unwrap()
+}
+
+/// Runs an admin command of the executable on `dir` with the test key;
+/// returns (success, stdout, stderr).
+pub async fn admin_cli(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_securechat"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .env("SECURECHAT_LOG", "warn")
+        .env("SECURECHAT_MASTER_KEY", test_master_key_env())
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("the executable runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

@@ -1,60 +1,10 @@
-use std::path::Path;
-use std::process::Stdio;
-
 use reqwest::{Method, StatusCode};
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use securechat::client::Client;
 use securechat::protocol::close;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 use super::harness::{
-    TestServer, WAIT, expect_close, keys, online, password, send_text, test_master_key_env,
+    TestServer, WAIT, ca, expect_close, keys, online, password, send_text, spawn_host,
 };
-
-/// Starts the real executable on 127.0.0.1:0; returns it and its URL.
-async fn spawn_host(
-    dir: &Path,
-) -> (
-    Child,
-    String,
-    tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_securechat"))
-        .args([
-            "host",
-            "--headless",
-            "--no-browser",
-            "--bind",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir)
-        .env("SECURECHAT_LOG", "warn")
-        .env("SECURECHAT_MASTER_KEY", test_master_key_env())
-        .stdout(Stdio::piped())
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the executable starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = tokio::time::timeout(WAIT, async {
-        loop {
-            let line = lines.next_line().await.unwrap().expect("a URL line");
-            if let Some(url) = line.trim().strip_prefix("https://") {
-                break format!("https://{}", url.trim_end_matches('/'));
-            }
-        }
-    })
-    .await
-    .expect("the URL is printed");
-    (child, url, lines)
-}
-
-fn ca(dir: &Path) -> CertificateDer<'static> {
-    CertificateDer::from_pem_file(dir.join("tls/ca.pem")).unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn acknowledged_messages_survive_kill_9() {
