@@ -233,6 +233,11 @@ pub async fn host(args: HostArgs) -> Result<(), String> {
         "CA certificate fingerprint (SHA-256): {}",
         running.fingerprint()
     );
+    println!(
+        "Data: {} (master key from {})",
+        running.app.config.data_dir.display(),
+        running.key_source
+    );
     println!("Press Ctrl+C to stop.");
     tokio::select! {
         () = stop_signal() => {}

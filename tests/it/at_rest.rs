@@ -413,3 +413,77 @@ async fn admin_commands_disable_reset_and_invite() {
     assert!(!ok && err.contains("no user named"), "{err}");
     server.stop().await;
 }
+
+/// Runs only inside a private Secret Service session (test.sh starts one with
+/// gnome-keyring under dbus-run-session); in CI its absence is a failure.
+#[test]
+fn the_master_key_lives_in_a_real_secret_service() {
+    use securechat::secrets::{self, KeySource, KeyringUse, SecretsError};
+    if std::env::var_os("SECURECHAT_TEST_SECRET_SERVICE").is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run this under a Secret Service session: run ./test.sh"
+        );
+        eprintln!("SKIPPED the Secret Service test: run ./test.sh to start a private one");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let first = secrets::load_or_create(dir.path(), None, KeyringUse::Ask).unwrap();
+    assert_eq!(first.source, KeySource::Keyring);
+    assert!(
+        !dir.path().join("master.key").exists(),
+        "no key file when the keyring takes the key"
+    );
+    let again = secrets::load_or_create(dir.path(), None, KeyringUse::Ask).unwrap();
+    assert_eq!(
+        (again.source.clone(), again.subkey("db")),
+        (KeySource::Keyring, first.subkey("db"))
+    );
+
+    // It is really in the Secret Service, under the SecureChat service.
+    let found = std::process::Command::new("secret-tool")
+        .args(["search", "--all", "service", "SecureChat"])
+        .output()
+        .expect("secret-tool (libsecret-tools) is installed");
+    let listing = String::from_utf8_lossy(&found.stdout).into_owned()
+        + &String::from_utf8_lossy(&found.stderr);
+    assert!(listing.contains("master-key-"), "{listing}");
+
+    // Without the entry the data cannot be opened, and no new key is made.
+    secrets::forget_keyring_entry(dir.path()).unwrap();
+    let err = secrets::load_or_create(dir.path(), None, KeyringUse::Ask).unwrap_err();
+    assert!(matches!(err, SecretsError::KeyMissing(_)), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_keyring_the_host_keeps_its_key_in_an_owner_only_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut child, _url, mut out) = super::harness::spawn_host_with(&data, |c| {
+        // No key in the environment and no session bus: the key file it is.
+        c.env_remove("SECURECHAT_MASTER_KEY")
+            .env("DBUS_SESSION_BUS_ADDRESS", "unix:path=/nonexistent/bus");
+    })
+    .await;
+    let mut said = String::new();
+    while let Ok(Some(line)) = tokio::time::timeout(super::harness::WAIT, out.next_line())
+        .await
+        .expect("output")
+    {
+        if line.starts_with("Data:") {
+            said = line;
+            break;
+        }
+    }
+    assert!(said.contains("master key from the key file"), "{said}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(data.join("master.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    child.kill().await.unwrap();
+}
