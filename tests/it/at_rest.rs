@@ -487,3 +487,63 @@ async fn without_a_keyring_the_host_keeps_its_key_in_an_owner_only_file() {
     }
     child.kill().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_deletes_old_messages_and_logs_only() {
+    // Sessions that outlive the test's jumps in time.
+    let mut server = TestServer::start_with(|l| {
+        l.session_idle = std::time::Duration::from_secs(30 * 86_400);
+        l.session_absolute = std::time::Duration::from_secs(30 * 86_400);
+    })
+    .await;
+    server.stop().await;
+    // A host started with a retention period of two days remembers it.
+    server.config.retention_days = Some(2);
+    server.restart().await;
+    let mut alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let chat = alice.open_direct("bob").await.unwrap();
+    let (mut sa, _) = online(&alice).await;
+    send_text(&mut alice, &mut sa, &chat, "old news").await;
+    sa.close().await;
+    let app = server.running.as_ref().unwrap().app.clone();
+    let logs_before = Admin::open_with(server.dir.path(), test_master_key())
+        .unwrap()
+        .logs()
+        .unwrap();
+    assert!(!logs_before.is_empty());
+
+    // A day later nothing is due; three days later the message and its log go.
+    server.clock.advance_ms(86_400_000);
+    securechat::server::apply_retention(&app).await.unwrap();
+    assert_eq!(
+        alice
+            .history(&chat.id, "after=0")
+            .await
+            .unwrap()
+            .messages
+            .len(),
+        1
+    );
+    server.clock.advance_ms(2 * 86_400_000);
+    let (mut sa, _) = online(&alice).await;
+    send_text(&mut alice, &mut sa, &chat, "fresh news").await;
+    securechat::server::apply_retention(&app).await.unwrap();
+    let left = alice.history(&chat.id, "after=0").await.unwrap().messages;
+    assert_eq!(left.len(), 1);
+    assert_eq!(alice.open(&left[0]).await.unwrap(), "fresh news");
+    let logs_after = Admin::open_with(server.dir.path(), test_master_key())
+        .unwrap()
+        .logs()
+        .unwrap();
+    for old in &logs_before {
+        assert!(
+            !server.dir.path().join(&old.path).exists(),
+            "{} was kept",
+            old.path
+        );
+        assert!(logs_after.iter().all(|l| l.path != old.path));
+    }
+    drop(bob);
+    server.stop().await;
+}
