@@ -157,7 +157,7 @@ async fn login_failures_look_alike_lock_doubles_and_survives_restart() {
     let (s, locked_real, retry) = c.login_attempt("alice", &right).await.unwrap();
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
     let retry: u64 = retry.expect("Retry-After").parse().unwrap();
-    assert!((59..=60).contains(&retry), "{retry}");
+    assert!((45..=60).contains(&retry), "locked for a minute: {retry}");
     let (s, locked_unknown, _) = c.login_attempt("nobody", &wrong).await.unwrap();
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(locked_real["error"], locked_unknown["error"]);
@@ -174,7 +174,7 @@ async fn login_failures_look_alike_lock_doubles_and_survives_restart() {
     let (s, _, retry) = c.login_attempt("alice", &right).await.unwrap();
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
     let retry: u64 = retry.unwrap().parse().unwrap();
-    assert!((119..=120).contains(&retry), "doubled: {retry}");
+    assert!((105..=120).contains(&retry), "doubled: {retry}");
 
     // The lock is in the database: a restart does not lift it.
     server.restart().await;
@@ -204,7 +204,11 @@ async fn too_many_failures_from_one_address_refuse_it() {
     let right = c.auth_key("alice", &password("alice")).await.unwrap();
     let (s, _, retry) = c.login_attempt("alice", &right).await.unwrap();
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "the address is refused");
-    assert_eq!(retry.as_deref(), Some("900"));
+    let retry: u64 = retry.expect("Retry-After").parse().unwrap();
+    assert!(
+        (850..=900).contains(&retry),
+        "refused for 15 minutes: {retry}"
+    );
     server.clock.advance_ms(15 * 60_000 + 1000);
     c.login("alice", &password("alice"))
         .await
