@@ -4,7 +4,7 @@ ALTER TABLE users ADD COLUMN reset_code_hash BLOB;       -- SHA-256 of a one-tim
 ALTER TABLE users ADD COLUMN reset_expires INTEGER NOT NULL DEFAULT 0;
 
 CREATE TABLE chat_logs (
-    path       TEXT PRIMARY KEY,                 -- relative to <data>/logs
+    path       TEXT PRIMARY KEY,                 -- relative to the data directory
     chat_id    TEXT NOT NULL,
     username   TEXT NOT NULL,
     session_id TEXT NOT NULL,

@@ -55,6 +55,20 @@ pub struct Admin {
     audit: Option<Writer>,
 }
 
+/// Writes a new file readable by its owner only; an existing file (or link)
+/// at `path` is an error, never overwritten.
+fn write_new_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)?.write_all(contents)
+}
+
 /// Parses a duration such as `30s`, `15m`, `24h` or `7d`.
 pub fn parse_duration(text: &str) -> Result<Duration, AdminError> {
     let text = text.trim();
@@ -180,8 +194,13 @@ impl Admin {
         let user = self.user(name)?;
         let code = B64::encode(&crate::auth::random_bytes::<16>());
         let expires = now_ms() + crate::auth::ms(RESET_CODE_LIFETIME);
-        self.store
-            .start_reset(user.id, &crate::auth::invite_hash(&code), expires)?;
+        let unusable = crate::auth::unusable_hash();
+        self.store.start_reset(
+            user.id,
+            &crate::auth::invite_hash(&code),
+            expires,
+            &unusable,
+        )?;
         self.store.bump_admin_epoch()?;
         self.audit("user_reset", &format!("user={}", user.username))?;
         Ok((code, expires))
@@ -263,15 +282,15 @@ impl Admin {
         } else {
             file.replace('\\', "/")
         };
-        if rel.split('/').any(|part| part == "..")
-            || !(rel.starts_with("logs/") || rel.starts_with("audit/"))
-        {
+        // Only a log that `logs list` would show: no other file, no other
+        // spelling of a path (the records' AAD binds the exact path).
+        let listed = ["logs", "audit"].iter().any(|sub| {
+            chatlog::list_files(&self.data_dir, sub).is_ok_and(|files| files.contains(&rel))
+        });
+        if !listed {
             return Err(AdminError::Invalid(format!(
                 "{file} is not a log (see `securechat logs list`)"
             )));
-        }
-        if !self.data_dir.join(&rel).is_file() {
-            return Err(AdminError::Invalid(format!("there is no log {file}")));
         }
         Ok(rel)
     }
@@ -284,37 +303,49 @@ impl Admin {
     }
 
     /// Decrypts every chat log into `out` as plain `.txt` files, one per
-    /// log, named by start time, chat and user; returns their paths.
+    /// log, named by start time, chat and user (plus the log's own opaque
+    /// ids, so no two collide); returns their paths. The folder and files
+    /// are readable by their owner only, and no existing file is replaced.
     pub fn export_logs(&self, out: &Path) -> Result<Vec<PathBuf>, AdminError> {
-        std::fs::create_dir_all(out).map_err(|e| AdminError::Io(out.to_owned(), e))?;
+        secrets::create_private_dir(out).map_err(|e| AdminError::Io(out.to_owned(), e))?;
+        let label = |s: Option<&str>| {
+            s.unwrap_or("unknown")
+                .chars()
+                .map(|c| {
+                    if c.is_alphanumeric() || c == '-' || c == '.' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect::<String>()
+        };
         let mut written = Vec::new();
         for entry in self.logs()? {
             let contents = self.read_log(&entry.path)?;
-            let stem = Path::new(&entry.path)
+            let rel = Path::new(&entry.path);
+            let stem = rel
                 .file_name()
                 .map(|n| n.to_string_lossy().trim_end_matches(".txt.enc").to_owned())
                 .unwrap_or_default();
-            let label = |s: &Option<String>| {
-                s.as_deref()
-                    .unwrap_or("unknown")
-                    .chars()
-                    .map(|c| {
-                        if c.is_alphanumeric() || c == '-' || c == '.' {
-                            c
-                        } else {
-                            '_'
-                        }
-                    })
-                    .collect::<String>()
-            };
-            let name = format!("{stem}_{}_{}.txt", label(&entry.chat), label(&entry.user));
+            let chat_dir = rel
+                .parent()
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().chars().take(8).collect::<String>())
+                .unwrap_or_default();
+            let name = format!(
+                "{stem}_{chat_dir}_{}_{}.txt",
+                label(entry.chat.as_deref()),
+                label(entry.user.as_deref())
+            );
             let mut text = contents.lines.join("\n");
             text.push('\n');
             if let Some(damage) = &contents.damage {
                 text.push_str(&format!("# the log ends in damage, skipped: {damage}\n"));
             }
             let path = out.join(name);
-            std::fs::write(&path, text).map_err(|e| AdminError::Io(path.clone(), e))?;
+            write_new_private(&path, text.as_bytes())
+                .map_err(|e| AdminError::Io(path.clone(), e))?;
             written.push(path);
         }
         Ok(written)

@@ -112,6 +112,15 @@ impl Passwords {
     }
 }
 
+/// An Argon2id hash of random bytes: a stored hash no key matches, which
+/// takes a real verification's time to refuse (for accounts being reset).
+pub fn unusable_hash() -> String {
+    argon2()
+        .hash_password_with_salt(&random_bytes::<32>(), &random_bytes::<16>())
+        .map(|h| h.to_string())
+        .unwrap_or_default()
+}
+
 /// The salt `prelogin` reports for a username that does not exist: stable per
 /// name, so repeated probes cannot tell it from a real one.
 pub fn fake_salt(server_secret: &[u8], username: &str) -> [u8; 16] {

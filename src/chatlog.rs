@@ -84,7 +84,7 @@ impl Writer {
     pub fn create(data_dir: &Path, rel: &str, key: [u8; 32]) -> std::io::Result<Self> {
         let path = data_dir.join(rel);
         if let Some(dir) = path.parent() {
-            create_private_dir(dir)?;
+            crate::secrets::create_private_dir(dir)?;
         }
         let mut options = OpenOptions::new();
         options.append(true).create_new(true);
@@ -122,17 +122,6 @@ impl Writer {
     pub fn sync(&self) -> std::io::Result<()> {
         self.file.sync_data()
     }
-}
-
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(dir)
 }
 
 /// What reading a log found.
@@ -189,10 +178,14 @@ pub fn read(data_dir: &Path, rel: &str, key: &[u8; 32]) -> std::io::Result<Conte
 pub fn list_files(data_dir: &Path, sub: &str) -> std::io::Result<Vec<String>> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
         for entry in std::fs::read_dir(dir)? {
-            let path = entry?.path();
-            if path.is_dir() {
+            let entry = entry?;
+            // The entry's own type: links are not followed.
+            let kind = entry.file_type()?;
+            let path = entry.path();
+            if kind.is_dir() {
                 walk(root, &path, out)?;
-            } else if path.extension().is_some_and(|e| e == "enc")
+            } else if kind.is_file()
+                && path.extension().is_some_and(|e| e == "enc")
                 && let Ok(rel) = path.strip_prefix(root)
             {
                 out.push(rel.to_string_lossy().replace('\\', "/"));
@@ -235,6 +228,8 @@ enum Command {
     },
     /// A line for the audit log.
     Audit { line: String, at: i64 },
+    /// Answer once everything sent before has been written.
+    Flush(mpsc::Sender<()>),
     /// Flush everything and stop.
     Stop(mpsc::Sender<()>),
 }
@@ -337,6 +332,14 @@ impl Logger {
         self.send(Command::Audit { line, at });
     }
 
+    /// Returns once every line handed over before has been written (or the
+    /// thread is gone).
+    pub fn flush(&self) {
+        let (done_tx, done_rx) = mpsc::channel();
+        self.send(Command::Flush(done_tx));
+        let _ = done_rx.recv_timeout(std::time::Duration::from_secs(10));
+    }
+
     /// Flushes and closes every log; returns when done (or the thread is gone).
     pub fn stop(&self) {
         let (done_tx, done_rx) = mpsc::channel();
@@ -367,6 +370,10 @@ impl Worker {
                 at,
             } => self.end(&session, &reason, at),
             Command::Audit { line, at } => self.audit_line(&line, at),
+            Command::Flush(done) => {
+                let _ = done.send(());
+                Ok(())
+            }
             Command::Stop(done) => {
                 for writer in self.open.values().chain(self.audit.as_ref()) {
                     let _ = writer.sync();

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use hkdf::Hkdf;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 use crate::client::crypto::{aes_gcm_decrypt, aes_gcm_encrypt};
 
@@ -145,18 +145,29 @@ pub fn open(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
 /// readable only by the owner on Unix.
 pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), std::io::Error> {
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    // A fresh, unpredictable temporary name: never an existing file or link.
+    options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let tmp = path.with_extension("tmp");
-    let mut file = options.open(&tmp)?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)?;
+    let suffix: String = crate::auth::random_bytes::<6>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let tmp = path.with_extension(format!("tmp-{suffix}"));
+    let written = (|| {
+        let mut file = options.open(&tmp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
     if let Some(dir) = path.parent()
         && let Ok(d) = std::fs::File::open(dir)
     {
@@ -165,13 +176,39 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), std::io::Error>
     Ok(())
 }
 
-/// The keyring account name for a data directory: stable per directory,
-/// and naming no user.
-fn keyring_account(data_dir: &Path) -> String {
-    let canonical = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_owned());
-    let digest = Sha256::digest(canonical.to_string_lossy().as_bytes());
-    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    format!("master-key-{hex}")
+/// Creates `dir` (and its parents) readable by its owner only on Unix.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+/// The keyring account name of a data directory: `master-key-<id>`, where
+/// the id is random and kept (it is not secret) in `<data>/keyring-id`. A
+/// name from the directory's path would change when the path is spelled
+/// differently; this one cannot. `None` if the directory has no id, so no
+/// keyring entry.
+fn keyring_account(data_dir: &Path) -> Option<String> {
+    let id = std::fs::read_to_string(data_dir.join("keyring-id")).ok()?;
+    let id = id.trim();
+    (!id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| format!("master-key-{id}"))
+}
+
+/// Makes and records a new keyring account name for `data_dir`.
+fn new_keyring_account(data_dir: &Path) -> Result<String, SecretsError> {
+    let id: String = crate::auth::random_bytes::<8>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let path = data_dir.join("keyring-id");
+    write_private(&path, id.as_bytes()).map_err(io(&path))?;
+    Ok(format!("master-key-{id}"))
 }
 
 /// The OS keyring, asked on a thread of its own (the Secret Service client
@@ -254,7 +291,8 @@ mod os_keyring {
 /// Removes this directory's keyring entry (for tests and `--forget-key`-like
 /// tools); errors if no keyring answers.
 pub fn forget_keyring_entry(data_dir: &Path) -> Result<(), String> {
-    os_keyring::delete(&keyring_account(data_dir))
+    let account = keyring_account(data_dir).ok_or("this directory has no keyring entry")?;
+    os_keyring::delete(&account)
 }
 
 /// How the key may be found.
@@ -318,7 +356,6 @@ pub fn load_or_create(
     keyring: KeyringUse,
 ) -> Result<MasterKey, SecretsError> {
     let key_file = data_dir.join("master.key");
-    let account = keyring_account(data_dir);
     let found = if let Some(text) = env {
         Some((parse_env_key(text)?, KeySource::Environment))
     } else if key_file.exists() {
@@ -326,7 +363,7 @@ pub fn load_or_create(
             read_key_file(&key_file)?,
             KeySource::KeyFile(key_file.clone()),
         ))
-    } else if keyring == KeyringUse::Ask {
+    } else if let (KeyringUse::Ask, Some(account)) = (keyring, keyring_account(data_dir)) {
         match os_keyring::get(&account) {
             Ok(Some(key)) => Some((key, KeySource::Keyring)),
             Ok(None) => None,
@@ -345,17 +382,21 @@ pub fn load_or_create(
         }
         None => {
             let key = crate::auth::random_bytes::<32>();
-            std::fs::create_dir_all(data_dir).map_err(io(data_dir))?;
-            let stored = keyring == KeyringUse::Ask
-                && {
+            create_private_dir(data_dir).map_err(io(data_dir))?;
+            let stored = match keyring {
+                KeyringUse::Skip => false,
+                KeyringUse::Ask => {
+                    let account = new_keyring_account(data_dir)?;
                     match os_keyring::set(&account, &key) {
                         Ok(()) => true,
                         Err(e) => {
                             tracing::info!(reason = %e, "the OS keyring did not take the key; using a key file");
+                            let _ = std::fs::remove_file(data_dir.join("keyring-id"));
                             false
                         }
                     }
-                };
+                }
+            };
             let source = if stored {
                 KeySource::Keyring
             } else {
@@ -369,8 +410,11 @@ pub fn load_or_create(
     Ok(master)
 }
 
-/// Verifies `master` against `<data>/keycheck`, or writes the record if the
-/// directory has none (a new directory, or data from before 0.2.0).
+/// Verifies `master` against `<data>/keycheck`. A directory without the
+/// record gets one, but only once the key has proven itself: at once for a
+/// new directory or a plaintext 0.1.0 database, and for an encrypted
+/// database (whose record was lost) only if the key opens it. A wrong key
+/// changes nothing.
 pub fn check_or_record(data_dir: &Path, master: &MasterKey) -> Result<(), SecretsError> {
     let path = data_dir.join("keycheck");
     let key = master.subkey("keycheck");
@@ -381,7 +425,11 @@ pub fn check_or_record(data_dir: &Path, master: &MasterKey) -> Result<(), Secret
             None => Err(SecretsError::WrongKey(data_dir.to_owned())),
         },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(data_dir).map_err(io(data_dir))?;
+            let db = data_dir.join("securechat.db");
+            if has_encrypted_data(data_dir) && !crate::store::key_opens(&db, &master.subkey("db")) {
+                return Err(SecretsError::WrongKey(data_dir.to_owned()));
+            }
+            create_private_dir(data_dir).map_err(io(data_dir))?;
             write_private(&path, &seal(&key, KEYCHECK_AAD, KEYCHECK_PLAINTEXT)).map_err(io(&path))
         }
         Err(e) => Err(SecretsError::Io(path, e)),

@@ -136,22 +136,36 @@ fn read_key(dir: &Path, name: &str, key: &[u8; 32]) -> Result<Option<String>, Tl
     let sealed_path = dir.join(format!("{name}.key.enc"));
     let plain_path = dir.join(format!("{name}.key.pem"));
     let aad = format!("securechat/v1/tls/{name}");
-    if let Ok(sealed) = std::fs::read(&sealed_path) {
-        let pem = crate::secrets::open(key, aad.as_bytes(), &sealed)
-            .and_then(|p| String::from_utf8(p).ok())
-            .ok_or(TlsError::Pem {
-                path: sealed_path,
-                what: "private key (it does not decrypt with this data directory's key)",
-            })?;
-        return Ok(Some(pem));
+    match std::fs::read(&sealed_path) {
+        Ok(sealed) => {
+            let pem = crate::secrets::open(key, aad.as_bytes(), &sealed)
+                .and_then(|p| String::from_utf8(p).ok())
+                .ok_or(TlsError::Pem {
+                    path: sealed_path,
+                    what: "private key (it does not decrypt with this data directory's key)",
+                })?;
+            // A plaintext copy left by an interrupted upgrade must not stay.
+            remove_if_present(&plain_path)?;
+            return Ok(Some(pem));
+        }
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(&sealed_path)(e)),
+        Err(_) => {}
     }
     match std::fs::read_to_string(&plain_path) {
         Ok(pem) => {
             write_key(dir, name, key, &pem)?;
-            std::fs::remove_file(&plain_path).map_err(io_err(&plain_path))?;
+            remove_if_present(&plain_path)?;
             Ok(Some(pem))
         }
-        Err(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(&plain_path)(e)),
+    }
+}
+
+fn remove_if_present(path: &Path) -> Result<(), TlsError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(path)(e)),
+        _ => Ok(()),
     }
 }
 

@@ -342,7 +342,7 @@ pub async fn login(
         (Some(user), Some(name)) if verified && !user.disabled => {
             let i = ip.clone();
             app.db
-                .call(move |s| s.settle_success(&name, &i, ip_before))
+                .call(move |s| s.settle_success(&name, &i, ip_before, ip_after))
                 .await?;
             app.audit("login", &user.username, format!("ip={ip}")).await;
             open_session(&app, &user, &ip, StatusCode::OK).await
@@ -414,13 +414,13 @@ pub async fn complete_reset(
             )
         })
         .await?;
-    let ip_before = match counted {
+    let (ip_before, ip_after) = match counted {
         Err(until) => {
             return Err(auth::login_failed(Some(
                 u64::try_from(until - now).unwrap_or(1),
             )));
         }
-        Ok(counters) => counters[0].0,
+        Ok(counters) => counters[0],
     };
     let auth_hash = app.passwords.hash(req.auth_key.0).await?;
     let new = NewUser {
@@ -445,7 +445,7 @@ pub async fn complete_reset(
     };
     let (n, i) = (name.clone(), ip.clone());
     app.db
-        .call(move |s| s.settle_success(&n, &i, ip_before))
+        .call(move |s| s.settle_success(&n, &i, ip_before, ip_after))
         .await?;
     app.audit("reset_completed", &user.username, format!("ip={ip}"))
         .await;

@@ -80,7 +80,9 @@ impl AppState {
     pub async fn audit(&self, event: &'static str, actor: &str, detail: String) {
         let now = self.clock.now_ms();
         let actor = actor.to_owned();
-        tracing::info!(event, %actor, %detail, "audit");
+        // Only the event's name goes to the process log: its details
+        // (names, addresses) belong in the encrypted audit log alone.
+        tracing::info!(event, "audit");
         self.logger
             .audit(format!("{event} actor={actor} {detail}"), now);
         if let Err(e) = self
@@ -229,7 +231,13 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
     tracing::info!("the master key comes from {}", master.source);
     let store = Store::open(&config.data_dir.join("securechat.db"), &master.subkey("db"))?;
     let db = Db::new(store);
-    let server_secret = master.subkey("server-secret").to_vec();
+    // A host from 0.1.0 keeps the secret it had (now inside the encrypted
+    // store), so fake prelogin salts do not change across the upgrade;
+    // a new host derives it from the master key and stores nothing.
+    let server_secret = match db.blocking(|s| s.setting("server_secret"))? {
+        Some(stored) => stored,
+        None => master.subkey("server-secret").to_vec(),
+    };
     if let Some(mode) = config.registration {
         db.blocking(|s| s.set_setting("registration_mode", mode.as_str().as_bytes()))?;
     }
@@ -365,20 +373,48 @@ pub async fn apply_retention(app: &App) -> Result<(), crate::store::StoreError> 
         return Ok(());
     }
     let cutoff = now - days.saturating_mul(86_400_000);
-    let (messages, logs) = app.db.call(move |s| s.prune(cutoff)).await?;
+    let messages = app.db.call(move |s| s.prune_messages(cutoff)).await?;
+    let old_logs = app.db.call(move |s| s.chat_logs_before(cutoff)).await?;
     let dir = app.config.data_dir.clone();
-    let removed = logs.len();
-    tokio::task::spawn_blocking(move || {
-        for rel in logs {
-            let _ = std::fs::remove_file(dir.join(&rel));
-            if let Some(parent) = dir.join(&rel).parent() {
+    // A log is deleted only once nothing has been written to it since the
+    // cutoff (a session still running keeps its log), and forgotten only
+    // once its file is gone.
+    let gone = tokio::task::spawn_blocking(move || {
+        let cutoff =
+            std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(cutoff).unwrap_or(0));
+        let mut gone = Vec::new();
+        for rel in old_logs {
+            let path = dir.join(&rel);
+            let quiet = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .map_or(true, |modified| modified < cutoff);
+            if !quiet {
+                continue;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(_) => continue,
+            }
+            if let Some(parent) = path.parent() {
                 // Removes the chat's folder once it is empty; fails harmlessly otherwise.
                 let _ = std::fs::remove_dir(parent);
             }
+            gone.push(rel);
         }
+        gone
     })
     .await
     .map_err(|e| crate::store::StoreError::Task(e.to_string()))?;
+    let removed = gone.len();
+    app.db
+        .call(move |s| {
+            for rel in &gone {
+                s.forget_chat_log(rel)?;
+            }
+            Ok(())
+        })
+        .await?;
     if messages > 0 || removed > 0 {
         tracing::info!(messages, logs = removed, days, "retention applied");
     }

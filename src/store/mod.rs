@@ -217,6 +217,20 @@ fn raw_key(key: &[u8; 32]) -> String {
     format!("x'{hex}'")
 }
 
+/// True if and only if `key` decrypts the SQLCipher database at `path`.
+/// Opens it read-only and changes nothing.
+pub fn key_opens(path: &Path, key: &[u8; 32]) -> bool {
+    let Ok(conn) = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return false;
+    };
+    conn.execute_batch(&format!("PRAGMA key = \"{}\";", raw_key(key)))
+        .is_ok()
+        && conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
+            .is_ok()
+}
+
 /// True if and only if `path` exists and starts with the plaintext SQLite
 /// header (a database from before encryption at rest).
 pub fn is_plaintext(path: &Path) -> Result<bool> {
@@ -239,8 +253,9 @@ fn sync_dir(path: &Path) {
 
 /// Encrypts a plaintext database in place, once: a backup copy is made
 /// first and removed only after the encrypted copy has replaced the
-/// original; a crash in between leaves the backup, and the next start
-/// begins again from it.
+/// original. A crash before the replacement leaves the original in place,
+/// and the next start begins again from it; a crash after it leaves a
+/// backup that the next start deletes.
 pub fn encrypt_plaintext(path: &Path, key: &[u8; 32]) -> Result<()> {
     let io =
         |what: &str, e: std::io::Error| StoreError::Io(format!("{what} {}: {e}", path.display()));
@@ -789,8 +804,16 @@ impl Store {
     }
 
     /// Undoes a counted attempt that succeeded: the username's counter is
-    /// cleared, and the address's goes back by one (its lock to `ip_before`'s).
-    pub fn settle_success(&mut self, user: &str, ip: &str, ip_before: Throttle) -> Result<()> {
+    /// cleared, and the address's goes back by one. Its lock goes back to
+    /// `ip_before`'s only if it is still the one this attempt set (a lock
+    /// from other failures in the meantime stays).
+    pub fn settle_success(
+        &mut self,
+        user: &str,
+        ip: &str,
+        ip_before: Throttle,
+        ip_after: Throttle,
+    ) -> Result<()> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -799,9 +822,14 @@ impl Store {
             [user],
         )?;
         let current = Self::read_throttle(&tx, "ip", ip)?;
+        let locked_until = if current.locked_until == ip_after.locked_until {
+            ip_before.locked_until
+        } else {
+            current.locked_until
+        };
         let restored = Throttle {
             failures: current.failures.saturating_sub(1),
-            locked_until: ip_before.locked_until,
+            locked_until,
             ..current
         };
         Self::write_throttle(&tx, "ip", ip, restored)?;
@@ -1254,20 +1282,28 @@ impl Store {
         Ok(out)
     }
 
-    /// Deletes messages older than `cutoff` and forgets chat logs started
-    /// before it; returns how many messages went and the logs' paths (for
-    /// the caller to delete).
-    pub fn prune(&mut self, cutoff: i64) -> Result<(usize, Vec<String>)> {
-        let tx = self.conn.transaction()?;
-        let messages = tx.execute("DELETE FROM messages WHERE ts < ?1", [cutoff])?;
-        let paths: Vec<String> = {
-            let mut stmt = tx.prepare("SELECT path FROM chat_logs WHERE started_at < ?1")?;
-            let rows = stmt.query_map([cutoff], |r| r.get(0))?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
-        tx.execute("DELETE FROM chat_logs WHERE started_at < ?1", [cutoff])?;
-        tx.commit()?;
-        Ok((messages, paths))
+    /// Deletes messages older than `cutoff`; returns how many went.
+    pub fn prune_messages(&self, cutoff: i64) -> Result<usize> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM messages WHERE ts < ?1", [cutoff])?)
+    }
+
+    /// The chat logs started before `cutoff` (paths relative to the data
+    /// directory).
+    pub fn chat_logs_before(&self, cutoff: i64) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT path FROM chat_logs WHERE started_at < ?1")?;
+        let rows = stmt.query_map([cutoff], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Forgets a chat log whose file is gone.
+    pub fn forget_chat_log(&self, path: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM chat_logs WHERE path = ?1", [path])?;
+        Ok(())
     }
 
     /// Starts an administrator's reset of `user_id`: the password stops
@@ -1280,15 +1316,16 @@ impl Store {
         user_id: i64,
         code_hash: &[u8; 32],
         expires: i64,
+        unusable_hash: &str,
     ) -> Result<Vec<[u8; 32]>> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let n = tx.execute(
-            "UPDATE users SET auth_hash = '!reset', enc_private_iv = x'', enc_private_ct = x'',
+            "UPDATE users SET auth_hash = ?4, enc_private_iv = x'', enc_private_ct = x'',
                 sig_private_iv = x'', sig_private_ct = x'', reset_code_hash = ?2, reset_expires = ?3
              WHERE id = ?1",
-            params![user_id, code_hash.as_slice(), expires],
+            params![user_id, code_hash.as_slice(), expires, unusable_hash],
         )?;
         if n == 0 {
             return Err(StoreError::NotFound);
@@ -1314,7 +1351,7 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let pending: Option<(i64, Option<Vec<u8>>, i64)> = tx
             .query_row(
-                "SELECT id, reset_code_hash, reset_expires FROM users WHERE username = ?1",
+                "SELECT id, reset_code_hash, reset_expires FROM users WHERE username = ?1 AND disabled = 0",
                 [username],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
@@ -1617,7 +1654,8 @@ mod tests {
         );
         assert_eq!(s.throttle("user", "alice").unwrap().failures, 2);
         // A success clears the name and takes the attempt back from the address.
-        s.settle_success("alice", "1.2.3.4", second[0].0).unwrap();
+        s.settle_success("alice", "1.2.3.4", second[0].0, second[0].1)
+            .unwrap();
         assert_eq!(s.throttle("user", "alice").unwrap(), Throttle::default());
         let ip = s.throttle("ip", "1.2.3.4").unwrap();
         assert_eq!((ip.failures, ip.locked_until), (1, 0));

@@ -215,6 +215,28 @@ async fn chat_logs_survive_kill_9_and_export_as_readable_text() {
     }
     // Bob's session records the deliveries once its pong shows they are out.
     super::harness::expect_nothing_queued(&mut sb).await;
+    // The host writes logs on a thread of its own: wait (bounded) until the
+    // last delivery is on disk, then kill it.
+    let deadline = tokio::time::Instant::now() + super::harness::WAIT;
+    loop {
+        let admin = Admin::open_with(dir.path(), test_master_key()).unwrap();
+        let logs = admin.logs().unwrap();
+        let written = logs
+            .iter()
+            .filter(|l| l.user.as_deref() == Some("bob"))
+            .any(|l| {
+                let lines = admin.read_log(&l.path).unwrap().lines;
+                lines.iter().any(|line| line.contains(ids[2].as_str()))
+            });
+        if written {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bob's log never showed the last message"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     child.kill().await.unwrap();
     child.wait().await.unwrap();
 
@@ -507,6 +529,10 @@ async fn retention_deletes_old_messages_and_logs_only() {
     send_text(&mut alice, &mut sa, &chat, "old news").await;
     sa.close().await;
     let app = server.running.as_ref().unwrap().app.clone();
+    let logger = app.logger.clone();
+    tokio::task::spawn_blocking(move || logger.flush())
+        .await
+        .unwrap();
     let logs_before = Admin::open_with(server.dir.path(), test_master_key())
         .unwrap()
         .logs()
