@@ -90,10 +90,12 @@ pub struct PreloginResponse {
     pub iterations: u32,
 }
 
-/// `POST /api/register` request.
+/// The body of `POST /api/register` and `POST /api/reset`: a new account's
+/// (or a reset account's new) salt, auth key and key pairs. `invite` goes
+/// only with register, `code` only (and always) with reset.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RegisterRequest {
+pub struct AccountRequest {
     pub username: String,
     pub salt: B64,
     pub iterations: u32,
@@ -104,6 +106,8 @@ pub struct RegisterRequest {
     pub sig_private: WrappedKey,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invite: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 /// `POST /api/login` request.
@@ -149,22 +153,6 @@ pub struct ChangePasswordRequest {
     pub salt: B64,
     pub iterations: u32,
     pub auth_key: B64,
-    pub enc_private: WrappedKey,
-    pub sig_private: WrappedKey,
-}
-
-/// `POST /api/reset`: completes an administrator's reset with the one-time
-/// code: new salt, auth key and key pairs (the old ones are gone).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ResetRequest {
-    pub username: String,
-    pub code: String,
-    pub salt: B64,
-    pub iterations: u32,
-    pub auth_key: B64,
-    pub enc_public: B64,
-    pub sig_public: B64,
     pub enc_private: WrappedKey,
     pub sig_private: WrappedKey,
 }

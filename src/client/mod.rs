@@ -21,9 +21,9 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use crate::protocol::{
-    AddMemberRequest, B64, ChangePasswordRequest, ChatInfo, ClientFrame, CreateChatRequest,
-    Envelope, HistoryPage, LoginRequest, LoginResponse, Me, MessageRecord, PreloginRequest,
-    PreloginResponse, RegisterRequest, ResetRequest, ServerFrame, UserEntry, WrappedKey,
+    AccountRequest, AddMemberRequest, B64, ChangePasswordRequest, ChatInfo, ClientFrame,
+    CreateChatRequest, Envelope, HistoryPage, LoginRequest, LoginResponse, Me, MessageRecord,
+    PreloginRequest, PreloginResponse, ServerFrame, UserEntry, WrappedKey,
 };
 use crypto::{CryptoError, PublicKeys, UserKeys, Wrapped};
 
@@ -237,37 +237,18 @@ impl Client {
         keys: UserKeys,
         invite: Option<&str>,
     ) -> Result<Me> {
-        let username = username.trim().to_ascii_lowercase();
-        let salt = crypto::random_salt()?;
-        let iterations = crypto::PBKDF2_ITERATIONS;
-        let password = password.to_owned();
-        let (derived, keys, enc, sig) = tokio::task::spawn_blocking({
-            let username = username.clone();
-            move || -> Result<_> {
-                let derived = crypto::derive_keys(&password, &salt, iterations)?;
-                let (enc, sig) = keys.wrap(&derived.wrap_key, &username)?;
-                Ok((derived, keys, enc, sig))
-            }
-        })
-        .await
-        .map_err(|e| ClientError::Protocol(e.to_string()))??;
+        let mut body = account_request(username, password, &keys).await?;
+        body.invite = invite.map(str::to_owned);
+        self.adopt("/api/register", body, keys).await
+    }
+
+    /// Sends a new account's (or a reset account's) keys to `path` and, on
+    /// success, signs in with them.
+    async fn adopt(&mut self, path: &str, body: AccountRequest, keys: UserKeys) -> Result<Me> {
+        let response: LoginResponse = self.call(Method::POST, path, Some(&body)).await?;
         let public = keys.public();
-        let body = RegisterRequest {
-            username: username.clone(),
-            salt: salt.to_vec().into(),
-            iterations,
-            auth_key: derived.auth_key.to_vec().into(),
-            enc_public: public.enc_spki().into(),
-            sig_public: public.sig_spki().into(),
-            enc_private: wrapped_to_wire(&enc),
-            sig_private: wrapped_to_wire(&sig),
-            invite: invite.map(str::to_owned),
-        };
-        let response: LoginResponse = self
-            .call(Method::POST, "/api/register", Some(&body))
-            .await?;
-        self.pinned.insert(username.clone(), public);
-        self.me = Some((username, keys));
+        self.pinned.insert(body.username.clone(), public);
+        self.me = Some((body.username, keys));
         Ok(response.user)
     }
 
@@ -366,23 +347,15 @@ impl Client {
     pub async fn change_password(&mut self, old: &str, new: &str) -> Result<()> {
         let (username, keys) = self.me.clone().ok_or(ClientError::NotSignedIn)?;
         let old_key = self.auth_key(&username, old).await?;
-        let salt = crypto::random_salt()?;
-        let new = new.to_owned();
-        let name = username.clone();
-        let (derived, enc, sig) = tokio::task::spawn_blocking(move || -> Result<_> {
-            let derived = crypto::derive_keys(&new, &salt, crypto::PBKDF2_ITERATIONS)?;
-            let (enc, sig) = keys.wrap(&derived.wrap_key, &name)?;
-            Ok((derived, enc, sig))
-        })
-        .await
-        .map_err(|e| ClientError::Protocol(e.to_string()))??;
+        // The same keys, re-wrapped under the new password.
+        let fresh = account_request(&username, new, &keys).await?;
         let body = ChangePasswordRequest {
             old_auth_key: old_key.to_vec().into(),
-            salt: salt.to_vec().into(),
-            iterations: crypto::PBKDF2_ITERATIONS,
-            auth_key: derived.auth_key.to_vec().into(),
-            enc_private: wrapped_to_wire(&enc),
-            sig_private: wrapped_to_wire(&sig),
+            salt: fresh.salt,
+            iterations: fresh.iterations,
+            auth_key: fresh.auth_key,
+            enc_private: fresh.enc_private,
+            sig_private: fresh.sig_private,
         };
         let _: serde_json::Value = self
             .call(Method::POST, "/api/change-password", Some(&body))
@@ -440,33 +413,9 @@ impl Client {
         password: &str,
         keys: UserKeys,
     ) -> Result<Me> {
-        let username = username.trim().to_ascii_lowercase();
-        let salt = crypto::random_salt()?;
-        let password = password.to_owned();
-        let name = username.clone();
-        let (derived, keys, enc, sig) = tokio::task::spawn_blocking(move || -> Result<_> {
-            let derived = crypto::derive_keys(&password, &salt, crypto::PBKDF2_ITERATIONS)?;
-            let (enc, sig) = keys.wrap(&derived.wrap_key, &name)?;
-            Ok((derived, keys, enc, sig))
-        })
-        .await
-        .map_err(|e| ClientError::Protocol(e.to_string()))??;
-        let public = keys.public();
-        let body = ResetRequest {
-            username: username.clone(),
-            code: code.to_owned(),
-            salt: salt.to_vec().into(),
-            iterations: crypto::PBKDF2_ITERATIONS,
-            auth_key: derived.auth_key.to_vec().into(),
-            enc_public: public.enc_spki().into(),
-            sig_public: public.sig_spki().into(),
-            enc_private: wrapped_to_wire(&enc),
-            sig_private: wrapped_to_wire(&sig),
-        };
-        let response: LoginResponse = self.call(Method::POST, "/api/reset", Some(&body)).await?;
-        self.pinned.insert(username.clone(), public);
-        self.me = Some((username, keys));
-        Ok(response.user)
+        let mut body = account_request(username, password, &keys).await?;
+        body.code = Some(code.to_owned());
+        self.adopt("/api/reset", body, keys).await
     }
 
     /// `GET /api/chats`.
@@ -634,6 +583,38 @@ impl Client {
             .map_err(|e| ClientError::Protocol(format!("content: {e}")))?;
         Ok(content.text)
     }
+}
+
+/// A new account's body: a fresh salt, the derived auth key, and `keys`
+/// wrapped under the derived wrap key (SECURITY.md §1).
+async fn account_request(
+    username: &str,
+    password: &str,
+    keys: &UserKeys,
+) -> Result<AccountRequest> {
+    let username = username.trim().to_ascii_lowercase();
+    let salt = crypto::random_salt()?;
+    let iterations = crypto::PBKDF2_ITERATIONS;
+    let (password, name, keys) = (password.to_owned(), username.clone(), keys.clone());
+    let (derived, public, enc, sig) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let derived = crypto::derive_keys(&password, &salt, iterations)?;
+        let (enc, sig) = keys.wrap(&derived.wrap_key, &name)?;
+        Ok((derived, keys.public(), enc, sig))
+    })
+    .await
+    .map_err(|e| ClientError::Protocol(e.to_string()))??;
+    Ok(AccountRequest {
+        username,
+        salt: salt.to_vec().into(),
+        iterations,
+        auth_key: derived.auth_key.to_vec().into(),
+        enc_public: public.enc_spki().into(),
+        sig_public: public.sig_spki().into(),
+        enc_private: wrapped_to_wire(&enc),
+        sig_private: wrapped_to_wire(&sig),
+        invite: None,
+        code: None,
+    })
 }
 
 fn api_error(status: StatusCode, body: &[u8]) -> ClientError {

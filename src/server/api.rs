@@ -17,13 +17,15 @@ use crate::client::crypto::PublicKeys;
 use crate::config::RegistrationMode;
 use crate::error::ApiError;
 use crate::protocol::{
-    AccountKeys, AddMemberRequest, B64, ChangePasswordRequest, ChatInfo, CreateChatRequest,
-    HistoryPage, LoginRequest, LoginResponse, Me, Member, MessageRecord, PreloginRequest,
-    PreloginResponse, RegisterRequest, RenameChatRequest, ResetRequest, ServerFrame, UserEntry,
-    WrappedKey, close,
+    AccountKeys, AccountRequest, AddMemberRequest, B64, ChangePasswordRequest, ChatInfo,
+    CreateChatRequest, HistoryPage, LoginRequest, LoginResponse, Me, Member, MessageRecord,
+    PreloginRequest, PreloginResponse, RenameChatRequest, ServerFrame, UserEntry, WrappedKey,
+    close,
 };
 use crate::server::App;
-use crate::store::{Admission, ChatRow, MessageRow, NewCredentials, NewUser, StoreError, UserRow};
+use crate::store::{
+    Admission, ChatRow, MessageRow, NewCredentials, NewUser, StoreError, Throttle, UserRow,
+};
 
 /// The query-string extractor, with errors in the API's own shape.
 pub struct Params<T>(pub T);
@@ -169,6 +171,67 @@ fn check_credentials(
     Ok(())
 }
 
+/// Checks the material of a new (or reset) account; returns its canonical
+/// username.
+fn check_account(app: &App, req: &AccountRequest) -> Result<String, ApiError> {
+    let username = canonical_username(&req.username)?;
+    check_credentials(
+        app,
+        &req.salt,
+        req.iterations,
+        &req.auth_key,
+        &req.enc_private,
+        &req.sig_private,
+    )?;
+    PublicKeys::from_spki(&req.enc_public.0, &req.sig_public.0).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_keys",
+            "The public keys must be RSA-4096 (e = 65537) in SPKI DER.",
+        )
+    })?;
+    Ok(username)
+}
+
+/// The store's row for a checked account: the auth key hashed with Argon2id.
+async fn new_user(app: &App, username: String, req: AccountRequest) -> Result<NewUser, ApiError> {
+    Ok(NewUser {
+        auth_hash: app.passwords.hash(req.auth_key.0).await?,
+        username,
+        salt: req.salt.0,
+        iterations: req.iterations,
+        enc_public: req.enc_public.0,
+        sig_public: req.sig_public.0,
+        enc_private: req.enc_private,
+        sig_private: req.sig_private,
+    })
+}
+
+/// Counts a sign-in attempt (login or reset) against `ip` and, if the name is
+/// valid, `name`, before any key is checked. `Err(ms)` if either is locked:
+/// the attempt is refused and not counted.
+async fn count_attempt(
+    app: &App,
+    name: Option<String>,
+    ip: String,
+    now: i64,
+) -> Result<Result<Vec<(Throttle, Throttle)>, i64>, ApiError> {
+    let limits = app.config.limits.clone();
+    Ok(app
+        .db
+        .call(move |s| {
+            let mut entries = vec![("ip", ip.as_str())];
+            if let Some(n) = &name {
+                entries.push(("user", n.as_str()));
+            }
+            s.count_attempt(&entries, now, |kind, t| match kind {
+                "user" => auth::user_failure(t, now, &limits),
+                _ => auth::ip_failure(t, now, &limits),
+            })
+        })
+        .await?
+        .map_err(|until| until - now))
+}
+
 /// Creates a session for `user` and returns the login answer with its cookie.
 async fn open_session(
     app: &App,
@@ -220,23 +283,15 @@ pub async fn prelogin(
 pub async fn register(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Body(req): Body<RegisterRequest>,
+    Body(req): Body<AccountRequest>,
 ) -> Result<Response, ApiError> {
-    let username = canonical_username(&req.username)?;
-    check_credentials(
-        &app,
-        &req.salt,
-        req.iterations,
-        &req.auth_key,
-        &req.enc_private,
-        &req.sig_private,
-    )?;
-    PublicKeys::from_spki(&req.enc_public.0, &req.sig_public.0).map_err(|_| {
-        ApiError::bad_request(
-            "invalid_keys",
-            "The public keys must be RSA-4096 (e = 65537) in SPKI DER.",
-        )
-    })?;
+    let username = check_account(&app, &req)?;
+    if req.code.is_some() {
+        return Err(ApiError::bad_request(
+            "bad_request",
+            "A reset code goes to /api/reset, not /api/register.",
+        ));
+    }
     let mode = app.registration_mode().await?;
     let admission = match mode {
         RegistrationMode::Open => Admission::Open,
@@ -246,18 +301,8 @@ pub async fn register(
             None => Admission::FirstOnly,
         },
     };
-    let auth_hash = app.passwords.hash(req.auth_key.0).await?;
+    let new = new_user(&app, username, req).await?;
     let now = app.clock.now_ms();
-    let new = NewUser {
-        username: username.clone(),
-        salt: req.salt.0,
-        iterations: req.iterations,
-        auth_hash,
-        enc_public: req.enc_public.0,
-        sig_public: req.sig_public.0,
-        enc_private: req.enc_private,
-        sig_private: req.sig_private,
-    };
     let user = match app
         .db
         .call(move |s| s.create_user(new, admission, now))
@@ -305,34 +350,18 @@ pub async fn login(
     // verification and counts against the address only.
     let name = canonical_username(&req.username).ok();
     let actor = name.clone().unwrap_or_else(|| "(invalid name)".into());
-    let limits = app.config.limits.clone();
-    let (n, i) = (name.clone(), ip.clone());
-    let counted = app
-        .db
-        .call(move |s| {
-            let mut entries = vec![("ip", i.as_str())];
-            if let Some(n) = &n {
-                entries.push(("user", n.as_str()));
-            }
-            let counted = s.count_attempt(&entries, now, |kind, t| match kind {
-                "user" => auth::user_failure(t, now, &limits),
-                _ => auth::ip_failure(t, now, &limits),
-            })?;
-            let user = match &n {
-                Some(n) => s.user_by_name(n)?,
-                None => None,
-            };
-            Ok((counted, user))
-        })
-        .await?;
-    let (counters, user) = match counted {
-        (Err(locked_until), _) => {
+    let counters = match count_attempt(&app, name.clone(), ip.clone(), now).await? {
+        Err(wait) => {
             app.audit("login_refused_locked", &actor, format!("ip={ip}"))
                 .await;
-            let wait = u64::try_from(locked_until - now).unwrap_or(1);
-            return Err(auth::login_failed(Some(wait)));
+            return Err(auth::login_failed(Some(u64::try_from(wait).unwrap_or(1))));
         }
-        (Ok(counters), user) => (counters, user),
+        Ok(counters) => counters,
+    };
+    let lookup = name.clone();
+    let user = match lookup {
+        Some(n) => app.db.call(move |s| s.user_by_name(&n)).await?,
+        None => None,
     };
     let (ip_before, ip_after) = counters[0];
     let user_after = counters.get(1).map(|c| c.1);
@@ -373,7 +402,7 @@ pub async fn login(
 pub async fn complete_reset(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Body(req): Body<ResetRequest>,
+    Body(req): Body<AccountRequest>,
 ) -> Result<Response, ApiError> {
     let failed = || {
         ApiError::new(
@@ -382,58 +411,22 @@ pub async fn complete_reset(
             "That reset code is wrong or has expired. Ask an administrator for a new one.",
         )
     };
-    let name = canonical_username(&req.username)?;
-    check_credentials(
-        &app,
-        &req.salt,
-        req.iterations,
-        &req.auth_key,
-        &req.enc_private,
-        &req.sig_private,
-    )?;
-    PublicKeys::from_spki(&req.enc_public.0, &req.sig_public.0).map_err(|_| {
-        ApiError::bad_request(
-            "invalid_keys",
-            "The public keys must be RSA-4096 (e = 65537) in SPKI DER.",
-        )
-    })?;
+    let name = check_account(&app, &req)?;
+    let (Some(code), None) = (req.code.clone(), &req.invite) else {
+        return Err(ApiError::bad_request(
+            "bad_request",
+            "A reset needs the one-time code (and no invite).",
+        ));
+    };
     let ip = peer.ip().to_string();
     let now = app.clock.now_ms();
-    let limits = app.config.limits.clone();
-    let (n, i) = (name.clone(), ip.clone());
-    let counted = app
-        .db
-        .call(move |s| {
-            s.count_attempt(
-                &[("ip", i.as_str()), ("user", n.as_str())],
-                now,
-                |kind, t| match kind {
-                    "user" => auth::user_failure(t, now, &limits),
-                    _ => auth::ip_failure(t, now, &limits),
-                },
-            )
-        })
-        .await?;
-    let (ip_before, ip_after) = match counted {
-        Err(until) => {
-            return Err(auth::login_failed(Some(
-                u64::try_from(until - now).unwrap_or(1),
-            )));
-        }
-        Ok(counters) => counters[0],
-    };
-    let auth_hash = app.passwords.hash(req.auth_key.0).await?;
-    let new = NewUser {
-        username: name.clone(),
-        salt: req.salt.0,
-        iterations: req.iterations,
-        auth_hash,
-        enc_public: req.enc_public.0,
-        sig_public: req.sig_public.0,
-        enc_private: req.enc_private,
-        sig_private: req.sig_private,
-    };
-    let code_hash = auth::invite_hash(&req.code);
+    let (ip_before, ip_after) =
+        match count_attempt(&app, Some(name.clone()), ip.clone(), now).await? {
+            Err(wait) => return Err(auth::login_failed(Some(u64::try_from(wait).unwrap_or(1)))),
+            Ok(counters) => counters[0],
+        };
+    let new = new_user(&app, name.clone(), req).await?;
+    let code_hash = auth::invite_hash(&code);
     let n = name.clone();
     let done = app
         .db
