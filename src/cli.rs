@@ -8,6 +8,24 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
+/// Prints a line to standard output. A closed or broken output (a terminal
+/// gone, a pipe nobody reads) must never stop a running host, so write
+/// errors are ignored where `println!` would panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// [`say!`] for standard error.
+macro_rules! warn {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 use crate::admin::{Admin, AdminError};
 use crate::clock::SystemClock;
 use crate::config::{self, Config, RegistrationMode};
@@ -190,7 +208,7 @@ pub fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("securechat: cannot start the runtime: {e}");
+            warn!("securechat: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -204,7 +222,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("securechat: {e}");
+            warn!("securechat: {e}");
             ExitCode::FAILURE
         }
     }
@@ -225,29 +243,29 @@ pub async fn host(args: HostArgs) -> Result<(), String> {
     let mut running = crate::server::start(config, Arc::new(SystemClock))
         .await
         .map_err(|e| e.to_string())?;
-    println!("SecureChat {} is hosting. Open:", env!("CARGO_PKG_VERSION"));
+    say!("SecureChat {} is hosting. Open:", env!("CARGO_PKG_VERSION"));
     for url in running.urls() {
-        println!("  {url}");
+        say!("  {url}");
     }
-    println!(
+    say!(
         "CA certificate fingerprint (SHA-256): {}",
         running.fingerprint()
     );
-    println!(
+    say!(
         "Data: {} (master key from {})",
         running.app.config.data_dir.display(),
         running.key_source
     );
-    println!("Press Ctrl+C to stop.");
+    say!("Press Ctrl+C to stop.");
     tokio::select! {
         () = stop_signal() => {}
         result = running.wait() => {
             return result.map_err(|e| format!("the server stopped: {e}"));
         }
     }
-    eprintln!("Stopping: closing connections and flushing the database…");
+    warn!("Stopping: closing connections and flushing the database…");
     running.shutdown().await;
-    println!("SecureChat stopped.");
+    say!("SecureChat stopped.");
     Ok(())
 }
 
@@ -289,9 +307,12 @@ fn when(ms: i64) -> String {
 fn user(admin: &mut Admin, action: UserAction) -> Result<(), AdminError> {
     match action {
         UserAction::List => {
-            println!(
+            say!(
                 "{:<32}  {:<5}  {:<8}  {:<24}",
-                "USER", "ADMIN", "STATE", "CREATED"
+                "USER",
+                "ADMIN",
+                "STATE",
+                "CREATED"
             );
             for u in admin.users()? {
                 let state = if u.reset_expires > 0 {
@@ -302,7 +323,7 @@ fn user(admin: &mut Admin, action: UserAction) -> Result<(), AdminError> {
                     "active"
                 };
                 let admin_flag = if u.is_admin { "yes" } else { "no" };
-                println!(
+                say!(
                     "{:<32}  {:<5}  {:<8}  {:<24}",
                     u.username,
                     admin_flag,
@@ -313,27 +334,25 @@ fn user(admin: &mut Admin, action: UserAction) -> Result<(), AdminError> {
         }
         UserAction::Disable { name } => {
             admin.set_disabled(&name, true)?;
-            println!("Disabled {name}: they cannot sign in, and their open sessions have ended.");
+            say!("Disabled {name}: they cannot sign in, and their open sessions have ended.");
         }
         UserAction::Enable { name } => {
             admin.set_disabled(&name, false)?;
-            println!("Enabled {name}.");
+            say!("Enabled {name}.");
         }
         UserAction::Promote { name } => {
             admin.promote(&name)?;
-            println!("{name} is now an administrator.");
+            say!("{name} is now an administrator.");
         }
         UserAction::Reset { name } => {
             let (code, expires) = admin.reset(&name)?;
-            println!(
+            say!(
                 "Reset code for {name} (shown once, valid until {}):",
                 when(expires)
             );
-            println!("  {code}");
-            println!(
-                "They choose a new password with it. Their old messages can no longer be read,"
-            );
-            println!("and their contacts will see that their keys changed.");
+            say!("  {code}");
+            say!("They choose a new password with it. Their old messages can no longer be read,");
+            say!("and their contacts will see that their keys changed.");
         }
     }
     Ok(())
@@ -344,11 +363,11 @@ fn invite(admin: &mut Admin, action: InviteAction) -> Result<(), AdminError> {
         InviteAction::Create { uses, expires } => {
             let valid_for = crate::admin::parse_duration(&expires)?;
             let (code, until) = admin.create_invite(uses, valid_for)?;
-            println!(
+            say!(
                 "Invite code (shown once; {uses} use(s), valid until {}):",
                 when(until)
             );
-            println!("  {code}");
+            say!("  {code}");
         }
     }
     Ok(())
@@ -356,7 +375,7 @@ fn invite(admin: &mut Admin, action: InviteAction) -> Result<(), AdminError> {
 
 fn print_damage(file: &str, damage: &Option<String>) {
     if let Some(damage) = damage {
-        eprintln!("warning: {file}: the end of the log is damaged and was skipped: {damage}");
+        warn!("warning: {file}: the end of the log is damaged and was skipped: {damage}");
     }
 }
 
@@ -364,7 +383,7 @@ fn logs(admin: &mut Admin, action: LogsAction) -> Result<(), AdminError> {
     match action {
         LogsAction::List => {
             for log in admin.logs()? {
-                println!(
+                say!(
                     "{}  {}  {}  {}",
                     log.path,
                     log.started_at.map_or_else(|| "-".to_owned(), when),
@@ -376,13 +395,13 @@ fn logs(admin: &mut Admin, action: LogsAction) -> Result<(), AdminError> {
         LogsAction::Show { file } => {
             let contents = admin.read_log(&file)?;
             for line in &contents.lines {
-                println!("{line}");
+                say!("{line}");
             }
             print_damage(&file, &contents.damage);
         }
         LogsAction::Export { dir } => {
             let written = admin.export_logs(&dir)?;
-            println!("Wrote {} log(s) to {}", written.len(), dir.display());
+            say!("Wrote {} log(s) to {}", written.len(), dir.display());
         }
     }
     Ok(())
@@ -393,7 +412,7 @@ fn audit(admin: &mut Admin, action: AuditAction) -> Result<(), AdminError> {
         AuditAction::Show => {
             for (file, contents) in admin.audit_logs()? {
                 for line in &contents.lines {
-                    println!("{line}");
+                    say!("{line}");
                 }
                 print_damage(&file, &contents.damage);
             }

@@ -331,6 +331,9 @@ pub enum ServerFrame {
     },
     /// A user came online or went offline.
     Presence { user: String, online: bool },
+    /// A user's directory entry is new or changed: a new account, or new
+    /// keys after a reset (clients compare them with what they pinned).
+    User { user: UserEntry },
     /// A member is typing.
     Typing { chat: String, user: String },
     /// A member has read up to `seq`.

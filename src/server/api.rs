@@ -232,6 +232,22 @@ async fn count_attempt(
         .map_err(|until| until - now))
 }
 
+/// Tells every open socket about a new or changed directory entry.
+fn announce_user(app: &App, user: &UserRow) {
+    let online: BTreeSet<String> = app.hub.online().into_iter().collect();
+    let frame = encode(&ServerFrame::User {
+        user: user_entry(user.clone(), &online),
+    });
+    app.hub.broadcast(&frame);
+}
+
+/// `GET /api/keys`: the signed-in user's own salt, public keys and wrapped
+/// private keys, so a client can re-wrap them (password change) without
+/// signing in again.
+pub async fn own_keys(user: AuthUser) -> Json<AccountKeys> {
+    Json(account_keys(&user.user))
+}
+
 /// Creates a session for `user` and returns the login answer with its cookie.
 async fn open_session(
     app: &App,
@@ -334,6 +350,7 @@ pub async fn register(
         format!("admin={} ip={}", user.is_admin, peer.ip()),
     )
     .await;
+    announce_user(&app, &user);
     open_session(&app, &user, &peer.ip().to_string(), StatusCode::CREATED).await
 }
 
@@ -440,6 +457,7 @@ pub async fn complete_reset(
     app.db
         .call(move |s| s.settle_success(&n, &i, ip_before, ip_after))
         .await?;
+    announce_user(&app, &user);
     app.audit("reset_completed", &user.username, format!("ip={ip}"))
         .await;
     open_session(&app, &user, &ip, StatusCode::OK).await

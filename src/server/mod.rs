@@ -430,6 +430,7 @@ pub fn router(app: App) -> Router {
         .route("/logout", post(api::logout))
         .route("/logout-all", post(api::logout_all))
         .route("/me", get(api::me))
+        .route("/keys", get(api::own_keys))
         .route("/change-password", post(api::change_password))
         .route("/reset", post(api::complete_reset))
         .route("/users", get(api::users))

@@ -1,0 +1,40 @@
+const { test, expect } = require('@playwright/test');
+const { messages, newUser, openChat, send } = require('./helpers');
+
+test('three users chat pairwise, each message seen by its recipient only', async ({ browser }) => {
+  const u1 = await newUser(browser, 'user1');
+  const u2 = await newUser(browser, 'user2');
+  const u3 = await newUser(browser, 'user3');
+  // New accounts appear in everyone's list without a reload.
+  for (const { page } of [u1, u2, u3]) {
+    for (const name of ['user1', 'user2', 'user3']) {
+      if (name === (await page.locator('#me-name').textContent())) continue;
+      await expect(page.getByRole('navigation', { name: 'Chats' }).getByRole('button', { name: new RegExp(`^${name}\\b`) })).toBeVisible();
+    }
+  }
+
+  await openChat(u1.page, 'user2');
+  await send(u1.page, 'Hello user2, from user1');
+  await openChat(u2.page, 'user1');
+  await expect(messages(u2.page)).toContainText('Hello user2, from user1');
+
+  await openChat(u2.page, 'user3');
+  await send(u2.page, 'Hi user3, it is user2');
+  await openChat(u3.page, 'user2');
+  await expect(messages(u3.page)).toContainText('Hi user3, it is user2');
+
+  await openChat(u3.page, 'user1');
+  await send(u3.page, 'And back to user1');
+  await openChat(u1.page, 'user3');
+  await expect(messages(u1.page)).toContainText('And back to user1');
+
+  // Switching chats without a reload keeps each conversation apart.
+  await openChat(u1.page, 'user2');
+  await expect(messages(u1.page)).toContainText('Hello user2, from user1');
+  await expect(messages(u1.page)).not.toContainText('And back to user1');
+  await openChat(u3.page, 'user2');
+  await expect(messages(u3.page)).not.toContainText('Hello user2, from user1');
+  await expect(messages(u3.page)).not.toContainText('And back to user1');
+
+  for (const u of [u1, u2, u3]) await u.context.close();
+});

@@ -1,0 +1,82 @@
+const { expect } = require('@playwright/test');
+
+const PASSWORD = 'correct horse battery staple for tests';
+
+function url() {
+  return process.env.SECURECHAT_URL;
+}
+
+/** A new browser context with a user who has just created an account. */
+async function newUser(browser, name, password = PASSWORD) {
+  const context = await browser.newContext({ ignoreHTTPSErrors: true });
+  const page = await context.newPage();
+  page.on('dialog', (d) => {
+    throw new Error(`unexpected dialog: ${d.message()}`);
+  });
+  await page.goto(url());
+  await page.getByRole('tab', { name: 'I am new here' }).click();
+  await page.getByRole('textbox', { name: 'Username' }).fill(name);
+  await page.getByRole('textbox', { name: 'Password', exact: true }).fill(password);
+  await page.getByRole('textbox', { name: 'Confirm password' }).fill(password);
+  await page.getByRole('button', { name: 'Create account' }).click();
+  await expect(page.getByRole('navigation', { name: 'Chats' })).toBeVisible({ timeout: 60_000 });
+  return { context, page };
+}
+
+/** Opens the chat whose entry's name starts with `name`. */
+async function openChat(page, name) {
+  const nav = page.getByRole('navigation', { name: 'Chats' });
+  await nav.getByRole('button', { name: new RegExp(`^${name}\\b`) }).click();
+  await expect(page.getByRole('heading', { level: 2 })).toHaveText(name);
+}
+
+async function send(page, text) {
+  await page.getByRole('textbox', { name: 'Message' }).fill(text);
+  await page.getByRole('button', { name: 'Send' }).click();
+}
+
+function messages(page) {
+  return page.getByRole('log', { name: 'Messages' });
+}
+
+module.exports = { PASSWORD, messages, newUser, openChat, send, url };
+
+const { spawn, execFileSync } = require('node:child_process');
+const path = require('node:path');
+const readline = require('node:readline');
+const server = require('../server');
+
+const PEER = process.env.SECURECHAT_PEER || path.resolve(__dirname, '..', '..', 'target', 'debug', 'examples', 'interop_peer');
+
+/** The host's CA certificate (PEM path), for native clients. */
+function caPath() {
+  return path.join(server.current().dataDir, 'tls', 'ca.pem');
+}
+
+/** Starts a native peer that registers `user`, greets `peer` and echoes; resolves once it is ready. */
+function startPeer(user, peer) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(PEER, ['echo', url(), caPath(), user, peer], { stdio: ['ignore', 'pipe', 'inherit'] });
+    child.on('exit', (code) => reject(new Error(`the native peer exited with ${code}`)));
+    readline.createInterface({ input: child.stdout }).on('line', (line) => {
+      if (line.trim() === 'ready') resolve(child);
+    });
+  });
+}
+
+/** Runs the native peer's reset with an administrator's code. */
+function resetPeer(user, code) {
+  execFileSync(PEER, ['reset', url(), caPath(), user, code], { stdio: ['ignore', 'pipe', 'inherit'] });
+}
+
+/** Runs an admin command of the executable on the test host's data. */
+function admin(...args) {
+  return execFileSync(server.BINARY, [...args, '--data-dir', server.current().dataDir], {
+    env: { ...process.env, SECURECHAT_MASTER_KEY: server.MASTER_KEY, SECURECHAT_LOG: 'warn' },
+    encoding: 'utf8',
+  });
+}
+
+module.exports.startPeer = startPeer;
+module.exports.resetPeer = resetPeer;
+module.exports.admin = admin;

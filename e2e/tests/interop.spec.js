@@ -1,0 +1,67 @@
+const { test, expect } = require('@playwright/test');
+const { admin, messages, newUser, openChat, resetPeer, send, startPeer } = require('./helpers');
+
+test('a browser user and a native-client user exchange messages both ways', async ({ browser }) => {
+  const web = await newUser(browser, 'webber');
+  const peer = await startPeer('rusty', 'webber');
+  try {
+    await openChat(web.page, 'rusty');
+    // RustCrypto → WebCrypto
+    await expect(messages(web.page)).toContainText('hello from rust');
+    // WebCrypto → RustCrypto (and back)
+    await send(web.page, 'hi from the browser ✓');
+    await expect(messages(web.page)).toContainText('rust got: hi from the browser ✓');
+    await expect(messages(web.page).locator('.msg.bad')).toHaveCount(0);
+  } finally {
+    peer.kill();
+    await web.context.close();
+  }
+});
+
+test("a contact's key change blocks sending until accepted", async ({ browser }) => {
+  const web = await newUser(browser, 'wary');
+  const peer = await startPeer('changer', 'wary');
+  try {
+    await openChat(web.page, 'changer');
+    await expect(messages(web.page)).toContainText('hello from rust');
+    peer.kill();
+    // The administrator resets the contact's account; it comes back with new keys.
+    const out = admin('user', 'reset', 'changer');
+    const code = out.split('\n')[1].trim();
+    resetPeer('changer', code);
+    const warning = web.page.getByRole('alert').filter({ hasText: 'keys of changer changed' });
+    await expect(warning).toBeVisible();
+    await expect(web.page.getByRole('button', { name: 'Send' })).toBeDisabled();
+    await web.page.getByRole('button', { name: 'Safety number' }).click();
+    await expect(web.page.locator('.safety')).toHaveText(/^(\d{5} ){11}\d{5}$/);
+    await web.page.getByRole('button', { name: 'Accept new keys' }).last().click();
+    await expect(warning).toBeHidden();
+    await expect(web.page.getByRole('button', { name: 'Send' })).toBeEnabled();
+  } finally {
+    peer.kill();
+    await web.context.close();
+  }
+});
+
+test('an administrator reset: the code sets a new password and keys in the browser', async ({ browser }) => {
+  const friend = await newUser(browser, 'friend');
+  const forgetful = await newUser(browser, 'forgetful');
+  await openChat(friend.page, 'forgetful');
+  await send(friend.page, 'a message from before the reset');
+  await openChat(forgetful.page, 'friend');
+  await expect(messages(forgetful.page)).toContainText('a message from before the reset');
+
+  const code = admin('user', 'reset', 'forgetful').split('\n')[1].trim();
+  // The open session ends at once; the sign-in screen comes back.
+  await expect(forgetful.page.getByRole('button', { name: 'Sign in' })).toBeVisible();
+  await forgetful.page.getByRole('tab', { name: 'I have a reset code' }).click();
+  await forgetful.page.getByRole('textbox', { name: 'Username' }).fill('forgetful');
+  await forgetful.page.getByRole('textbox', { name: 'Reset code' }).fill(code);
+  await forgetful.page.getByRole('textbox', { name: 'Password', exact: true }).fill('a brand new passphrase after the reset');
+  await forgetful.page.getByRole('textbox', { name: 'Confirm password' }).fill('a brand new passphrase after the reset');
+  await forgetful.page.getByRole('button', { name: 'Reset account' }).click();
+  await openChat(forgetful.page, 'friend');
+  await expect(messages(forgetful.page).locator('.msg.bad')).toContainText('failed its signature or decryption check');
+  await expect(friend.page.getByRole('alert').filter({ hasText: 'keys of forgetful changed' })).toBeVisible();
+  for (const u of [friend, forgetful]) await u.context.close();
+});

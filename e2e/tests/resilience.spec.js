@@ -1,0 +1,74 @@
+const { test, expect } = require('@playwright/test');
+const { PASSWORD, messages, newUser, openChat, send, url } = require('./helpers');
+const server = require('../server');
+
+test('a server restart mid-conversation: Reconnecting, then every message exactly once', async ({ browser }) => {
+  const a = await newUser(browser, 'steady.a');
+  const b = await newUser(browser, 'steady.b');
+  await openChat(a.page, 'steady.b');
+  await openChat(b.page, 'steady.a');
+  for (let i = 1; i <= 3; i++) await send(a.page, `before restart ${i}`);
+  await expect(messages(b.page)).toContainText('before restart 3');
+
+  const stopped = server.stop(server.current().pid);
+  await expect(a.page.getByRole('status')).toHaveText('Reconnecting…');
+  await stopped;
+  // Written while the server is down: kept in the outbox, sent on reconnect.
+  await send(a.page, 'during the outage');
+  await server.restart();
+  await expect(a.page.getByRole('status')).toBeHidden({ timeout: 60_000 });
+  await send(a.page, 'after restart');
+  await expect(messages(b.page)).toContainText('after restart', { timeout: 60_000 });
+  await expect(messages(b.page)).toContainText('during the outage');
+  for (const text of ['before restart 1', 'before restart 2', 'before restart 3', 'during the outage', 'after restart']) {
+    await expect(messages(b.page).locator('.msg .body', { hasText: new RegExp(`^${text}$`) })).toHaveCount(1);
+    await expect(messages(a.page).locator('.msg .body', { hasText: new RegExp(`^${text}$`) })).toHaveCount(1);
+  }
+  await expect(messages(a.page).locator('.msg .state', { hasText: /Sending|Not sent/ })).toHaveCount(0);
+  for (const u of [a, b]) await u.context.close();
+});
+
+test('a wrong password shows the generic error, repeated failures the lockout time', async ({ browser }) => {
+  const owner = await newUser(browser, 'locky');
+  await owner.context.close();
+  const context = await browser.newContext({ ignoreHTTPSErrors: true });
+  const page = await context.newPage();
+  await page.goto(url());
+  const attempt = async (password) => {
+    await page.getByRole('textbox', { name: 'Username' }).fill('locky');
+    await page.getByRole('textbox', { name: 'Password' }).fill(password);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+  };
+  const error = page.locator('#form-signin .error');
+  await attempt('not the password at all, really');
+  await expect(error).toHaveText(/^Sign-in failed\. Check your username and password/);
+  for (let i = 0; i < 4; i++) {
+    await attempt(`wrong guess number ${i}`);
+    await expect(error).toHaveText(/Sign-in failed/);
+  }
+  await attempt(PASSWORD);
+  await expect(error).toHaveText(/Try again in \d+ seconds\./);
+  await context.close();
+});
+
+test('export produces the decrypted chat as a TXT file', async ({ browser }) => {
+  const a = await newUser(browser, 'exp.a');
+  const b = await newUser(browser, 'exp.b');
+  await openChat(b.page, 'exp.a');
+  await send(b.page, 'first line for the transcript');
+  await openChat(a.page, 'exp.b');
+  await expect(messages(a.page)).toContainText('first line for the transcript');
+  await send(a.page, 'second line, with ünïcødé');
+  await expect(messages(b.page)).toContainText('second line');
+  await a.page.getByRole('button', { name: 'Settings' }).click();
+  const [download] = await Promise.all([
+    a.page.waitForEvent('download'),
+    a.page.getByRole('button', { name: 'Export chat as TXT' }).click(),
+  ]);
+  expect(download.suggestedFilename()).toMatch(/^securechat-exp\.b-\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}\.txt$/);
+  const text = require('node:fs').readFileSync(await download.path(), 'utf8');
+  expect(text).toMatch(/^SecureChat transcript: exp\.b\n/);
+  expect(text).toMatch(/Z exp\.b: first line for the transcript\n/);
+  expect(text).toMatch(/Z exp\.a: second line, with ünïcødé\n/);
+  for (const u of [a, b]) await u.context.close();
+});

@@ -1,0 +1,42 @@
+// Takes the screenshots that illustrate USER_GUIDE.md (docs/images/). They
+// are committed; `SECURECHAT_SCREENSHOTS=1 npx playwright test screenshots`
+// (in e2e/) regenerates them. Without that variable the pages are still
+// driven and checked, and nothing is written.
+const path = require('node:path');
+const { test, expect } = require('@playwright/test');
+const { messages, newUser, openChat, send } = require('./helpers');
+
+const OUT = path.resolve(__dirname, '..', '..', 'docs', 'images');
+const write = process.env.SECURECHAT_SCREENSHOTS === '1';
+
+async function shot(page, name) {
+  if (write) await page.screenshot({ path: path.join(OUT, `${name}.png`) });
+}
+
+test('the pages of the user guide', async ({ browser }) => {
+  const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1100, height: 700 } });
+  const page = await context.newPage();
+  await page.goto(process.env.SECURECHAT_URL);
+  await page.getByRole('tab', { name: 'I am new here' }).click();
+  await page.getByRole('textbox', { name: 'Username' }).fill('ada');
+  await shot(page, 'create-account');
+
+  const ada = await newUser(browser, 'ada.l');
+  const grace = await newUser(browser, 'grace.h');
+  await openChat(grace.page, 'ada.l');
+  await send(grace.page, 'Morning! The **build** is green again 🎉');
+  await openChat(ada.page, 'grace.h');
+  await expect(messages(ada.page)).toContainText('The build is green again');
+  await send(ada.page, 'Great — notes are at https://example.org/notes, *thanks*!');
+  await expect(messages(grace.page)).toContainText('notes are at');
+  await ada.page.setViewportSize({ width: 1100, height: 700 });
+  await shot(ada.page, 'chat');
+  await ada.page.getByRole('button', { name: 'Emoji' }).click();
+  await expect(ada.page.getByRole('dialog', { name: 'Emoji' })).toBeVisible();
+  await shot(ada.page, 'emoji');
+  await ada.page.keyboard.press('Escape');
+  await ada.page.getByRole('button', { name: 'Safety number' }).click();
+  await expect(ada.page.locator('.safety')).toHaveText(/^(\d{5} ){11}\d{5}$/);
+  await shot(ada.page, 'safety-number');
+  for (const c of [context, ada.context, grace.context]) await c.close();
+});

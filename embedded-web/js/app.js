@@ -1,0 +1,801 @@
+// SecureChat in the browser: sign-in, the chat list, the conversation,
+// sending and receiving end-to-end encrypted messages. The server only ever
+// sees ciphertext; every user-supplied string reaches the page as text.
+
+import { ApiError, call, get, post } from './api.js';
+import { decode, encode } from './b64.js';
+import * as e2e from './e2e.js';
+import { render } from './format.js';
+import * as store from './keystore.js';
+import { Connection } from './ws.js';
+import { setupEmoji } from './emoji.js';
+import { openSettings, openGroupDialog, openChatDetails } from './dialogs.js';
+
+/**
+ * @typedef {{username: string, enc_public: string, sig_public: string, online: boolean, is_admin: boolean, disabled: boolean}} UserEntry
+ * @typedef {{id: string, kind: 'direct'|'group', name: string|null, members: {username: string, role: string}[], last_seq: number, read_seq: number, created_at: number}} ChatInfo
+ * @typedef {{id: string, chat: string, sender: string, seq: number, ts: number, envelope: e2e.Envelope}} MessageRecord
+ * @typedef {{id: string, sender: string, ts: number, seq: number|null, text: string|null, state: 'sending'|'sent'|'failed'|'bad', error?: string}} Shown
+ * @typedef {{info: ChatInfo, shown: Map<string, Shown>, lastSeq: number, unread: number, draft: string, scroll: number|null, loaded: boolean}} ChatState
+ */
+
+const $ = (id) => /** @type {HTMLElement} */ (document.getElementById(id));
+
+export const state = {
+  /** @type {{username: string, is_admin: boolean}|null} */ me: null,
+  /** @type {{enc: CryptoKey, sig: CryptoKey}|null} */ keys: null,
+  /** @type {Map<string, UserEntry>} */ users: new Map(),
+  /** @type {Map<string, Promise<e2e.PublicKeys>>} */ publicKeys: new Map(),
+  /** Users whose keys changed since they were pinned, until accepted. @type {Set<string>} */ changed: new Set(),
+  /** @type {Map<string, ChatState>} */ chats: new Map(),
+  /** The open chat id, or "user:<name>" for a person without a chat yet. @type {string|null} */ active: null,
+  /** @type {Set<string>} */ online: new Set(),
+  /** @type {Connection|null} */ conn: null,
+  notify: localStorage.getItem('securechat.notify') === 'on',
+};
+
+// ---- status, theme -------------------------------------------------------
+
+function setStatus(text) {
+  const el = $('status');
+  el.textContent = text;
+  el.hidden = !text;
+}
+
+export function applyTheme(theme = localStorage.getItem('securechat.theme') ?? 'system') {
+  if (theme === 'system') document.documentElement.removeAttribute('data-theme');
+  else document.documentElement.dataset.theme = theme;
+}
+
+function lockMessage(err) {
+  if (err instanceof ApiError && err.retryAfterMs) {
+    const secs = Math.ceil(err.retryAfterMs / 1000);
+    const when = secs >= 120 ? `${Math.ceil(secs / 60)} minutes` : `${secs} seconds`;
+    return `${err.message} Try again in ${when}.`;
+  }
+  return err instanceof Error ? err.message : String(err);
+}
+
+// ---- sign in / create account ------------------------------------------
+
+function strength(password) {
+  let score = 0;
+  if (password.length >= 15) score++;
+  if (password.length >= 20) score++;
+  if (/\s/.test(password.trim()) || /[^A-Za-z0-9]/.test(password)) score++;
+  if (/[a-z]/.test(password) && /[A-Z0-9]/.test(password)) score++;
+  return score;
+}
+
+const COMMON = ['password', '123456', 'qwerty', 'letmein', 'iloveyou', 'admin', 'welcome', 'monkey', 'dragon', 'football'];
+
+function passwordProblem(password, confirm) {
+  if (password.length < 15) return 'Use at least 15 characters — a few unrelated words make a strong passphrase.';
+  if (password.length > 128) return 'Use at most 128 characters.';
+  if (COMMON.some((c) => password.toLowerCase().includes(c) && password.length < c.length + 8)) {
+    return 'That password is too common. Try a passphrase of a few unrelated words.';
+  }
+  if (confirm !== undefined && password !== confirm) return 'The two passwords differ.';
+  return null;
+}
+
+function setupAuth() {
+  const tabs = [$('tab-signin'), $('tab-register'), $('tab-reset')];
+  const forms = [$('form-signin'), $('form-register'), $('form-reset')];
+  tabs.forEach((tab, i) =>
+    tab.addEventListener('click', () => {
+      tabs.forEach((t, j) => t.setAttribute('aria-selected', String(i === j)));
+      forms.forEach((f, j) => (f.hidden = i !== j));
+      forms[i].querySelector('input')?.focus();
+    }),
+  );
+  const reg = /** @type {HTMLFormElement} */ (forms[1]);
+  reg.password.addEventListener('input', () => {
+    /** @type {HTMLMeterElement} */ ($('strength-meter')).value = strength(reg.password.value);
+  });
+
+  forms[0].addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const form = /** @type {HTMLFormElement} */ (event.target);
+    const error = form.querySelector('.error');
+    const button = form.querySelector('button[type=submit]');
+    error.textContent = '';
+    button.disabled = true;
+    try {
+      await signIn(form.username.value.trim().toLowerCase(), form.password.value);
+      form.reset();
+    } catch (err) {
+      error.textContent = lockMessage(err);
+    } finally {
+      button.disabled = false;
+    }
+  });
+
+  const newAccountForm = (form, run) =>
+    form.addEventListener('submit', async (event) => {
+      event.preventDefault();
+      const error = form.querySelector('.error');
+      const progress = form.querySelector('.progress');
+      const button = form.querySelector('button[type=submit]');
+      error.textContent = '';
+      const username = form.username.value.trim().toLowerCase();
+      if (!/^[a-z0-9_.-]{3,32}$/.test(username)) {
+        error.textContent = 'A username has 3 to 32 characters: letters a–z, digits, “_”, “.” or “-”.';
+        return;
+      }
+      const problem = passwordProblem(form.password.value, form.confirm.value);
+      if (problem) {
+        error.textContent = problem;
+        return;
+      }
+      button.disabled = true;
+      try {
+        progress.textContent = 'Generating your encryption keys…';
+        await run(form, username);
+        form.reset();
+      } catch (err) {
+        error.textContent = lockMessage(err);
+      } finally {
+        progress.textContent = '';
+        button.disabled = false;
+      }
+    });
+  newAccountForm(reg, (form, username) => register(username, form.password.value, { invite: form.invite.value.trim() }));
+  const reset = /** @type {HTMLFormElement} */ (forms[2]);
+  newAccountForm(reset, (form, username) => register(username, form.password.value, { code: form.code.value.trim() }));
+}
+
+/**
+ * A new account (or a reset one, with `code`): keys made here, wrapped under
+ * the password-derived key.
+ * @param {string} username @param {string} password @param {{invite?: string, code?: string}} extra
+ */
+async function register(username, password, { invite, code }) {
+  const salt = e2e.randomBytes(16);
+  const [derived, pairs] = await Promise.all([e2e.deriveKeys(password, salt, e2e.ITERATIONS), e2e.generateKeyPairs()]);
+  const [encPriv, sigPriv, encPub, sigPub] = await Promise.all([
+    e2e.wrapPrivate(derived.wrapKey, username, 'enc', pairs.enc.privateKey),
+    e2e.wrapPrivate(derived.wrapKey, username, 'sig', pairs.sig.privateKey),
+    e2e.spki(pairs.enc.publicKey),
+    e2e.spki(pairs.sig.publicKey),
+  ]);
+  const body = {
+    username,
+    salt: encode(salt),
+    iterations: e2e.ITERATIONS,
+    auth_key: encode(derived.authKey),
+    enc_public: encode(encPub),
+    sig_public: encode(sigPub),
+    enc_private: encPriv,
+    sig_private: sigPriv,
+  };
+  if (invite) body.invite = invite;
+  if (code) body.code = code;
+  const response = await post(code ? '/api/reset' : '/api/register', body);
+  // Keep only non-extractable copies.
+  const keys = {
+    enc: await e2e.unwrapPrivate(derived.wrapKey, username, 'enc', encPriv),
+    sig: await e2e.unwrapPrivate(derived.wrapKey, username, 'sig', sigPriv),
+  };
+  await store.saveKeys(username, keys);
+  await start(response.user, keys);
+}
+
+async function signIn(username, password) {
+  const pre = await post('/api/prelogin', { username });
+  const derived = await e2e.deriveKeys(password, decode(pre.salt), pre.iterations);
+  const response = await post('/api/login', { username, auth_key: encode(derived.authKey) });
+  const k = response.keys;
+  const keys = {
+    enc: await e2e.unwrapPrivate(derived.wrapKey, username, 'enc', k.enc_private),
+    sig: await e2e.unwrapPrivate(derived.wrapKey, username, 'sig', k.sig_private),
+  };
+  await store.saveKeys(username, keys);
+  await start(response.user, keys);
+}
+
+export async function signOut(everywhere = false) {
+  try {
+    await post(everywhere ? '/api/logout-all' : '/api/logout');
+  } catch {
+    // Signed out locally regardless.
+  }
+  await store.clearKeys();
+  location.reload();
+}
+
+// ---- keys of other people (trust on first use) ------------------------
+
+/** @param {string} username @returns {Promise<e2e.PublicKeys>} */
+export function publicKeys(username) {
+  let p = state.publicKeys.get(username);
+  if (!p) {
+    p = (async () => {
+      const entry = state.users.get(username) ?? (await get(`/api/users/${encodeURIComponent(username)}`));
+      const keys = await e2e.importPublic(entry.enc_public, entry.sig_public);
+      const fp = encode(keys.fingerprint);
+      const pinned = await store.pinOf(state.me.username, username);
+      if (!pinned) await store.pin(state.me.username, username, fp);
+      else if (pinned !== fp) state.changed.add(username);
+      return keys;
+    })();
+    state.publicKeys.set(username, p);
+    p.catch(() => state.publicKeys.delete(username));
+  }
+  return p;
+}
+
+export async function acceptKeys(username) {
+  const keys = await publicKeys(username);
+  await store.pin(state.me.username, username, encode(keys.fingerprint));
+  state.changed.delete(username);
+  drawHeader();
+}
+
+// ---- the app --------------------------------------------------------------
+
+async function start(me, keys) {
+  state.me = me;
+  state.keys = keys;
+  $('auth').hidden = true;
+  $('app').hidden = false;
+  $('me-name').textContent = me.username;
+  const [users, chats] = await Promise.all([get('/api/users'), get('/api/chats')]);
+  for (const u of users) state.users.set(u.username, u);
+  for (const c of chats) addChat(c);
+  state.conn = new Connection({
+    onFrame,
+    onState: (s) => {
+      if (s === 'signed-out') signOut();
+      setStatus(s === 'reconnecting' ? 'Reconnecting…' : s === 'connecting' ? 'Connecting…' : '');
+      document.body.dataset.connection = s;
+    },
+    since: () => Object.fromEntries([...state.chats].filter(([, c]) => c.loaded).map(([id, c]) => [id, c.lastSeq])),
+  });
+  state.conn.start();
+  drawList();
+}
+
+/** @param {ChatInfo} info */
+function addChat(info) {
+  const existing = state.chats.get(info.id);
+  if (existing) {
+    existing.info = info;
+    return existing;
+  }
+  /** @type {ChatState} */
+  const chat = { info, shown: new Map(), lastSeq: 0, unread: Math.max(0, info.last_seq - info.read_seq), draft: '', scroll: null, loaded: false };
+  state.chats.set(info.id, chat);
+  return chat;
+}
+
+/** The direct chat with `user`, if there is one. */
+function directWith(user) {
+  for (const c of state.chats.values()) {
+    if (c.info.kind === 'direct' && c.info.members.some((m) => m.username === user)) return c;
+  }
+  return null;
+}
+
+export function chatTitle(info) {
+  if (info.kind === 'group') return info.name ?? 'Group';
+  return info.members.find((m) => m.username !== state.me.username)?.username ?? state.me.username;
+}
+
+function drawList() {
+  const list = $('chat-list');
+  const q = /** @type {HTMLInputElement} */ ($('filter')).value.trim().toLowerCase();
+  /** @type {{key: string, name: string, chat: ChatState|null, online: boolean|null, group: boolean}[]} */
+  const entries = [];
+  for (const c of state.chats.values()) {
+    if (c.info.kind === 'group') entries.push({ key: c.info.id, name: c.info.name ?? 'Group', chat: c, online: null, group: true });
+  }
+  for (const u of state.users.values()) {
+    if (u.username === state.me.username || u.disabled) continue;
+    const chat = directWith(u.username);
+    entries.push({ key: chat ? chat.info.id : `user:${u.username}`, name: u.username, chat, online: state.online.has(u.username), group: false });
+  }
+  const latest = (e) => Math.max(e.chat?.info.created_at ?? 0, ...[...(e.chat?.shown.values() ?? [])].map((m) => m.ts));
+  entries.sort((a, b) => latest(b) - latest(a) || a.name.localeCompare(b.name));
+  list.replaceChildren();
+  for (const e of entries) {
+    if (q && !e.name.toLowerCase().includes(q)) continue;
+    const li = document.createElement('li');
+    const b = document.createElement('button');
+    b.type = 'button';
+    b.dataset.key = e.key;
+    if (state.active === e.key) b.setAttribute('aria-current', 'true');
+    const name = document.createElement('span');
+    name.className = 'name';
+    name.textContent = e.name;
+    const dot = document.createElement('span');
+    dot.className = `dot${e.group ? ' group' : e.online ? ' online' : ''}`;
+    dot.setAttribute('aria-hidden', 'true');
+    const extra = document.createElement('span');
+    if (e.chat?.unread) {
+      extra.className = 'unread';
+      extra.textContent = String(e.chat.unread);
+    }
+    const status = document.createElement('span');
+    status.className = 'visually-hidden';
+    status.textContent = `${e.group ? ', group' : e.online ? ', online' : ', offline'}${e.chat?.unread ? `, ${e.chat.unread} unread` : ''}`;
+    const preview = document.createElement('span');
+    preview.className = 'preview';
+    const last = e.chat ? [...e.chat.shown.values()].at(-1) : null;
+    preview.textContent = last ? `${last.sender === state.me.username ? 'You: ' : ''}${last.text ?? ''}` : '';
+    preview.setAttribute('aria-hidden', 'true');
+    b.append(name, status, dot, extra, preview);
+    b.addEventListener('click', () => openChat(e.key));
+    li.appendChild(b);
+    list.appendChild(li);
+  }
+  const unread = [...state.chats.values()].reduce((n, c) => n + c.unread, 0);
+  document.title = unread ? `(${unread}) SecureChat` : 'SecureChat';
+}
+
+/** @param {string} key a chat id or "user:<name>" */
+export async function openChat(key) {
+  const previous = state.active && state.chats.get(state.active);
+  const input = /** @type {HTMLTextAreaElement} */ ($('message-input'));
+  if (previous) {
+    previous.draft = input.value;
+    previous.scroll = $('messages').scrollTop;
+  }
+  if (key.startsWith('user:')) {
+    const peer = key.slice(5);
+    const existing = directWith(peer);
+    if (existing) key = existing.info.id;
+    else {
+      const info = await post('/api/chats', { kind: 'direct', peer });
+      key = addChat(info).info.id;
+    }
+  }
+  state.active = key;
+  const chat = state.chats.get(key);
+  $('app').classList.add('in-chat');
+  $('composer').hidden = false;
+  input.value = chat?.draft ?? '';
+  if (chat && !chat.loaded) await loadHistory(chat);
+  drawList();
+  drawHeader();
+  drawMessages(true);
+  markRead();
+  input.focus();
+}
+
+async function loadHistory(chat) {
+  const page = await get(`/api/chats/${chat.info.id}/messages?limit=100`);
+  chat.loaded = true;
+  for (const m of page.messages) await receive(m, false);
+}
+
+export function activeChat() {
+  return state.active ? state.chats.get(state.active) ?? null : null;
+}
+
+function drawHeader() {
+  const chat = activeChat();
+  if (!chat) return;
+  $('chat-title').textContent = chatTitle(chat.info);
+  const others = chat.info.members.map((m) => m.username).filter((u) => u !== state.me.username);
+  $('chat-sub').textContent =
+    chat.info.kind === 'group'
+      ? `${chat.info.members.length} members`
+      : state.online.has(others[0]) ? 'online' : 'offline';
+  const info = $('chat-info');
+  info.hidden = false;
+  info.textContent = chat.info.kind === 'group' ? 'Members' : 'Safety number';
+  const changed = others.filter((u) => state.changed.has(u));
+  const warning = $('key-warning');
+  warning.hidden = !changed.length;
+  warning.querySelector('span').textContent = changed.length
+    ? `The encryption keys of ${changed.join(', ')} changed. Sending is blocked until you compare safety numbers and accept the new keys.`
+    : '';
+  /** @type {HTMLButtonElement} */ ($('send')).disabled = changed.length > 0;
+}
+
+function dayOf(ts) {
+  return new Date(ts).toLocaleDateString(undefined, { weekday: 'long', year: 'numeric', month: 'long', day: 'numeric' });
+}
+
+function drawMessages(restoreScroll = false) {
+  const chat = activeChat();
+  const log = $('messages');
+  if (!chat) return;
+  const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
+  log.replaceChildren();
+  let day = '';
+  const sorted = [...chat.shown.values()].sort((a, b) => (a.seq ?? Infinity) - (b.seq ?? Infinity) || a.ts - b.ts);
+  for (const m of sorted) {
+    const d = dayOf(m.ts);
+    if (d !== day) {
+      day = d;
+      const sep = document.createElement('li');
+      sep.className = 'day';
+      sep.textContent = d;
+      log.appendChild(sep);
+    }
+    log.appendChild(messageItem(chat, m));
+  }
+  if (restoreScroll && chat.scroll !== null) log.scrollTop = chat.scroll;
+  else if (restoreScroll || atBottom) log.scrollTop = log.scrollHeight;
+}
+
+/** @param {ChatState} chat @param {Shown} m */
+function messageItem(chat, m) {
+  const li = document.createElement('li');
+  const mine = m.sender === state.me.username;
+  li.className = `msg${mine ? ' mine' : ''}${m.state === 'bad' ? ' bad' : ''}`;
+  li.dataset.id = m.id;
+  const meta = document.createElement('div');
+  meta.className = 'meta';
+  const who = document.createElement('span');
+  who.className = 'sender';
+  who.textContent = mine ? 'You' : m.sender;
+  const when = document.createElement('time');
+  when.dateTime = new Date(m.ts).toISOString();
+  when.textContent = new Date(m.ts).toLocaleTimeString(undefined, { hour: '2-digit', minute: '2-digit' });
+  meta.append(who, when);
+  if (mine) {
+    const st = document.createElement('span');
+    st.className = 'state';
+    const read = chat.info.kind === 'direct' && m.seq !== null && readBy(chat, m.seq);
+    st.textContent = m.state === 'sending' ? 'Sending…' : m.state === 'failed' ? 'Not sent' : read ? 'Read' : 'Sent';
+    meta.appendChild(st);
+    if (m.state === 'failed') {
+      const retry = document.createElement('button');
+      retry.type = 'button';
+      retry.className = 'retry';
+      retry.textContent = 'Retry';
+      retry.addEventListener('click', () => resend(chat, m));
+      meta.appendChild(retry);
+    }
+  }
+  const body = document.createElement('div');
+  body.className = 'body';
+  if (m.state === 'bad') body.textContent = m.error ?? 'This message could not be verified and is not shown.';
+  else body.appendChild(render(m.text ?? ''));
+  li.append(meta, body);
+  return li;
+}
+
+/** @type {Map<string, Map<string, number>>} chat → user → read seq */
+const reads = new Map();
+function readBy(chat, seq) {
+  const r = reads.get(chat.info.id);
+  return !!r && [...r].some(([u, s]) => u !== state.me.username && s >= seq);
+}
+
+/**
+ * Decrypts and shows a message record (live, replayed or from history).
+ * @param {MessageRecord} rec @param {boolean} live
+ */
+async function receive(rec, live) {
+  let chat = state.chats.get(rec.chat);
+  if (!chat) {
+    chat = addChat(await get(`/api/chats/${rec.chat}`));
+  }
+  chat.lastSeq = Math.max(chat.lastSeq, rec.seq);
+  const existing = chat.shown.get(rec.id);
+  if (existing && existing.seq !== null) return;
+  /** @type {Shown} */
+  const shown = { id: rec.id, sender: rec.sender, ts: rec.ts, seq: rec.seq, text: null, state: 'sent' };
+  try {
+    const sender = await publicKeys(rec.sender);
+    const content = await e2e.open(rec, state.me.username, state.keys.enc, sender);
+    shown.text = typeof content?.text === 'string' ? content.text : '';
+    if (state.changed.has(rec.sender)) {
+      shown.state = 'bad';
+      shown.error = `${rec.sender}'s keys changed: accept them to read new messages.`;
+    }
+  } catch {
+    shown.state = 'bad';
+    shown.error = 'This message failed its signature or decryption check and is not shown.';
+  }
+  chat.shown.set(rec.id, shown);
+  if (live && rec.sender !== state.me.username) {
+    if (state.active !== rec.chat || document.hidden) {
+      chat.unread += 1;
+      notify(chat, shown);
+    }
+  }
+}
+
+function notify(chat, shown) {
+  if (!state.notify || typeof Notification === 'undefined' || Notification.permission !== 'granted') return;
+  const n = new Notification(`${shown.sender} · ${chatTitle(chat.info)}`, {
+    body: shown.state === 'bad' ? 'A message that could not be verified' : (shown.text ?? '').slice(0, 140),
+    tag: chat.info.id,
+  });
+  n.onclick = () => {
+    window.focus();
+    openChat(chat.info.id);
+  };
+}
+
+function markRead() {
+  const chat = activeChat();
+  if (!chat || document.hidden) return;
+  chat.unread = 0;
+  if (chat.lastSeq > 0) state.conn?.send({ type: 'read', chat: chat.info.id, seq: chat.lastSeq });
+  drawList();
+}
+
+async function onFrame(frame) {
+  switch (frame.type) {
+    case 'welcome':
+      state.online = new Set(frame.online);
+      for (const c of frame.chats) addChat(c);
+      drawList();
+      break;
+    case 'message': {
+      await receive(frame.message, true);
+      const chat = state.chats.get(frame.message.chat);
+      if (chat && state.active === chat.info.id) {
+        drawMessages();
+        markRead();
+      }
+      drawList();
+      break;
+    }
+    case 'ack': {
+      const chat = state.chats.get(frame.chat);
+      const m = chat?.shown.get(frame.id);
+      if (chat && m) {
+        m.seq = frame.seq;
+        m.ts = frame.ts;
+        m.state = 'sent';
+        chat.lastSeq = Math.max(chat.lastSeq, frame.seq);
+        if (state.active === chat.info.id) drawMessages();
+      }
+      break;
+    }
+    case 'error':
+      await onSendError(frame);
+      break;
+    case 'presence':
+      if (frame.online) state.online.add(frame.user);
+      else state.online.delete(frame.user);
+      drawList();
+      drawHeader();
+      break;
+    case 'typing':
+      showTyping(frame.chat, frame.user);
+      break;
+    case 'read': {
+      const r = reads.get(frame.chat) ?? new Map();
+      r.set(frame.user, frame.seq);
+      reads.set(frame.chat, r);
+      if (state.active === frame.chat) drawMessages();
+      break;
+    }
+    case 'chat':
+      addChat(frame.chat);
+      drawList();
+      if (state.active === frame.chat.id) drawHeader();
+      break;
+    case 'chat_removed':
+      state.chats.delete(frame.chat);
+      if (state.active === frame.chat) {
+        state.active = null;
+        $('composer').hidden = true;
+        $('messages').replaceChildren();
+        $('chat-title').textContent = 'You left this chat';
+      }
+      drawList();
+      break;
+    case 'user': {
+      const before = state.users.get(frame.user.username);
+      state.users.set(frame.user.username, frame.user);
+      if (before && (before.enc_public !== frame.user.enc_public || before.sig_public !== frame.user.sig_public)) {
+        state.publicKeys.delete(frame.user.username);
+        await publicKeys(frame.user.username).catch(() => {});
+        drawHeader();
+      }
+      drawList();
+      break;
+    }
+    default:
+      break;
+  }
+}
+
+/** Messages sent but not acknowledged, by id: what is needed to reseal them. */
+const pending = new Map();
+
+async function onSendError(frame) {
+  const p = frame.id && pending.get(frame.id);
+  if (!p) return;
+  const chat = state.chats.get(p.chat);
+  const m = chat?.shown.get(frame.id);
+  if (frame.code === 'rate_limited') {
+    setTimeout(() => state.conn?.sendMessage(p.frame), frame.retry_after_ms ?? 1000);
+    return;
+  }
+  if (frame.code === 'members_mismatch' && chat && !p.resealed) {
+    chat.info = await get(`/api/chats/${p.chat}`);
+    p.resealed = true;
+    p.frame = await sealFrame(chat, frame.id, p.text);
+    state.conn?.sendMessage(p.frame);
+    return;
+  }
+  state.conn?.replace(frame.id, null);
+  if (m) {
+    m.state = 'failed';
+    m.error = frame.message;
+    if (state.active === p.chat) drawMessages();
+  }
+}
+
+async function sealFrame(chat, id, text) {
+  const recipients = await Promise.all(
+    chat.info.members.map(async (m) => ({ username: m.username, keys: await publicKeys(m.username) })),
+  );
+  const envelope = await e2e.seal(id, state.me.username, chat.info.id, { v: 1, type: 'text', text }, recipients, state.keys.sig);
+  return { type: 'send', id, chat: chat.info.id, envelope };
+}
+
+async function send(text) {
+  const chat = activeChat();
+  if (!chat || !text.trim()) return;
+  const members = chat.info.members.map((m) => m.username);
+  await Promise.all(members.map((u) => publicKeys(u)));
+  if (members.some((u) => state.changed.has(u))) {
+    drawHeader();
+    return;
+  }
+  const id = crypto.randomUUID();
+  /** @type {Shown} */
+  const shown = { id, sender: state.me.username, ts: Date.now(), seq: null, text, state: 'sending' };
+  chat.shown.set(id, shown);
+  drawMessages();
+  drawList();
+  try {
+    const frame = await sealFrame(chat, id, text);
+    pending.set(id, { chat: chat.info.id, text, frame, resealed: false });
+    state.conn?.sendMessage(frame);
+  } catch (err) {
+    shown.state = 'failed';
+    shown.error = String(err);
+    drawMessages();
+  }
+}
+
+function resend(chat, m) {
+  const p = pending.get(m.id);
+  m.state = 'sending';
+  drawMessages();
+  if (p) state.conn?.sendMessage(p.frame);
+}
+
+/** @type {Map<string, number>} */
+const typingTimers = new Map();
+function showTyping(chatId, user) {
+  clearTimeout(typingTimers.get(`${chatId}/${user}`));
+  const el = $('typing');
+  if (state.active === chatId) el.textContent = `${user} is typing…`;
+  typingTimers.set(
+    `${chatId}/${user}`,
+    setTimeout(() => {
+      if (el.textContent === `${user} is typing…`) el.textContent = '';
+    }, 4000),
+  );
+}
+
+function setupComposer() {
+  const form = /** @type {HTMLFormElement} */ ($('composer'));
+  const input = /** @type {HTMLTextAreaElement} */ ($('message-input'));
+  let lastTyping = 0;
+  const submit = () => {
+    const text = input.value;
+    if (!text.trim() || /** @type {HTMLButtonElement} */ ($('send')).disabled) return;
+    input.value = '';
+    send(text);
+  };
+  form.addEventListener('submit', (e) => {
+    e.preventDefault();
+    submit();
+  });
+  const wrap = (mark) => {
+    const { selectionStart: a, selectionEnd: b, value } = input;
+    input.value = value.slice(0, a) + mark + value.slice(a, b) + mark + value.slice(b);
+    input.setSelectionRange(a + mark.length, b + mark.length);
+    input.focus();
+  };
+  for (const b of form.querySelectorAll('[data-wrap]')) {
+    b.addEventListener('click', () => wrap(/** @type {HTMLElement} */ (b).dataset.wrap));
+  }
+  $('make-link').addEventListener('click', () => {
+    const { selectionStart: a, selectionEnd: b, value } = input;
+    const label = value.slice(a, b) || 'link';
+    const inserted = `[${label}](https://)`;
+    input.value = value.slice(0, a) + inserted + value.slice(b);
+    input.setSelectionRange(a + label.length + 3, a + inserted.length - 1);
+    input.focus();
+  });
+  input.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      submit();
+    } else if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === 'b') {
+      e.preventDefault();
+      wrap('**');
+    } else if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === 'i') {
+      e.preventDefault();
+      wrap('*');
+    }
+  });
+  input.addEventListener('input', () => {
+    const now = Date.now();
+    if (state.active && now - lastTyping > 3000) {
+      lastTyping = now;
+      state.conn?.send({ type: 'typing', chat: state.active });
+    }
+  });
+  setupEmoji((emoji) => {
+    const { selectionStart: a, selectionEnd: b, value } = input;
+    input.value = value.slice(0, a) + emoji + value.slice(b);
+    input.setSelectionRange(a + emoji.length, a + emoji.length);
+    input.focus();
+  });
+}
+
+function setupChrome() {
+  $('filter').addEventListener('input', () => drawList());
+  document.addEventListener('keydown', (e) => {
+    if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === 'k') {
+      e.preventDefault();
+      $('filter').focus();
+    }
+  });
+  $('filter').addEventListener('keydown', (e) => {
+    if (e.key === 'Enter') {
+      const first = /** @type {HTMLButtonElement|null} */ ($('chat-list').querySelector('button'));
+      first?.click();
+    }
+  });
+  $('back').addEventListener('click', () => {
+    $('app').classList.remove('in-chat');
+    $('chat-list').querySelector('[aria-current="true"]')?.focus();
+  });
+  $('open-settings').addEventListener('click', () => openSettings());
+  $('new-group').addEventListener('click', () => openGroupDialog());
+  $('chat-info').addEventListener('click', () => {
+    const chat = activeChat();
+    if (chat) openChatDetails(chat);
+  });
+  $('accept-keys').addEventListener('click', async () => {
+    const chat = activeChat();
+    if (!chat) return;
+    for (const m of chat.info.members) if (state.changed.has(m.username)) await acceptKeys(m.username);
+  });
+  document.addEventListener('visibilitychange', () => {
+    if (!document.hidden) markRead();
+  });
+}
+
+export { drawList, drawHeader, addChat, setStatus };
+
+async function boot() {
+  applyTheme();
+  setupAuth();
+  setupComposer();
+  setupChrome();
+  const saved = await store.loadKeys().catch(() => undefined);
+  if (saved) {
+    try {
+      const me = await call('GET', '/api/me');
+      if (me.username === saved.username) {
+        await start(me, { enc: saved.enc, sig: saved.sig });
+        return;
+      }
+    } catch {
+      // No valid session: sign in again.
+    }
+    await store.clearKeys();
+  }
+  $('auth').hidden = false;
+  /** @type {HTMLInputElement} */ ($('form-signin').querySelector('input')).focus();
+}
+
+boot();

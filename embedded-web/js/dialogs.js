@@ -1,0 +1,295 @@
+// Dialogs: settings (theme, notifications, export, password, sign out),
+// new group, chat details (safety number, members), administration.
+
+import { ApiError, call, get, post } from './api.js';
+import { decode, encode } from './b64.js';
+import * as e2e from './e2e.js';
+import {
+  acceptKeys,
+  activeChat,
+  addChat,
+  applyTheme,
+  chatTitle,
+  drawHeader,
+  drawList,
+  openChat,
+  publicKeys,
+  signOut,
+  state,
+} from './app.js';
+
+const $ = (id) => /** @type {HTMLElement} */ (document.getElementById(id));
+
+/**
+ * Shows the dialog with `title` and `body`; `onOk` runs on OK and keeps the
+ * dialog open if it throws (the message is shown).
+ * @param {string} title @param {Node} body @param {(() => Promise<void>)|null} onOk @param {string} [okLabel]
+ */
+function show(title, body, onOk, okLabel = 'OK') {
+  const dialog = /** @type {HTMLDialogElement} */ ($('dialog'));
+  $('dialog-title').textContent = title;
+  $('dialog-body').replaceChildren(body);
+  $('dialog-error').textContent = '';
+  const ok = /** @type {HTMLButtonElement} */ ($('dialog-ok'));
+  ok.hidden = !onOk;
+  ok.textContent = okLabel;
+  ok.onclick = async (event) => {
+    event.preventDefault();
+    if (!onOk) return;
+    ok.disabled = true;
+    try {
+      await onOk();
+      dialog.close();
+    } catch (err) {
+      $('dialog-error').textContent = err instanceof Error ? err.message : String(err);
+    } finally {
+      ok.disabled = false;
+    }
+  };
+  dialog.showModal();
+}
+
+/** @param {string} tag @param {Record<string, string>} [attrs] @param {(Node|string)[]} [children] */
+function el(tag, attrs = {}, children = []) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  for (const c of children) e.append(c);
+  return e;
+}
+
+function download(name, text) {
+  const url = URL.createObjectURL(new Blob([text], { type: 'text/plain;charset=utf-8' }));
+  const a = el('a', { href: url, download: name });
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+/** Every message of a chat, decrypted here, as a TXT transcript. */
+export async function exportChat(chat) {
+  const lines = [`SecureChat transcript: ${chatTitle(chat.info)}`, `Exported ${new Date().toISOString()}`, ''];
+  let after = 0;
+  for (;;) {
+    const page = await get(`/api/chats/${chat.info.id}/messages?after=${after}&limit=200`);
+    for (const m of page.messages) {
+      let text;
+      try {
+        const content = await e2e.open(m, state.me.username, state.keys.enc, await publicKeys(m.sender));
+        text = content.text ?? '';
+      } catch {
+        text = '[a message that failed verification]';
+      }
+      lines.push(`${new Date(m.ts).toISOString()} ${m.sender}: ${text}`);
+      after = m.seq;
+    }
+    if (!page.more) break;
+  }
+  const stamp = new Date().toISOString().replace(/[:]/g, '-').replace(/\..*/, '');
+  const safe = chatTitle(chat.info).replace(/[^A-Za-z0-9_.-]+/g, '_');
+  download(`securechat-${safe}-${stamp}.txt`, lines.join('\n') + '\n');
+}
+
+export function openSettings() {
+  const tpl = /** @type {HTMLTemplateElement} */ ($('settings-template'));
+  const body = /** @type {HTMLElement} */ (tpl.content.firstElementChild.cloneNode(true));
+  const q = (name) => /** @type {any} */ (body.querySelector(`[name="${name}"]`));
+  for (const e of body.querySelectorAll('.admin-only')) /** @type {HTMLElement} */ (e).hidden = !state.me.is_admin;
+  q('theme').value = localStorage.getItem('securechat.theme') ?? 'system';
+  q('theme').addEventListener('change', () => {
+    localStorage.setItem('securechat.theme', q('theme').value);
+    applyTheme(q('theme').value);
+  });
+  q('notify').checked = state.notify;
+  q('notify').addEventListener('change', async () => {
+    if (q('notify').checked && typeof Notification !== 'undefined' && Notification.permission !== 'granted') {
+      q('notify').checked = (await Notification.requestPermission()) === 'granted';
+    }
+    state.notify = q('notify').checked;
+    localStorage.setItem('securechat.notify', state.notify ? 'on' : 'off');
+  });
+  q('export').disabled = !activeChat();
+  q('export').addEventListener('click', async () => {
+    const chat = activeChat();
+    if (chat) await exportChat(chat);
+  });
+  q('change').addEventListener('click', async () => {
+    $('dialog-error').textContent = '';
+    try {
+      if (q('new').value.length < 15) throw new Error('Use at least 15 characters for the new password.');
+      if (q('new').value !== q('confirm').value) throw new Error('The two new passwords differ.');
+      await changePassword(q('old').value, q('new').value);
+      $('dialog-error').textContent = 'Password changed. Your other sessions have been signed out.';
+      for (const n of ['old', 'new', 'confirm']) q(n).value = '';
+    } catch (err) {
+      $('dialog-error').textContent = err instanceof ApiError && err.code === 'wrong_password'
+        ? 'The current password is not correct.'
+        : err instanceof Error ? err.message : String(err);
+    }
+  });
+  q('signout').addEventListener('click', () => signOut(false));
+  q('signout-all').addEventListener('click', () => signOut(true));
+  q('admin').addEventListener('click', () => openAdmin());
+  show('Settings', body, null);
+}
+
+/** Re-wraps the same private keys under a key derived from the new password. */
+async function changePassword(oldPassword, newPassword) {
+  const me = state.me.username;
+  const k = await get('/api/keys');
+  const old = await e2e.deriveKeys(oldPassword, decode(k.salt), k.iterations);
+  let enc;
+  let sig;
+  try {
+    enc = await e2e.unwrapPrivate(old.wrapKey, me, 'enc', k.enc_private, true);
+    sig = await e2e.unwrapPrivate(old.wrapKey, me, 'sig', k.sig_private, true);
+  } catch {
+    throw new Error('The current password is not correct.');
+  }
+  const salt = e2e.randomBytes(16);
+  const fresh = await e2e.deriveKeys(newPassword, salt, e2e.ITERATIONS);
+  await post('/api/change-password', {
+    old_auth_key: encode(old.authKey),
+    salt: encode(salt),
+    iterations: e2e.ITERATIONS,
+    auth_key: encode(fresh.authKey),
+    enc_private: await e2e.wrapPrivate(fresh.wrapKey, me, 'enc', enc),
+    sig_private: await e2e.wrapPrivate(fresh.wrapKey, me, 'sig', sig),
+  });
+}
+
+export function openGroupDialog() {
+  const name = el('input', { 'aria-label': 'Group name', required: '', maxlength: '64' });
+  const members = el('fieldset', {}, [el('legend', {}, ['Members'])]);
+  for (const u of [...state.users.values()].sort((a, b) => a.username.localeCompare(b.username))) {
+    if (u.username === state.me.username || u.disabled) continue;
+    const box = el('input', { type: 'checkbox', value: u.username });
+    members.append(el('label', {}, [box, ` ${u.username}`]), el('br'));
+  }
+  const body = el('div', {}, [el('label', {}, ['Group name ', name]), members]);
+  show(
+    'New group',
+    body,
+    async () => {
+      const chosen = [...members.querySelectorAll('input:checked')].map((i) => /** @type {HTMLInputElement} */ (i).value);
+      const info = await post('/api/chats', { kind: 'group', name: /** @type {HTMLInputElement} */ (name).value, members: chosen });
+      addChat(info);
+      drawList();
+      await openChat(info.id);
+    },
+    'Create group',
+  );
+}
+
+/** Safety number (direct chats) or members (groups). */
+export async function openChatDetails(chat) {
+  const me = state.me.username;
+  if (chat.info.kind === 'direct') {
+    const peer = chat.info.members.find((m) => m.username !== me)?.username ?? me;
+    const [mine, theirs] = await Promise.all([publicKeys(me), publicKeys(peer)]);
+    const number = e2e.safetyNumber(me, mine.fingerprint, peer, theirs.fingerprint);
+    const body = el('div', {}, [
+      el('p', {}, [`Compare this number with ${peer}, in person or on a call. If it matches on both screens, nobody is in the middle.`]),
+      el('p', { class: 'safety' }, [number]),
+    ]);
+    if (state.changed.has(peer)) {
+      body.append(el('p', {}, [`${peer}'s keys changed since you first talked.`]));
+      show('Safety number', body, async () => acceptKeys(peer), 'Accept new keys');
+    } else show('Safety number', body, null);
+    return;
+  }
+  const owner = chat.info.members.some((m) => m.username === me && m.role === 'owner');
+  const list = el('ul');
+  for (const m of chat.info.members) {
+    const li = el('li', {}, [`${m.username}${m.role === 'owner' ? ' (owner)' : ''}`]);
+    if (owner && m.username !== me) {
+      const remove = el('button', { type: 'button' }, [`Remove ${m.username}`]);
+      remove.addEventListener('click', async () => {
+        await call('DELETE', `/api/chats/${chat.info.id}/members/${encodeURIComponent(m.username)}`);
+        li.remove();
+      });
+      li.append(' ', remove);
+    }
+    list.append(li);
+  }
+  const body = el('div', {}, [list]);
+  if (owner) {
+    const rename = el('input', { 'aria-label': 'Group name', value: chat.info.name ?? '' });
+    const renameButton = el('button', { type: 'button' }, ['Rename']);
+    renameButton.addEventListener('click', async () => {
+      addChat(await call('PATCH', `/api/chats/${chat.info.id}`, { name: /** @type {HTMLInputElement} */ (rename).value }));
+      drawList();
+      drawHeader();
+    });
+    const pick = el('select', { 'aria-label': 'Add member' });
+    for (const u of state.users.values()) {
+      if (!chat.info.members.some((m) => m.username === u.username) && !u.disabled) pick.append(el('option', { value: u.username }, [u.username]));
+    }
+    const add = el('button', { type: 'button' }, ['Add member']);
+    add.addEventListener('click', async () => {
+      addChat(await post(`/api/chats/${chat.info.id}/members`, { username: /** @type {HTMLSelectElement} */ (pick).value }));
+      drawHeader();
+      /** @type {HTMLDialogElement} */ ($('dialog')).close();
+    });
+    body.append(el('p', {}, [rename, ' ', renameButton]), el('p', {}, [pick, ' ', add]));
+  }
+  const leave = el('button', { type: 'button' }, ['Leave group']);
+  leave.addEventListener('click', async () => {
+    await call('DELETE', `/api/chats/${chat.info.id}/members/${encodeURIComponent(me)}`);
+    /** @type {HTMLDialogElement} */ ($('dialog')).close();
+  });
+  body.append(el('p', {}, [leave]));
+  show(`Members of ${chatTitle(chat.info)}`, body, null);
+}
+
+async function openAdmin() {
+  const [users, reg, audit] = await Promise.all([get('/api/users'), get('/api/admin/registration'), get('/api/admin/audit')]);
+  const table = el('table', {}, [el('tr', {}, [el('th', {}, ['User']), el('th', {}, ['State']), el('th', {}, ['Actions'])])]);
+  for (const u of users) {
+    const actions = el('td');
+    if (u.username !== state.me.username) {
+      const toggle = el('button', { type: 'button' }, [u.disabled ? `Enable ${u.username}` : `Disable ${u.username}`]);
+      toggle.addEventListener('click', async () => {
+        await call('PATCH', `/api/admin/users/${encodeURIComponent(u.username)}`, { disabled: !u.disabled });
+        /** @type {HTMLDialogElement} */ ($('dialog')).close();
+        openAdmin();
+      });
+      actions.append(toggle);
+      if (!u.is_admin) {
+        const promote = el('button', { type: 'button' }, [`Promote ${u.username}`]);
+        promote.addEventListener('click', async () => {
+          await call('PATCH', `/api/admin/users/${encodeURIComponent(u.username)}`, { is_admin: true });
+          /** @type {HTMLDialogElement} */ ($('dialog')).close();
+          openAdmin();
+        });
+        actions.append(' ', promote);
+      }
+    }
+    table.append(el('tr', {}, [el('td', {}, [u.username]), el('td', {}, [u.disabled ? 'disabled' : u.is_admin ? 'administrator' : 'active']), actions]));
+  }
+  const mode = el('select', { 'aria-label': 'Registration' });
+  for (const m of ['open', 'invite', 'closed']) mode.append(el('option', { value: m }, [m]));
+  /** @type {HTMLSelectElement} */ (mode).value = reg.mode;
+  mode.addEventListener('change', () => call('PUT', '/api/admin/registration', { mode: /** @type {HTMLSelectElement} */ (mode).value }));
+  const inviteOut = el('output');
+  const invite = el('button', { type: 'button' }, ['Create invite code']);
+  invite.addEventListener('click', async () => {
+    const r = await post('/api/admin/invites', { uses: 1 });
+    inviteOut.textContent = `${r.code} (one use, valid until ${new Date(r.expires_at).toLocaleString()})`;
+  });
+  const auditList = el('ol', { class: 'audit' });
+  for (const a of audit.slice(0, 100)) {
+    auditList.append(el('li', {}, [`${new Date(a.ts).toLocaleString()} ${a.event} ${a.actor} ${a.detail}`]));
+  }
+  const body = el('div', {}, [
+    el('h3', {}, ['Users']),
+    table,
+    el('p', {}, ['Resetting a forgotten password is done on the host: securechat user reset NAME.']),
+    el('h3', {}, ['Registration']),
+    el('label', {}, ['Who may create accounts ', mode]),
+    el('p', {}, [invite, ' ', inviteOut]),
+    el('h3', {}, ['Audit log']),
+    auditList,
+  ]);
+  show('Administration', body, null);
+}

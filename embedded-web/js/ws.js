@@ -1,0 +1,143 @@
+// The live connection (docs/PROTOCOL.md §5): wss:// to /ws, `hello` with the
+// last sequence number of every chat, automatic reconnect with exponential
+// backoff and jitter, an app-level heartbeat that also notices a socket gone
+// stale after sleep, and an outbox that resends unacknowledged messages with
+// their original ids, so nothing is lost or doubled.
+
+/**
+ * @typedef {{onFrame: (frame: any) => void, onState: (state: 'connecting'|'online'|'reconnecting'|'signed-out') => void, since: () => Record<string, number>}} Handlers
+ */
+
+const PING_EVERY_MS = 10000;
+const SILENT_LIMIT_MS = 25000;
+
+export class Connection {
+  /** @param {Handlers} handlers */
+  constructor(handlers) {
+    this.handlers = handlers;
+    /** @type {WebSocket|null} */
+    this.ws = null;
+    /** Unacknowledged sends by message id, in order. @type {Map<string, any>} */
+    this.outbox = new Map();
+    this.attempt = 0;
+    this.synced = false;
+    this.stopped = false;
+    this.lastHeard = Date.now();
+    this.lastTick = Date.now();
+    this.timer = setInterval(() => this.tick(), 2000);
+    this.onWake = () => this.tick(true);
+    document.addEventListener('visibilitychange', this.onWake);
+    window.addEventListener('online', this.onWake);
+  }
+
+  start() {
+    this.stopped = false;
+    this.open();
+  }
+
+  open() {
+    if (this.stopped) return;
+    this.handlers.onState(this.attempt === 0 ? 'connecting' : 'reconnecting');
+    const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
+    const ws = new WebSocket(url);
+    this.ws = ws;
+    this.synced = false;
+    ws.onopen = () => {
+      this.lastHeard = Date.now();
+      ws.send(JSON.stringify({ type: 'hello', since: this.handlers.since() }));
+    };
+    ws.onmessage = (event) => {
+      this.lastHeard = Date.now();
+      let frame;
+      try {
+        frame = JSON.parse(event.data);
+      } catch {
+        return;
+      }
+      if (frame.type === 'welcome') this.attempt = 0;
+      if (frame.type === 'synced') {
+        this.synced = true;
+        this.handlers.onState('online');
+        for (const f of this.outbox.values()) this.raw(f);
+      }
+      if (frame.type === 'ack') this.outbox.delete(frame.id);
+      this.handlers.onFrame(frame);
+    };
+    ws.onclose = (event) => {
+      if (this.ws !== ws) return;
+      this.ws = null;
+      this.synced = false;
+      if (event.code === 4001) {
+        this.stopped = true;
+        this.handlers.onState('signed-out');
+        return;
+      }
+      this.retry();
+    };
+  }
+
+  retry() {
+    if (this.stopped) return;
+    this.handlers.onState('reconnecting');
+    const base = Math.min(30000, 500 * 2 ** this.attempt);
+    this.attempt += 1;
+    const delay = base / 2 + Math.random() * (base / 2);
+    clearTimeout(this.retryTimer);
+    this.retryTimer = setTimeout(() => this.open(), delay);
+  }
+
+  /** Heartbeat and stale-socket detection; `wake` after sleep or a network change. */
+  tick(wake = false) {
+    const now = Date.now();
+    const slept = now - this.lastTick > 20000;
+    this.lastTick = now;
+    const ws = this.ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN) return;
+    if (slept || now - this.lastHeard > SILENT_LIMIT_MS) {
+      // The socket went stale (sleep, lost network): start over.
+      this.ws = null;
+      ws.onclose = null;
+      ws.close();
+      this.retry();
+      return;
+    }
+    if (wake || now - this.lastHeard > PING_EVERY_MS) {
+      this.raw({ type: 'ping', nonce: String(now) });
+    }
+  }
+
+  /** @param {any} frame */
+  raw(frame) {
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(frame));
+  }
+
+  /** Sends a frame now if the connection is synced (typing, read); drops it otherwise. */
+  send(frame) {
+    if (this.synced) this.raw(frame);
+  }
+
+  /** Queues a message send: sent now if possible, and again after every reconnect until acknowledged. */
+  sendMessage(frame) {
+    this.outbox.set(frame.id, frame);
+    if (this.synced) this.raw(frame);
+  }
+
+  /** Replaces a queued send (after resealing for new members) or drops it. */
+  replace(id, frame) {
+    if (frame) this.outbox.set(id, frame);
+    else this.outbox.delete(id);
+  }
+
+  stop() {
+    this.stopped = true;
+    clearInterval(this.timer);
+    clearTimeout(this.retryTimer);
+    document.removeEventListener('visibilitychange', this.onWake);
+    window.removeEventListener('online', this.onWake);
+    if (this.ws) {
+      this.ws.onclose = null;
+      this.ws.close(1000);
+    }
+    this.ws = null;
+  }
+}

@@ -1,0 +1,85 @@
+//! A native-client peer for the browser tests: it proves that the browser's
+//! WebCrypto and the native client's RustCrypto interoperate.
+//!
+//! ```text
+//! interop_peer echo  URL CA_PEM USER PEER   # register USER, greet PEER, echo what PEER writes
+//! interop_peer reset URL CA_PEM USER CODE   # complete an administrator's reset of USER
+//! ```
+//! The password of USER is "interop peer password for USER". `echo` prints
+//! "ready" once it listens, and runs until killed.
+
+use std::collections::BTreeMap;
+
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use securechat::client::crypto::UserKeys;
+use securechat::client::{Client, Event};
+use securechat::protocol::{ClientFrame, ServerFrame};
+
+fn password(user: &str) -> String {
+    format!("interop peer password for {user}")
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, mode, url, ca, user, extra] = args.as_slice() else {
+        eprintln!("usage: interop_peer echo|reset URL CA_PEM USER PEER|CODE");
+        std::process::exit(2);
+    };
+    let anchor = CertificateDer::from_pem_file(ca)?;
+    let mut client = Client::new(url, &anchor)?;
+    let keys = tokio::task::spawn_blocking(UserKeys::generate).await??;
+    match mode.as_str() {
+        "reset" => {
+            client
+                .complete_reset(user, extra, &password(user), keys)
+                .await?;
+            println!("reset");
+            Ok(())
+        }
+        "echo" => echo(client, user, extra, keys).await,
+        other => Err(format!("unknown mode {other}").into()),
+    }
+}
+
+async fn echo(
+    mut client: Client,
+    user: &str,
+    peer: &str,
+    keys: UserKeys,
+) -> Result<(), Box<dyn std::error::Error>> {
+    client.register(user, &password(user), keys, None).await?;
+    let chat = client.open_direct(peer).await?;
+    let mut socket = client.connect().await?;
+    socket.hello(BTreeMap::new()).await?;
+    let greet = |text: &str| (uuid::Uuid::new_v4().to_string(), text.to_owned());
+    let (id, text) = greet("hello from rust");
+    let envelope = client.seal_text(&chat, &id, &text).await?;
+    socket
+        .send(&ClientFrame::Send {
+            id,
+            chat: chat.id.clone(),
+            envelope,
+        })
+        .await?;
+    println!("ready");
+    loop {
+        match socket.next_event().await? {
+            Event::Closed(code) => return Err(format!("socket closed ({code:?})").into()),
+            Event::Frame(ServerFrame::Message { message }) if message.sender == peer => {
+                let text = client.open(&message).await?;
+                let (id, reply) = greet(&format!("rust got: {text}"));
+                let envelope = client.seal_text(&chat, &id, &reply).await?;
+                socket
+                    .send(&ClientFrame::Send {
+                        id,
+                        chat: chat.id.clone(),
+                        envelope,
+                    })
+                    .await?;
+            }
+            Event::Frame(_) => {}
+        }
+    }
+}
