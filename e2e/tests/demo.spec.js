@@ -38,3 +38,19 @@ test('three users chat pairwise, each message seen by its recipient only', async
 
   for (const u of [u1, u2, u3]) await u.context.close();
 });
+
+test('at phone width one pane shows at a time, with a way back', async ({ browser }) => {
+  const a = await newUser(browser, 'phone.a');
+  const b = await newUser(browser, 'phone.b');
+  await b.page.setViewportSize({ width: 390, height: 760 });
+  const nav = b.page.getByRole('navigation', { name: 'Chats' });
+  await expect(nav).toBeVisible();
+  await openChat(a.page, 'phone.b');
+  await send(a.page, 'hello, small screen');
+  await nav.getByRole('button', { name: /^phone\.a\b/ }).click();
+  await expect(nav).toBeHidden();
+  await expect(messages(b.page)).toContainText('hello, small screen');
+  await b.page.getByRole('button', { name: 'Back to chats' }).click();
+  await expect(nav).toBeVisible();
+  for (const u of [a, b]) await u.context.close();
+});

@@ -67,13 +67,24 @@ function strength(password) {
   return score;
 }
 
-const COMMON = ['password', '123456', 'qwerty', 'letmein', 'iloveyou', 'admin', 'welcome', 'monkey', 'dragon', 'football'];
+/** @type {Promise<Set<string>>|null} */
+let common = null;
 
-function passwordProblem(password, confirm) {
+/**
+ * What is wrong with a new password (NIST SP 800-63B, OWASP): too short, too
+ * long, on the bundled list of common passwords (zxcvbn-ts, MIT), or not
+ * confirmed; `null` if nothing.
+ * @param {string} password @param {string} [confirm] @returns {Promise<string|null>}
+ */
+export async function passwordProblem(password, confirm) {
   if (password.length < 15) return 'Use at least 15 characters — a few unrelated words make a strong passphrase.';
   if (password.length > 128) return 'Use at most 128 characters.';
-  if (COMMON.some((c) => password.toLowerCase().includes(c) && password.length < c.length + 8)) {
-    return 'That password is too common. Try a passphrase of a few unrelated words.';
+  common ??= fetch('/vendor/zxcvbn-ts-language-common/passwords.json')
+    .then((r) => r.json())
+    .then((list) => new Set(list));
+  const list = await common.catch(() => new Set());
+  if (list.has(password.toLowerCase()) || /^(.)\1+$/.test(password) || /^(.{1,4})\1+$/.test(password)) {
+    return 'That password is too common or too repetitive. Try a passphrase of a few unrelated words.';
   }
   if (confirm !== undefined && password !== confirm) return 'The two passwords differ.';
   return null;
@@ -123,7 +134,7 @@ function setupAuth() {
         error.textContent = 'A username has 3 to 32 characters: letters a–z, digits, “_”, “.” or “-”.';
         return;
       }
-      const problem = passwordProblem(form.password.value, form.confirm.value);
+      const problem = await passwordProblem(form.password.value, form.confirm.value);
       if (problem) {
         error.textContent = problem;
         return;

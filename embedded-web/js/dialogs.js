@@ -13,6 +13,7 @@ import {
   drawHeader,
   drawList,
   openChat,
+  passwordProblem,
   publicKeys,
   signOut,
   state,
@@ -116,8 +117,8 @@ export function openSettings() {
   q('change').addEventListener('click', async () => {
     $('dialog-error').textContent = '';
     try {
-      if (q('new').value.length < 15) throw new Error('Use at least 15 characters for the new password.');
-      if (q('new').value !== q('confirm').value) throw new Error('The two new passwords differ.');
+      const problem = await passwordProblem(q('new').value, q('confirm').value);
+      if (problem) throw new Error(problem);
       await changePassword(q('old').value, q('new').value);
       $('dialog-error').textContent = 'Password changed. Your other sessions have been signed out.';
       for (const n of ['old', 'new', 'confirm']) q(n).value = '';
@@ -243,7 +244,12 @@ export async function openChatDetails(chat) {
 }
 
 async function openAdmin() {
-  const [users, reg, audit] = await Promise.all([get('/api/users'), get('/api/admin/registration'), get('/api/admin/audit')]);
+  const [users, reg, audit, sessions] = await Promise.all([
+    get('/api/users'),
+    get('/api/admin/registration'),
+    get('/api/admin/audit'),
+    get('/api/admin/sessions'),
+  ]);
   const table = el('table', {}, [el('tr', {}, [el('th', {}, ['User']), el('th', {}, ['State']), el('th', {}, ['Actions'])])]);
   for (const u of users) {
     const actions = el('td');
@@ -277,6 +283,24 @@ async function openAdmin() {
     const r = await post('/api/admin/invites', { uses: 1 });
     inviteOut.textContent = `${r.code} (one use, valid until ${new Date(r.expires_at).toLocaleString()})`;
   });
+  const sessionTable = el('table', {}, [
+    el('tr', {}, [el('th', {}, ['User']), el('th', {}, ['Last used']), el('th', {}, ['From']), el('th', {}, [''])]),
+  ]);
+  for (const x of sessions) {
+    const end = el('td');
+    if (!x.current) {
+      const b = el('button', { type: 'button' }, [`End ${x.username}'s session`]);
+      b.addEventListener('click', async () => {
+        await call('DELETE', `/api/admin/sessions/${x.id}`);
+        /** @type {HTMLDialogElement} */ ($('dialog')).close();
+        openAdmin();
+      });
+      end.append(b);
+    } else end.append('this session');
+    sessionTable.append(
+      el('tr', {}, [el('td', {}, [x.username]), el('td', {}, [new Date(x.last_seen).toLocaleString()]), el('td', {}, [x.ip]), end]),
+    );
+  }
   const auditList = el('ol', { class: 'audit' });
   for (const a of audit.slice(0, 100)) {
     auditList.append(el('li', {}, [`${new Date(a.ts).toLocaleString()} ${a.event} ${a.actor} ${a.detail}`]));
@@ -288,6 +312,8 @@ async function openAdmin() {
     el('h3', {}, ['Registration']),
     el('label', {}, ['Who may create accounts ', mode]),
     el('p', {}, [invite, ' ', inviteOut]),
+    el('h3', {}, ['Active sessions']),
+    sessionTable,
     el('h3', {}, ['Audit log']),
     auditList,
   ]);

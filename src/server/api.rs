@@ -1064,6 +1064,67 @@ pub async fn admin_update_user(
     Ok(Json(user_entry(row, &online)))
 }
 
+/// `GET /api/admin/sessions`: every session (who, since when, last use, from
+/// where). The id is the hex SHA-256 the store keeps, not the token.
+pub async fn admin_sessions(
+    State(app): State<App>,
+    admin: AdminUser,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    let current = admin.0.session;
+    let rows = app.db.call(|s| s.all_sessions()).await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|x| {
+                serde_json::json!({
+                    "id": hex(&x.hash), "username": x.username, "created_at": x.created_at,
+                    "last_seen": x.last_seen, "ip": x.ip, "current": x.hash == current,
+                })
+            })
+            .collect(),
+    ))
+}
+
+/// `DELETE /api/admin/sessions/{id}`: ends a session and closes its sockets.
+pub async fn admin_end_session(
+    State(app): State<App>,
+    admin: AdminUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let hash = unhex(&id).ok_or_else(|| ApiError::not_found("No such session."))?;
+    let rows = app.db.call(|s| s.all_sessions()).await?;
+    let Some(user) = rows
+        .into_iter()
+        .find(|r| r.hash == hash)
+        .map(|r| r.username)
+    else {
+        return Err(ApiError::not_found("No such session."));
+    };
+    app.db.call(move |s| s.delete_session(&hash)).await?;
+    app.hub.close_sessions(&[hash], close::SESSION_ENDED);
+    app.audit(
+        "admin_session_ended",
+        &admin.0.user.username,
+        format!("user={user}"),
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
 /// `GET /api/admin/audit`: the newest 500 security events.
 pub async fn audit_log(
     State(app): State<App>,

@@ -453,6 +453,11 @@ pub fn router(app: App) -> Router {
             axum::routing::patch(api::admin_update_user),
         )
         .route("/admin/audit", get(api::audit_log))
+        .route("/admin/sessions", get(api::admin_sessions))
+        .route(
+            "/admin/sessions/{id}",
+            axum::routing::delete(api::admin_end_session),
+        )
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(middleware::from_fn_with_state(app.clone(), api_guard));

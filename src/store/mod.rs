@@ -119,6 +119,17 @@ pub struct SessionRow {
     pub user: UserRow,
 }
 
+/// A session as administrators see it.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// The SHA-256 of the token (not the token).
+    pub hash: [u8; 32],
+    pub username: String,
+    pub created_at: i64,
+    pub last_seen: i64,
+    pub ip: String,
+}
+
 /// Login failure counters for one username or one address.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Throttle {
@@ -708,6 +719,38 @@ impl Store {
             params![token_hash.as_slice(), now],
         )?;
         Ok(())
+    }
+
+    /// Every session, most recently used first.
+    pub fn all_sessions(&self) -> Result<Vec<SessionInfo>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT s.token_hash, u.username, s.created_at, s.last_seen, s.ip
+             FROM sessions s JOIN users u ON u.id = s.user_id ORDER BY s.last_seen DESC",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (hash, user, created, seen, ip) = row?;
+            let hash: [u8; 32] = hash
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("session hash length".into()))?;
+            out.push(SessionInfo {
+                hash,
+                username: user,
+                created_at: created,
+                last_seen: seen,
+                ip,
+            });
+        }
+        Ok(out)
     }
 
     /// Ends one session.

@@ -294,3 +294,38 @@ async fn parallel_guesses_cannot_slip_past_the_lock() {
     assert_eq!((failed, refused), (5, 5), "{statuses:?}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn administrators_see_and_end_sessions() {
+    let mut server = TestServer::start().await;
+    let admin = server.user("alice").await;
+    let mut bob = server.user("bob").await;
+    let (mut socket, _) = online(&bob).await;
+    assert_eq!(
+        bob.raw(Method::GET, "/api/admin/sessions", None)
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    let r = admin
+        .raw(Method::GET, "/api/admin/sessions", None)
+        .await
+        .unwrap();
+    let sessions: Vec<serde_json::Value> = r.json().await.unwrap();
+    assert_eq!(sessions.len(), 2);
+    let own = sessions.iter().find(|s| s["username"] == "alice").unwrap();
+    assert_eq!(own["current"], true);
+    let theirs = sessions.iter().find(|s| s["username"] == "bob").unwrap();
+    let path = format!("/api/admin/sessions/{}", theirs["id"].as_str().unwrap());
+    let r = admin.raw(Method::DELETE, &path, None).await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        super::harness::expect_close(&mut socket).await,
+        Some(securechat::protocol::close::SESSION_ENDED)
+    );
+    assert_refused(bob.me().await, "unauthorized");
+    let r = admin.raw(Method::DELETE, &path, None).await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    server.stop().await;
+}
