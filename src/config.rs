@@ -146,6 +146,12 @@ pub struct Limits {
     pub ip_lock: Duration,
     /// The window in which failures are counted.
     pub login_window: Duration,
+    /// The largest file one may share, in plaintext bytes.
+    pub max_file_bytes: u64,
+    /// How many bytes of files (finished or not) one user may keep.
+    pub user_quota_bytes: u64,
+    /// How long an unfinished upload is kept.
+    pub upload_expiry: Duration,
     /// The PBKDF2 iteration count every account uses. One count for all, so
     /// the count prelogin reports for unknown names gives nothing away.
     pub pbkdf2_iterations: u32,
@@ -185,6 +191,9 @@ impl Default for Limits {
             ip_lock: Duration::from_secs(15 * 60),
             login_window: Duration::from_secs(15 * 60),
             pbkdf2_iterations: 600_000,
+            max_file_bytes: 2 << 30,
+            user_quota_bytes: 10 << 30,
+            upload_expiry: Duration::from_secs(24 * 3600),
         }
     }
 }

@@ -16,6 +16,7 @@
 //!   endpoint, graceful shutdown.
 //! - [`auth`]: registration, prelogin, login, Argon2id, sessions, throttling.
 //! - [`chat`]: the hub: live sockets per user, presence, fan-out, rate limits.
+//! - [`files`]: chunked, resumable, end-to-end encrypted file sharing.
 //! - [`store`]: SQLite access and migrations; nothing else touches SQL.
 //! - [`chatlog`]: encrypted per-session chat logs and the audit log, their
 //!   writer thread and their reader.
@@ -32,6 +33,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod files;
 pub mod protocol;
 pub mod secrets;
 pub mod server;

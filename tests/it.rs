@@ -11,6 +11,8 @@ mod it {
     mod chats;
     /// Delivery across dropped sockets, restarts and kill -9.
     mod delivery;
+    /// Encrypted file sharing: transfer, authorization, tampering, resume, limits.
+    mod files;
     /// Starts servers, makes users, waits for frames.
     pub mod harness;
     /// The executable: clean shutdown, static files and headers.

@@ -116,6 +116,13 @@ fn random_bytes<const N: usize>() -> Result<[u8; N]> {
     Ok(out)
 }
 
+/// `n` fresh random bytes.
+pub fn random_bytes_vec(n: usize) -> Result<Vec<u8>> {
+    let mut out = vec![0u8; n];
+    getrandom::fill(&mut out).map_err(|_| CryptoError::Rng)?;
+    Ok(out)
+}
+
 /// Best-effort wipe of a secret buffer (no `unsafe`, so not guaranteed).
 fn wipe(buf: &mut [u8]) {
     buf.fill(0);
@@ -781,6 +788,56 @@ fn safety_groups(fp: &[u8; 32], out: &mut Vec<String>) {
         let v = chunk.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
         out.push(format!("{:05}", v % 100_000));
     }
+}
+
+/// Plaintext bytes per file chunk (SECURITY.md §5).
+pub const FILE_CHUNK: usize = 1 << 20;
+/// Length of a file's random nonce prefix.
+pub const FILE_NONCE_PREFIX: usize = 7;
+
+/// The nonce of file chunk `index`: prefix ‖ index (4 bytes, big-endian) ‖
+/// last (1 for the final chunk, else 0) — the STREAM construction.
+pub fn file_nonce(prefix: &[u8; FILE_NONCE_PREFIX], index: u32, last: bool) -> [u8; IV_LEN] {
+    let mut nonce = [0u8; IV_LEN];
+    nonce[..FILE_NONCE_PREFIX].copy_from_slice(prefix);
+    nonce[FILE_NONCE_PREFIX..FILE_NONCE_PREFIX + 4].copy_from_slice(&index.to_be_bytes());
+    nonce[IV_LEN - 1] = u8::from(last);
+    nonce
+}
+
+/// Encrypts file chunk `index` with AAD = the file id.
+pub fn seal_chunk(
+    key: &[u8; KEY_LEN],
+    prefix: &[u8; FILE_NONCE_PREFIX],
+    file_id: &str,
+    index: u32,
+    last: bool,
+    plain: &[u8],
+) -> Result<Vec<u8>> {
+    aes_gcm_encrypt(
+        key,
+        &file_nonce(prefix, index, last),
+        file_id.as_bytes(),
+        plain,
+    )
+}
+
+/// Decrypts file chunk `index`; fails if it was altered, moved, or is not
+/// (or wrongly claims to be) the last.
+pub fn open_chunk(
+    key: &[u8; KEY_LEN],
+    prefix: &[u8; FILE_NONCE_PREFIX],
+    file_id: &str,
+    index: u32,
+    last: bool,
+    ct: &[u8],
+) -> Result<Vec<u8>> {
+    aes_gcm_decrypt(
+        key,
+        &file_nonce(prefix, index, last),
+        file_id.as_bytes(),
+        ct,
+    )
 }
 
 /// The safety number of a direct chat between two users, from their

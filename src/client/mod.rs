@@ -94,6 +94,38 @@ pub struct TextContent {
     pub text: String,
 }
 
+/// What a file message carries, end-to-end encrypted (SECURITY.md §5): all
+/// a recipient needs to fetch, decrypt and check the file.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct FileDescriptor {
+    /// The server's id of the file (also the chunks' AAD).
+    pub id: String,
+    pub name: String,
+    pub mime: String,
+    /// Plaintext bytes.
+    pub size: u64,
+    pub chunks: u32,
+    /// SHA-256 of the whole plaintext.
+    pub sha256: B64,
+    /// The AES-256-GCM file key.
+    pub key: B64,
+    /// The 7-byte nonce prefix.
+    pub nonce_prefix: B64,
+}
+
+impl FileDescriptor {
+    fn secrets(&self) -> Result<([u8; 32], [u8; crypto::FILE_NONCE_PREFIX])> {
+        let key = self.key.0.as_slice().try_into();
+        let prefix = self.nonce_prefix.0.as_slice().try_into();
+        match (key, prefix) {
+            (Ok(k), Ok(p)) => Ok((k, p)),
+            _ => Err(ClientError::Protocol(
+                "the file descriptor's key or nonce has the wrong length".into(),
+            )),
+        }
+    }
+}
+
 /// A client of one host.
 pub struct Client {
     base: String,
@@ -475,6 +507,164 @@ impl Client {
         .await
     }
 
+    /// Starts uploading `data` to `chat`: the server's file record, and the
+    /// descriptor (with a fresh key) to send once the chunks are up.
+    pub async fn start_upload(
+        &mut self,
+        chat: &str,
+        name: &str,
+        mime: &str,
+        data: &[u8],
+    ) -> Result<FileDescriptor> {
+        use sha2::Digest;
+        let chunks = data.len().div_ceil(crypto::FILE_CHUNK).max(1) as u32;
+        let size = data.len() as u64 + 16 * u64::from(chunks);
+        let body = crate::files::CreateFile {
+            chat: chat.to_owned(),
+            size,
+            chunks,
+        };
+        let status: crate::files::FileStatus =
+            self.call(Method::POST, "/api/files", Some(&body)).await?;
+        let data_hash = sha2::Sha256::digest(data).to_vec();
+        Ok(FileDescriptor {
+            id: status.id,
+            name: name.to_owned(),
+            mime: mime.to_owned(),
+            size: data.len() as u64,
+            chunks,
+            sha256: data_hash.into(),
+            key: crypto::random_bytes_vec(32)?.into(),
+            nonce_prefix: crypto::random_bytes_vec(crypto::FILE_NONCE_PREFIX)?.into(),
+        })
+    }
+
+    /// The upload state of a file.
+    pub async fn file_status(&mut self, id: &str) -> Result<crate::files::FileStatus> {
+        self.call::<(), _>(Method::GET, &format!("/api/files/{id}"), None)
+            .await
+    }
+
+    /// Encrypts and uploads the chunks `which` of `data`.
+    pub async fn put_chunks(
+        &mut self,
+        file: &FileDescriptor,
+        data: &[u8],
+        which: impl IntoIterator<Item = u32>,
+    ) -> Result<()> {
+        let (key, prefix) = file.secrets()?;
+        for index in which {
+            let last = index + 1 == file.chunks;
+            let plain = data
+                .get(chunk_range(index, data.len()))
+                .ok_or_else(|| ClientError::Protocol("chunk past the end of the data".into()))?;
+            let ct = crypto::seal_chunk(&key, &prefix, &file.id, index, last, plain)?;
+            let mut req = self
+                .http
+                .put(format!(
+                    "{}/api/files/{}/chunks/{index}",
+                    self.base, file.id
+                ))
+                .header("Origin", &self.origin)
+                .header("Content-Type", "application/octet-stream")
+                .body(ct);
+            if let Some(token) = &self.session {
+                req = req.header("Cookie", format!("{}={token}", crate::auth::SESSION_COOKIE));
+            }
+            let response = req.send().await?;
+            let status = response.status();
+            if !status.is_success() {
+                return Err(api_error(status, &response.bytes().await?));
+            }
+        }
+        Ok(())
+    }
+
+    /// Uploads whatever chunks the server does not hold yet, then completes
+    /// the upload (also how an interrupted upload resumes).
+    pub async fn finish_upload(&mut self, file: &FileDescriptor, data: &[u8]) -> Result<()> {
+        let held = self.file_status(&file.id).await?.received;
+        let missing: Vec<u32> = (0..file.chunks).filter(|i| !held.contains(i)).collect();
+        self.put_chunks(file, data, missing).await?;
+        let _: crate::files::FileStatus = self
+            .call::<(), _>(
+                Method::POST,
+                &format!("/api/files/{}/complete", file.id),
+                None,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Uploads a whole file to `chat`; returns the descriptor to send.
+    pub async fn upload_file(
+        &mut self,
+        chat: &str,
+        name: &str,
+        mime: &str,
+        data: &[u8],
+    ) -> Result<FileDescriptor> {
+        let file = self.start_upload(chat, name, mime, data).await?;
+        self.finish_upload(&file, data).await?;
+        Ok(file)
+    }
+
+    /// One raw (ciphertext) chunk of a file.
+    pub async fn get_chunk(&mut self, id: &str, index: u32) -> Result<Vec<u8>> {
+        let response = self
+            .raw(
+                Method::GET,
+                &format!("/api/files/{id}/chunks/{index}"),
+                None,
+            )
+            .await?;
+        let status = response.status();
+        let bytes = response.bytes().await?;
+        if !status.is_success() {
+            return Err(api_error(status, &bytes));
+        }
+        Ok(bytes.to_vec())
+    }
+
+    /// Downloads, decrypts and checks a file: every chunk in order, the last
+    /// one marked last, and the SHA-256 of the whole.
+    pub async fn download_file(&mut self, file: &FileDescriptor) -> Result<Vec<u8>> {
+        use sha2::Digest;
+        let (key, prefix) = file.secrets()?;
+        let mut out = Vec::with_capacity(usize::try_from(file.size).unwrap_or(0));
+        for index in 0..file.chunks {
+            let ct = self.get_chunk(&file.id, index).await?;
+            let last = index + 1 == file.chunks;
+            out.extend(crypto::open_chunk(
+                &key, &prefix, &file.id, index, last, &ct,
+            )?);
+        }
+        if out.len() as u64 != file.size
+            || sha2::Sha256::digest(&out).as_slice() != file.sha256.0.as_slice()
+        {
+            return Err(ClientError::Crypto(CryptoError::Decrypt));
+        }
+        Ok(out)
+    }
+
+    /// Seals a file message (content type `file`) for every member of `chat`.
+    pub async fn seal_file(
+        &mut self,
+        chat: &ChatInfo,
+        id: &str,
+        file: &FileDescriptor,
+    ) -> Result<Envelope> {
+        let members: Vec<String> = chat.members.iter().map(|m| m.username.clone()).collect();
+        let content = serde_json::json!({ "v": 1, "type": "file", "file": file });
+        self.seal_content(&chat.id, &members, id, &content).await
+    }
+
+    /// Verifies and decrypts a message; returns its content JSON.
+    pub async fn open_content(&mut self, message: &MessageRecord) -> Result<serde_json::Value> {
+        let plain = self.open_bytes(message).await?;
+        serde_json::from_slice(&plain).map_err(|e| ClientError::Protocol(format!("content: {e}")))
+    }
+
     /// Opens `/ws` with the session cookie and this client's Origin.
     pub async fn connect(&self) -> Result<Connection> {
         let url = format!("{}/ws", self.base.replacen("https://", "wss://", 1));
@@ -519,17 +709,25 @@ impl Client {
         id: &str,
         text: &str,
     ) -> Result<Envelope> {
+        let content = serde_json::json!({ "v": 1, "type": "text", "text": text });
+        self.seal_content(chat_id, members, id, &content).await
+    }
+
+    /// Encrypts and signs any content JSON for the named `members`.
+    pub async fn seal_content(
+        &mut self,
+        chat_id: &str,
+        members: &[String],
+        id: &str,
+        content: &serde_json::Value,
+    ) -> Result<Envelope> {
         let (username, keys) = self.me.clone().ok_or(ClientError::NotSignedIn)?;
         let mut recipients = Vec::with_capacity(members.len());
         for m in members {
             recipients.push((m.clone(), self.public_keys(m).await?));
         }
-        let content = serde_json::to_vec(&TextContent {
-            v: 1,
-            kind: "text".into(),
-            text: text.to_owned(),
-        })
-        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let content =
+            serde_json::to_vec(content).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let (chat_id, id) = (chat_id.to_owned(), id.to_owned());
         let sealed = tokio::task::spawn_blocking(move || {
             let refs: Vec<(&str, &PublicKeys)> =
@@ -551,9 +749,16 @@ impl Client {
         })
     }
 
-    /// Verifies and decrypts a message addressed to the signed-in user;
+    /// Verifies and decrypts a text message addressed to the signed-in user;
     /// returns its text.
     pub async fn open(&mut self, message: &MessageRecord) -> Result<String> {
+        let plain = self.open_bytes(message).await?;
+        let content: TextContent = serde_json::from_slice(&plain)
+            .map_err(|e| ClientError::Protocol(format!("content: {e}")))?;
+        Ok(content.text)
+    }
+
+    async fn open_bytes(&mut self, message: &MessageRecord) -> Result<Vec<u8>> {
         let (me, keys) = self.me.clone().ok_or(ClientError::NotSignedIn)?;
         let sender = self.public_keys(&message.sender).await?;
         let wrapped = message
@@ -564,7 +769,7 @@ impl Client {
             .0
             .clone();
         let m = message.clone();
-        let plain = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             crypto::open(
                 &m.id,
                 &m.sender,
@@ -578,10 +783,8 @@ impl Client {
             )
         })
         .await
-        .map_err(|e| ClientError::Protocol(e.to_string()))??;
-        let content: TextContent = serde_json::from_slice(&plain)
-            .map_err(|e| ClientError::Protocol(format!("content: {e}")))?;
-        Ok(content.text)
+        .map_err(|e| ClientError::Protocol(e.to_string()))?
+        .map_err(ClientError::Crypto)
     }
 }
 
@@ -615,6 +818,11 @@ async fn account_request(
         invite: None,
         code: None,
     })
+}
+
+fn chunk_range(index: u32, len: usize) -> std::ops::Range<usize> {
+    let start = index as usize * crypto::FILE_CHUNK;
+    start..(start + crypto::FILE_CHUNK).min(len)
 }
 
 fn api_error(status: StatusCode, body: &[u8]) -> ClientError {

@@ -5,7 +5,7 @@
 //! returns a [`Running`] handle whose [`Running::shutdown`] closes every socket
 //! with 1001, waits for the tasks and flushes the store.
 
-mod api;
+pub mod api;
 mod assets;
 mod ws;
 
@@ -369,6 +369,10 @@ pub async fn apply_retention(app: &App) -> Result<(), crate::store::StoreError> 
     let now = app.clock.now_ms();
     let days = app.db.call(|s| s.number("retention_days")).await?;
     app.db.call(move |s| s.prune_invites(now)).await?;
+    let file_cutoff = (days > 0).then(|| now - days.saturating_mul(86_400_000));
+    if let Err(e) = crate::files::prune(app, file_cutoff).await {
+        tracing::error!(error = %e, "pruning files failed");
+    }
     if days <= 0 {
         return Ok(());
     }
@@ -452,6 +456,20 @@ pub fn router(app: App) -> Router {
             "/admin/users/{name}",
             axum::routing::patch(api::admin_update_user),
         )
+        .route("/files", post(crate::files::create))
+        .route(
+            "/files/{id}",
+            get(crate::files::get_status).delete(crate::files::delete),
+        )
+        .route("/files/{id}/complete", post(crate::files::complete))
+        .route(
+            "/files/{id}/chunks/{idx}",
+            get(crate::files::get_chunk)
+                .put(crate::files::put_chunk)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    crate::files::CHUNK_CIPHER as usize,
+                )),
+        )
         .route("/admin/audit", get(api::audit_log))
         .route("/admin/sessions", get(api::admin_sessions))
         .route(
@@ -504,7 +522,11 @@ pub fn origin_allowed(headers: &HeaderMap, config: &Config) -> bool {
 /// from a foreign `Origin` (cross-site request forgery).
 async fn api_guard(State(app): State<App>, request: Request, next: Next) -> Response {
     let ip = client_ip(&request);
-    if let Err(wait) = app.http_limiter.check(&ip, app.clock.now_ms()) {
+    // File chunks are authenticated, size-bounded and many: they are not
+    // counted against the per-address API budget (which would cap a file's
+    // speed at that many MiB a second).
+    let chunk = request.uri().path().contains("/chunks/");
+    if !chunk && let Err(wait) = app.http_limiter.check(&ip, app.clock.now_ms()) {
         return ApiError::too_many("rate_limited", "Too many requests. Please slow down.", wait)
             .into_response();
     }

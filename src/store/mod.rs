@@ -18,6 +18,7 @@ use crate::protocol::{ChatKind, Envelope, WrappedKey};
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_init.sql"),
     include_str!("../../migrations/0002_logs_and_reset.sql"),
+    include_str!("../../migrations/0003_files.sql"),
 ];
 
 /// What can go wrong in the store.
@@ -210,6 +211,33 @@ pub struct ChatLogRow {
     pub username: String,
     pub session_id: String,
     pub started_at: i64,
+}
+
+/// A shared file's record: sizes and who may fetch it, never its name or
+/// content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRow {
+    pub id: String,
+    pub chat_id: String,
+    pub uploader_id: i64,
+    /// Total ciphertext bytes.
+    pub size: u64,
+    /// Ciphertext bytes of every chunk but the last.
+    pub chunk_size: u64,
+    pub chunks: u32,
+    pub created_at: i64,
+    pub completed_at: Option<i64>,
+}
+
+impl FileRow {
+    /// The exact ciphertext length of chunk `idx`.
+    pub fn chunk_len(&self, idx: u32) -> u64 {
+        if idx + 1 < self.chunks {
+            self.chunk_size
+        } else {
+            self.size - self.chunk_size * u64::from(self.chunks - 1)
+        }
+    }
 }
 
 /// One audit record.
@@ -1438,6 +1466,131 @@ impl Store {
             [now],
         )?;
         Ok(())
+    }
+
+    // ---- files ------------------------------------------------------------
+
+    fn file_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FileRow> {
+        Ok(FileRow {
+            id: r.get(0)?,
+            chat_id: r.get(1)?,
+            uploader_id: r.get(2)?,
+            size: r.get(3)?,
+            chunk_size: r.get(4)?,
+            chunks: r.get(5)?,
+            created_at: r.get(6)?,
+            completed_at: r.get(7)?,
+        })
+    }
+
+    const FILE_COLUMNS: &'static str =
+        "id, chat_id, uploader_id, size, chunk_size, chunks, created_at, completed_at";
+
+    /// Records a new upload if the uploader's files (finished or not) stay
+    /// within `quota` bytes; `Err(Conflict("quota_exceeded"))` otherwise.
+    pub fn create_file(&mut self, file: &FileRow, quota: u64) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let used: u64 = tx.query_row(
+            "SELECT COALESCE(SUM(size), 0) FROM files WHERE uploader_id = ?1",
+            [file.uploader_id],
+            |r| r.get(0),
+        )?;
+        if used.saturating_add(file.size) > quota {
+            return Err(StoreError::Conflict("quota_exceeded".into()));
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO files ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                Self::FILE_COLUMNS
+            ),
+            params![
+                file.id,
+                file.chat_id,
+                file.uploader_id,
+                file.size,
+                file.chunk_size,
+                file.chunks,
+                file.created_at,
+                file.completed_at
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The file with this id.
+    pub fn file(&self, id: &str) -> Result<Option<FileRow>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {} FROM files WHERE id = ?1", Self::FILE_COLUMNS),
+                [id],
+                Self::file_from_row,
+            )
+            .optional()?)
+    }
+
+    /// The indexes of the chunks held for a file, ascending.
+    pub fn file_chunks(&self, id: &str) -> Result<Vec<u32>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT idx FROM file_chunks WHERE file_id = ?1 ORDER BY idx")?;
+        let rows = stmt.query_map([id], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Records that chunk `idx` is on disk.
+    pub fn add_file_chunk(&self, id: &str, idx: u32) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO file_chunks (file_id, idx) VALUES (?1, ?2)",
+            params![id, idx],
+        )?;
+        Ok(())
+    }
+
+    /// Marks an upload complete if every chunk is held; returns whether it is.
+    pub fn complete_file(&mut self, id: &str, now: i64) -> Result<bool> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx.execute(
+            "UPDATE files SET completed_at = COALESCE(completed_at, ?2)
+             WHERE id = ?1 AND chunks = (SELECT COUNT(*) FROM file_chunks WHERE file_id = ?1)",
+            params![id, now],
+        )?;
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
+    /// Deletes a file's records (its chunks on disk are the caller's).
+    pub fn delete_file(&self, id: &str) -> Result<()> {
+        self.conn.execute("DELETE FROM files WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// Files to delete: uploads unfinished since before `stale_before`,
+    /// files created before `retention_cutoff` (if any), and files whose
+    /// chat is gone.
+    pub fn expired_files(
+        &self,
+        stale_before: i64,
+        retention_cutoff: Option<i64>,
+    ) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id FROM files WHERE (completed_at IS NULL AND created_at < ?1)
+                OR (?2 IS NOT NULL AND created_at < ?2)",
+        )?;
+        let rows = stmt.query_map(params![stale_before, retention_cutoff], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Every file id the store knows (to find chunk folders left behind).
+    pub fn file_ids(&self) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare("SELECT id FROM files")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     // ---- audit ------------------------------------------------------------
