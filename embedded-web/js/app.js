@@ -10,12 +10,13 @@ import * as store from './keystore.js';
 import { Connection } from './ws.js';
 import { setupEmoji } from './emoji.js';
 import { openSettings, openGroupDialog, openChatDetails } from './dialogs.js';
+import * as files from './files.js';
 
 /**
  * @typedef {{username: string, enc_public: string, sig_public: string, online: boolean, is_admin: boolean, disabled: boolean}} UserEntry
  * @typedef {{id: string, kind: 'direct'|'group', name: string|null, members: {username: string, role: string}[], last_seq: number, read_seq: number, created_at: number}} ChatInfo
  * @typedef {{id: string, chat: string, sender: string, seq: number, ts: number, envelope: e2e.Envelope}} MessageRecord
- * @typedef {{id: string, sender: string, ts: number, seq: number|null, text: string|null, state: 'sending'|'sent'|'failed'|'bad', error?: string}} Shown
+ * @typedef {{id: string, sender: string, ts: number, seq: number|null, text: string|null, state: 'sending'|'sent'|'failed'|'bad', error?: string, file?: files.FileDescriptor, transfer?: {loaded: number, total: number, rate: number, cancel?: () => void, label: string}, preview?: string}} Shown
  * @typedef {{info: ChatInfo, shown: Map<string, Shown>, lastSeq: number, unread: number, draft: string, scroll: number|null, loaded: boolean}} ChatState
  */
 
@@ -370,6 +371,12 @@ export async function openChat(key) {
   drawList();
   drawHeader();
   drawMessages(true);
+  for (const m of chat?.shown.values() ?? []) {
+    if (m.previewPending) {
+      m.previewPending = false;
+      fetchFile(m, false);
+    }
+  }
   markRead();
   input.focus();
 }
@@ -465,9 +472,154 @@ function messageItem(chat, m) {
   const body = document.createElement('div');
   body.className = 'body';
   if (m.state === 'bad') body.textContent = m.error ?? 'This message could not be verified and is not shown.';
+  else if (m.file || m.transfer) body.appendChild(fileCard(m));
   else body.appendChild(render(m.text ?? ''));
   li.append(meta, body);
   return li;
+}
+
+/** The card of a file message: name, size, type, progress, download, preview. @param {Shown} m */
+function fileCard(m) {
+  const d = m.file;
+  const name = d?.name ?? m.transfer?.label ?? 'file';
+  const card = document.createElement('div');
+  card.className = 'file';
+  const icon = document.createElement('span');
+  icon.className = 'icon';
+  icon.setAttribute('aria-hidden', 'true');
+  icon.textContent = files.typeIcon(d?.mime ?? '');
+  const title = document.createElement('span');
+  title.className = 'fname';
+  title.textContent = name;
+  const meta = document.createElement('span');
+  meta.className = 'fmeta';
+  meta.textContent = d ? `${files.humanSize(d.size)} · ${d.mime}` : '';
+  const actions = document.createElement('div');
+  actions.className = 'actions';
+  card.append(icon, title, meta, actions);
+  const t = m.transfer;
+  if (t) {
+    const bar = document.createElement('progress');
+    bar.max = 100;
+    bar.value = Math.floor((100 * t.loaded) / Math.max(1, t.total));
+    bar.setAttribute('aria-label', `Progress of ${name}`);
+    const info = document.createElement('span');
+    info.className = 'fmeta';
+    const left = t.rate > 0 ? Math.ceil((t.total - t.loaded) / t.rate) : null;
+    info.textContent = `${bar.value}% · ${files.humanSize(t.rate)}/s${left !== null ? ` · ${left} s left` : ''}`;
+    actions.append(bar, info);
+    if (t.cancel) {
+      const cancel = document.createElement('button');
+      cancel.type = 'button';
+      cancel.textContent = `Cancel ${name}`;
+      cancel.addEventListener('click', t.cancel);
+      actions.append(cancel);
+    }
+  } else if (d) {
+    if (m.uploaded) {
+      const bar = document.createElement('progress');
+      bar.max = 100;
+      bar.value = 100;
+      bar.setAttribute('aria-label', `Progress of ${name}`);
+      const done = document.createElement('span');
+      done.className = 'fmeta';
+      done.textContent = 'Uploaded';
+      actions.append(bar, done);
+    }
+    const get = document.createElement('button');
+    get.type = 'button';
+    get.textContent = `Download ${name}`;
+    get.addEventListener('click', () => fetchFile(m, true));
+    actions.append(get);
+  }
+  if (m.preview) {
+    const img = document.createElement('img');
+    img.className = 'preview';
+    img.src = m.preview;
+    img.alt = `Preview of ${name}`;
+    card.append(img);
+  }
+  return card;
+}
+
+/** Re-draws one message in place (progress updates). @param {Shown} m */
+function redrawMessage(chatId, m) {
+  const chat = state.chats.get(chatId);
+  if (!chat || state.active !== chatId) return;
+  const old = $('messages').querySelector(`[data-id="${CSS.escape(m.id)}"]`);
+  if (old) old.replaceWith(messageItem(chat, m));
+}
+
+/** Downloads a file message's file; saves it, or shows it as a preview. */
+async function fetchFile(m, saveIt) {
+  const chatId = state.active;
+  if (!m.file || m.transfer) return;
+  const label = m.file.name;
+  m.transfer = { loaded: 0, total: m.file.size, rate: 0, label };
+  redrawMessage(chatId, m);
+  try {
+    const blob = await files.download(m.file, (p) => {
+      m.transfer = { ...p, label };
+      redrawMessage(chatId, m);
+    });
+    if (m.file.mime.startsWith('image/') && !m.preview) m.preview = URL.createObjectURL(blob);
+    if (saveIt) files.save(blob, m.file.name);
+  } catch (err) {
+    m.error = err instanceof Error ? err.message : String(err);
+    setStatus(m.error);
+    setTimeout(() => setStatus(''), 6000);
+  } finally {
+    m.transfer = undefined;
+    redrawMessage(chatId, m);
+  }
+}
+
+/** Uploads and shares each file in the open chat. @param {File[]} list */
+async function sendFiles(list) {
+  const chat = activeChat();
+  if (!chat) return;
+  for (const file of list) {
+    const id = crypto.randomUUID();
+    const controller = new AbortController();
+    /** @type {Shown} */
+    const shown = {
+      id,
+      sender: state.me.username,
+      ts: Date.now(),
+      seq: null,
+      text: `📎 ${file.name}`,
+      state: 'sending',
+      transfer: { loaded: 0, total: file.size, rate: 0, label: file.name, cancel: () => controller.abort() },
+    };
+    chat.shown.set(id, shown);
+    drawMessages();
+    const chatId = chat.info.id;
+    files
+      .upload(file, chatId, (p) => {
+        shown.transfer = { ...p, label: file.name, cancel: () => controller.abort() };
+        redrawMessage(chatId, shown);
+      }, controller.signal)
+      .then(async (descriptor) => {
+        shown.file = descriptor;
+        shown.transfer = undefined;
+        shown.uploaded = true;
+        if (descriptor.mime.startsWith('image/')) shown.preview = URL.createObjectURL(file);
+        const content = { v: 1, type: 'file', file: descriptor };
+        const frame = await sealFrame(chat, id, content);
+        pending.set(id, { chat: chatId, content, frame, resealed: false });
+        state.conn?.sendMessage(frame);
+        redrawMessage(chatId, shown);
+      })
+      .catch((err) => {
+        if (controller.signal.aborted) chat.shown.delete(id);
+        else {
+          shown.state = 'failed';
+          shown.transfer = undefined;
+          shown.error = err instanceof Error ? err.message : String(err);
+        }
+        if (state.active === chatId) drawMessages();
+      });
+  }
 }
 
 /** @type {Map<string, Map<string, number>>} chat → user → read seq */
@@ -494,7 +646,12 @@ async function receive(rec, live) {
   try {
     const sender = await publicKeys(rec.sender);
     const content = await e2e.open(rec, state.me.username, state.keys.enc, sender);
-    shown.text = typeof content?.text === 'string' ? content.text : '';
+    if (content?.type === 'file' && content.file && typeof content.file.id === 'string') {
+      shown.file = content.file;
+      shown.text = `📎 ${content.file.name}`;
+    } else {
+      shown.text = typeof content?.text === 'string' ? content.text : '';
+    }
     if (state.changed.has(rec.sender)) {
       shown.state = 'bad';
       shown.error = `${rec.sender}'s keys changed: accept them to read new messages.`;
@@ -504,6 +661,13 @@ async function receive(rec, live) {
     shown.error = 'This message failed its signature or decryption check and is not shown.';
   }
   chat.shown.set(rec.id, shown);
+  if (shown.file?.mime?.startsWith('image/') && shown.file.size <= 20 * 1024 * 1024) {
+    // Images show a preview, decrypted here; fetched once drawn.
+    queueMicrotask(() => {
+      if (state.active === rec.chat) fetchFile(shown, false);
+      else shown.previewPending = true;
+    });
+  }
   if (live && rec.sender !== state.me.username) {
     if (state.active !== rec.chat || document.hidden) {
       chat.unread += 1;
@@ -626,7 +790,7 @@ async function onSendError(frame) {
   if (frame.code === 'members_mismatch' && chat && !p.resealed) {
     chat.info = await get(`/api/chats/${p.chat}`);
     p.resealed = true;
-    p.frame = await sealFrame(chat, frame.id, p.text);
+    p.frame = await sealFrame(chat, frame.id, p.content);
     state.conn?.sendMessage(p.frame);
     return;
   }
@@ -638,11 +802,11 @@ async function onSendError(frame) {
   }
 }
 
-async function sealFrame(chat, id, text) {
+async function sealFrame(chat, id, content) {
   const recipients = await Promise.all(
     chat.info.members.map(async (m) => ({ username: m.username, keys: await publicKeys(m.username) })),
   );
-  const envelope = await e2e.seal(id, state.me.username, chat.info.id, { v: 1, type: 'text', text }, recipients, state.keys.sig);
+  const envelope = await e2e.seal(id, state.me.username, chat.info.id, content, recipients, state.keys.sig);
   return { type: 'send', id, chat: chat.info.id, envelope };
 }
 
@@ -662,8 +826,9 @@ async function send(text) {
   drawMessages();
   drawList();
   try {
-    const frame = await sealFrame(chat, id, text);
-    pending.set(id, { chat: chat.info.id, text, frame, resealed: false });
+    const content = { v: 1, type: 'text', text };
+    const frame = await sealFrame(chat, id, content);
+    pending.set(id, { chat: chat.info.id, content, frame, resealed: false });
     state.conn?.sendMessage(frame);
   } catch (err) {
     shown.state = 'failed';
@@ -741,6 +906,32 @@ function setupComposer() {
     if (state.active && now - lastTyping > 3000) {
       lastTyping = now;
       state.conn?.send({ type: 'typing', chat: state.active });
+    }
+  });
+  const picker = /** @type {HTMLInputElement} */ ($('file-input'));
+  $('attach').addEventListener('click', () => picker.click());
+  picker.addEventListener('change', () => {
+    sendFiles([...(picker.files ?? [])]);
+    picker.value = '';
+  });
+  const pane = $('pane');
+  pane.addEventListener('dragover', (e) => {
+    if (!state.active || !e.dataTransfer?.types.includes('Files')) return;
+    e.preventDefault();
+    pane.classList.add('dropping');
+  });
+  pane.addEventListener('dragleave', () => pane.classList.remove('dropping'));
+  pane.addEventListener('drop', (e) => {
+    pane.classList.remove('dropping');
+    if (!state.active || !e.dataTransfer?.files.length) return;
+    e.preventDefault();
+    sendFiles([...e.dataTransfer.files]);
+  });
+  input.addEventListener('paste', (e) => {
+    const pasted = [...(e.clipboardData?.files ?? [])];
+    if (pasted.length) {
+      e.preventDefault();
+      sendFiles(pasted);
     }
   });
   setupEmoji((emoji) => {

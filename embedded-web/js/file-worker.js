@@ -1,0 +1,47 @@
+// Encrypts and decrypts file chunks off the page's thread (SECURITY.md §5):
+// AES-256-GCM, nonce = prefix (7 bytes) ‖ index (4 bytes, big-endian) ‖ last
+// (1 byte), AAD = the file id.
+
+const CHUNK = 1 << 20;
+
+function nonce(prefix, index, last) {
+  const n = new Uint8Array(12);
+  n.set(prefix, 0);
+  new DataView(n.buffer).setUint32(7, index, false);
+  n[11] = last ? 1 : 0;
+  return n;
+}
+
+async function keyOf(raw, usage) {
+  return crypto.subtle.importKey('raw', raw, 'AES-GCM', false, [usage]);
+}
+
+self.onmessage = async (event) => {
+  const { op, id } = event.data;
+  try {
+    if (op === 'digest') {
+      const buffer = await event.data.blob.arrayBuffer();
+      const hash = await crypto.subtle.digest('SHA-256', buffer);
+      self.postMessage({ id, result: hash }, [hash]);
+    } else if (op === 'encrypt') {
+      const { blob, key, prefix, fileId, index, chunks } = event.data;
+      const plain = await blob.slice(index * CHUNK, (index + 1) * CHUNK).arrayBuffer();
+      const ct = await crypto.subtle.encrypt(
+        { name: 'AES-GCM', iv: nonce(prefix, index, index === chunks - 1), additionalData: new TextEncoder().encode(fileId) },
+        await keyOf(key, 'encrypt'),
+        plain,
+      );
+      self.postMessage({ id, result: ct }, [ct]);
+    } else if (op === 'decrypt') {
+      const { ct, key, prefix, fileId, index, chunks } = event.data;
+      const plain = await crypto.subtle.decrypt(
+        { name: 'AES-GCM', iv: nonce(prefix, index, index === chunks - 1), additionalData: new TextEncoder().encode(fileId) },
+        await keyOf(key, 'decrypt'),
+        ct,
+      );
+      self.postMessage({ id, result: plain }, [plain]);
+    }
+  } catch (err) {
+    self.postMessage({ id, error: String(err && err.message ? err.message : err) });
+  }
+};

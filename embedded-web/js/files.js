@@ -1,0 +1,176 @@
+// Sending and receiving end-to-end encrypted files: chunked, resumable
+// uploads over HTTPS with progress and cancel, downloads checked against the
+// SHA-256 in the (encrypted) file message, image previews decrypted here.
+
+import { ApiError, call, get, post } from './api.js';
+import { decode, encode } from './b64.js';
+import { randomBytes } from './e2e.js';
+
+export const CHUNK = 1 << 20;
+const worker = new Worker('/js/file-worker.js');
+let nextJob = 1;
+const jobs = new Map();
+worker.onmessage = (event) => {
+  const { id, result, error } = event.data;
+  const job = jobs.get(id);
+  jobs.delete(id);
+  if (!job) return;
+  if (error) job.reject(new Error(error));
+  else job.resolve(result);
+};
+
+function run(message, transfer = []) {
+  const id = nextJob++;
+  return new Promise((resolve, reject) => {
+    jobs.set(id, { resolve, reject });
+    worker.postMessage({ ...message, id }, transfer);
+  });
+}
+
+/**
+ * @typedef {{id: string, name: string, mime: string, size: number, chunks: number, sha256: string, key: string, nonce_prefix: string}} FileDescriptor
+ * @typedef {{loaded: number, total: number, rate: number}} Progress
+ */
+
+/** Human size: 1.2 MB. */
+export function humanSize(bytes) {
+  const units = ['B', 'KB', 'MB', 'GB'];
+  let n = bytes;
+  let u = 0;
+  while (n >= 1000 && u < units.length - 1) {
+    n /= 1000;
+    u++;
+  }
+  return `${n < 10 && u ? n.toFixed(1) : Math.round(n)} ${units[u]}`;
+}
+
+/** An emoji for the file's kind. */
+export function typeIcon(mime) {
+  if (mime.startsWith('image/')) return '🖼️';
+  if (mime.startsWith('video/')) return '🎞️';
+  if (mime.startsWith('audio/')) return '🎵';
+  if (mime === 'application/pdf') return '📕';
+  if (/zip|tar|compressed|7z|rar/.test(mime)) return '🗜️';
+  if (mime.startsWith('text/')) return '📄';
+  return '📦';
+}
+
+async function putChunk(fileId, index, body, signal) {
+  let response;
+  try {
+    response = await fetch(`/api/files/${fileId}/chunks/${index}`, {
+      method: 'PUT',
+      credentials: 'same-origin',
+      headers: { 'Content-Type': 'application/octet-stream' },
+      body,
+      signal,
+    });
+  } catch (err) {
+    if (signal?.aborted) throw err;
+    throw new ApiError(0, 'offline', 'The connection dropped.', undefined);
+  }
+  if (!response.ok) {
+    const json = await response.json().catch(() => ({}));
+    throw new ApiError(response.status, json.error ?? 'http_error', json.message ?? 'The upload failed.', json.retry_after_ms);
+  }
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Uploads `file` to `chat`, encrypting in the worker; resumes by itself after
+ * a dropped connection. Resolves with the descriptor to send.
+ * @param {File} file @param {string} chat @param {(p: Progress) => void} onProgress @param {AbortSignal} signal
+ * @returns {Promise<FileDescriptor>}
+ */
+export async function upload(file, chat, onProgress, signal) {
+  const chunks = Math.max(1, Math.ceil(file.size / CHUNK));
+  const status = await post('/api/files', { chat, size: file.size + 16 * chunks, chunks });
+  const key = randomBytes(32);
+  const prefix = randomBytes(7);
+  const started = performance.now();
+  let sent = 0;
+  const report = () => onProgress({ loaded: sent, total: file.size, rate: sent / Math.max(0.001, (performance.now() - started) / 1000) });
+  signal.addEventListener('abort', () => call('DELETE', `/api/files/${status.id}`).catch(() => {}), { once: true });
+  let held = new Set();
+  for (let attempt = 0; ; attempt++) {
+    try {
+      for (let index = 0; index < chunks; index++) {
+        if (held.has(index)) continue;
+        if (signal.aborted) throw new DOMException('cancelled', 'AbortError');
+        const ct = await run({ op: 'encrypt', blob: file, key, prefix, fileId: status.id, index, chunks });
+        await putChunk(status.id, index, ct, signal);
+        held.add(index);
+        sent = Math.min(file.size, held.size * CHUNK);
+        report();
+      }
+      await post(`/api/files/${status.id}/complete`);
+      break;
+    } catch (err) {
+      const transient = err instanceof ApiError && (err.code === 'offline' || err.status >= 500 || err.status === 429);
+      if (signal.aborted || !transient || attempt >= 30) throw err;
+      // The connection dropped: wait, then ask the server what it holds.
+      await sleep(Math.min(10000, 500 * 2 ** Math.min(attempt, 5)));
+      try {
+        held = new Set((await get(`/api/files/${status.id}`)).received);
+      } catch {
+        // Still down: the next round asks again.
+      }
+    }
+  }
+  const sha256 = await run({ op: 'digest', blob: file });
+  return {
+    id: status.id,
+    name: file.name || 'file',
+    mime: file.type || 'application/octet-stream',
+    size: file.size,
+    chunks,
+    sha256: encode(sha256),
+    key: encode(key),
+    nonce_prefix: encode(prefix),
+  };
+}
+
+/**
+ * Downloads and decrypts a file; checks its SHA-256. Resolves with a Blob.
+ * @param {FileDescriptor} d @param {(p: Progress) => void} onProgress
+ */
+export async function download(d, onProgress) {
+  const key = decode(d.key);
+  const prefix = decode(d.nonce_prefix);
+  const parts = [];
+  let loaded = 0;
+  const started = performance.now();
+  for (let index = 0; index < d.chunks; index++) {
+    const response = await fetch(`/api/files/${d.id}/chunks/${index}`, { credentials: 'same-origin' });
+    if (!response.ok) {
+      const json = await response.json().catch(() => ({}));
+      throw new ApiError(response.status, json.error ?? 'http_error', json.message ?? 'The download failed.', undefined);
+    }
+    const ct = await response.arrayBuffer();
+    const plain = await run({ op: 'decrypt', ct, key, prefix, fileId: d.id, index, chunks: d.chunks }, [ct]).catch(() => {
+      throw new Error('This file was altered or damaged: it does not decrypt.');
+    });
+    parts.push(plain);
+    loaded += plain.byteLength;
+    onProgress({ loaded, total: d.size, rate: loaded / Math.max(0.001, (performance.now() - started) / 1000) });
+  }
+  const blob = new Blob(parts, { type: d.mime });
+  const hash = new Uint8Array(await run({ op: 'digest', blob }));
+  if (blob.size !== d.size || encode(hash) !== d.sha256) {
+    throw new Error('This file does not match its checksum: it was altered or is incomplete.');
+  }
+  return blob;
+}
+
+/** Offers a Blob as an ordinary browser download with its name. */
+export function save(blob, name) {
+  const url = URL.createObjectURL(blob);
+  const a = document.createElement('a');
+  a.href = url;
+  a.download = name;
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60000);
+}
