@@ -35,6 +35,18 @@ test('the pages of the user guide', async ({ browser }) => {
   await expect(ada.page.getByRole('dialog', { name: 'Emoji' })).toBeVisible();
   await shot(ada.page, 'emoji');
   await ada.page.keyboard.press('Escape');
+  const png = require('node:path').join(require('node:os').tmpdir(), 'team-photo.png');
+  require('node:fs').writeFileSync(
+    png,
+    Buffer.from('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==', 'base64'),
+  );
+  const [chooser] = await Promise.all([
+    grace.page.waitForEvent('filechooser'),
+    grace.page.getByRole('button', { name: 'Attach file' }).click(),
+  ]);
+  await chooser.setFiles(png);
+  await expect(messages(ada.page).getByRole('img', { name: 'Preview of team-photo.png' })).toBeVisible();
+  await shot(ada.page, 'files');
   await ada.page.getByRole('button', { name: 'Safety number' }).click();
   await expect(ada.page.locator('.safety')).toHaveText(/^(\d{5} ){11}\d{5}$/);
   await shot(ada.page, 'safety-number');
