@@ -9,6 +9,40 @@ const { messages, newUser, openChat, send } = require('./helpers');
 const OUT = path.resolve(__dirname, '..', '..', 'docs', 'images');
 const write = process.env.SECURECHAT_SCREENSHOTS === '1';
 
+/** A small gradient picture as PNG bytes (for the preview). */
+function gradientPng(width, height) {
+  const zlib = require('node:zlib');
+  const rows = [];
+  for (let y = 0; y < height; y++) {
+    const row = Buffer.alloc(1 + width * 3);
+    for (let x = 0; x < width; x++) {
+      row[1 + x * 3] = Math.round((255 * x) / width);
+      row[2 + x * 3] = Math.round((180 * y) / height) + 40;
+      row[3 + x * 3] = 200;
+    }
+    rows.push(row);
+  }
+  const chunk = (type, data) => {
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(data.length);
+    const body = Buffer.concat([Buffer.from(type), data]);
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32BE(zlib.crc32(body));
+    return Buffer.concat([len, body, crc]);
+  };
+  const header = Buffer.alloc(13);
+  header.writeUInt32BE(width, 0);
+  header.writeUInt32BE(height, 4);
+  header[8] = 8; // bit depth
+  header[9] = 2; // RGB
+  return Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk('IHDR', header),
+    chunk('IDAT', zlib.deflateSync(Buffer.concat(rows))),
+    chunk('IEND', Buffer.alloc(0)),
+  ]);
+}
+
 async function shot(page, name) {
   if (write) await page.screenshot({ path: path.join(OUT, `${name}.png`) });
 }
@@ -36,10 +70,7 @@ test('the pages of the user guide', async ({ browser }) => {
   await shot(ada.page, 'emoji');
   await ada.page.keyboard.press('Escape');
   const png = require('node:path').join(require('node:os').tmpdir(), 'team-photo.png');
-  require('node:fs').writeFileSync(
-    png,
-    Buffer.from('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==', 'base64'),
-  );
+  require('node:fs').writeFileSync(png, gradientPng(320, 180));
   const [chooser] = await Promise.all([
     grace.page.waitForEvent('filechooser'),
     grace.page.getByRole('button', { name: 'Attach file' }).click(),
