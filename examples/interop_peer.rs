@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use securechat::client::crypto::UserKeys;
-use securechat::client::{Client, Event};
-use securechat::protocol::{ClientFrame, ServerFrame};
+use securechat::client::{Client, Connection, Event};
+use securechat::protocol::{ChatInfo, ClientFrame, ServerFrame};
 
 fn password(user: &str) -> String {
     format!("interop peer password for {user}")
@@ -43,19 +43,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 }
 
-async fn echo(
-    mut client: Client,
-    user: &str,
-    peer: &str,
-    keys: UserKeys,
-) -> Result<(), Box<dyn std::error::Error>> {
-    client.register(user, &password(user), keys, None).await?;
-    let chat = client.open_direct(peer).await?;
-    let mut socket = client.connect().await?;
-    socket.hello(BTreeMap::new()).await?;
-    let greet = |text: &str| (uuid::Uuid::new_v4().to_string(), text.to_owned());
-    let (id, text) = greet("hello from rust");
-    let envelope = client.seal_text(&chat, &id, &text).await?;
+/// Seals `text` for the chat's members and sends it.
+async fn say(client: &mut Client, socket: &mut Connection, chat: &ChatInfo, text: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let id = uuid::Uuid::new_v4().to_string();
+    let envelope = client.seal_text(chat, &id, text).await?;
     socket
         .send(&ClientFrame::Send {
             id,
@@ -63,21 +54,22 @@ async fn echo(
             envelope,
         })
         .await?;
+    Ok(())
+}
+
+async fn echo(mut client: Client, user: &str, peer: &str, keys: UserKeys) -> Result<(), Box<dyn std::error::Error>> {
+    client.register(user, &password(user), keys, None).await?;
+    let chat = client.open_direct(peer).await?;
+    let mut socket = client.connect().await?;
+    socket.hello(BTreeMap::new()).await?;
+    say(&mut client, &mut socket, &chat, "hello from rust").await?;
     println!("ready");
     loop {
         match socket.next_event().await? {
             Event::Closed(code) => return Err(format!("socket closed ({code:?})").into()),
             Event::Frame(ServerFrame::Message { message }) if message.sender == peer => {
                 let text = client.open(&message).await?;
-                let (id, reply) = greet(&format!("rust got: {text}"));
-                let envelope = client.seal_text(&chat, &id, &reply).await?;
-                socket
-                    .send(&ClientFrame::Send {
-                        id,
-                        chat: chat.id.clone(),
-                        envelope,
-                    })
-                    .await?;
+                say(&mut client, &mut socket, &chat, &format!("rust got: {text}")).await?;
             }
             Event::Frame(_) => {}
         }

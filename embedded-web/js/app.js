@@ -555,13 +555,32 @@ async function fetchFile(m, saveIt) {
   const chatId = state.active;
   if (!m.file || m.transfer) return;
   const label = m.file.name;
+  const onProgress = (p) => {
+    m.transfer = { ...p, label };
+    redrawMessage(chatId, m);
+  };
+  if (saveIt && m.file.size > files.STREAM_ABOVE && files.canStream()) {
+    // Large files go straight to disk (the picker needs this click).
+    const written = files.downloadToDisk(m.file, onProgress);
+    m.transfer = { loaded: 0, total: m.file.size, rate: 0, label };
+    redrawMessage(chatId, m);
+    try {
+      await written;
+    } catch (err) {
+      if (!(err instanceof DOMException && err.name === 'AbortError')) {
+        setStatus(err instanceof Error ? err.message : String(err));
+        setTimeout(() => setStatus(''), 6000);
+      }
+    } finally {
+      m.transfer = undefined;
+      redrawMessage(chatId, m);
+    }
+    return;
+  }
   m.transfer = { loaded: 0, total: m.file.size, rate: 0, label };
   redrawMessage(chatId, m);
   try {
-    const blob = await files.download(m.file, (p) => {
-      m.transfer = { ...p, label };
-      redrawMessage(chatId, m);
-    });
+    const blob = await files.download(m.file, onProgress);
     if (m.file.mime.startsWith('image/') && !m.preview) m.preview = URL.createObjectURL(blob);
     if (saveIt) files.save(blob, m.file.name);
   } catch (err) {

@@ -5,6 +5,10 @@
 import { ApiError, call, get, post } from './api.js';
 import { decode, encode } from './b64.js';
 import { randomBytes } from './e2e.js';
+import { Sha256 } from './sha256.js';
+
+/** Files above this size are written to disk as they arrive, where the browser allows it. */
+export const STREAM_ABOVE = 256 * 1024 * 1024;
 
 export const CHUNK = 1 << 20;
 const worker = new Worker('/js/file-worker.js');
@@ -161,6 +165,48 @@ export async function download(d, onProgress) {
     throw new Error('This file does not match its checksum: it was altered or is incomplete.');
   }
   return blob;
+}
+
+/** True if and only if this browser can write a download to disk piece by piece. */
+export function canStream() {
+  return typeof window.showSaveFilePicker === 'function';
+}
+
+/**
+ * Downloads, decrypts and writes a file straight to a file the user picks,
+ * checking its SHA-256 on the way; a file that fails the check is discarded.
+ * Must start in a user gesture (the picker asks first).
+ * @param {FileDescriptor} d @param {(p: Progress) => void} onProgress
+ */
+export async function downloadToDisk(d, onProgress) {
+  const handle = await window.showSaveFilePicker({ suggestedName: d.name });
+  const writable = await handle.createWritable();
+  const key = decode(d.key);
+  const prefix = decode(d.nonce_prefix);
+  const sha = new Sha256();
+  const started = performance.now();
+  let loaded = 0;
+  try {
+    for (let index = 0; index < d.chunks; index++) {
+      const response = await fetch(`/api/files/${d.id}/chunks/${index}`, { credentials: 'same-origin' });
+      if (!response.ok) throw new Error('The download failed; try again.');
+      const ct = await response.arrayBuffer();
+      const plain = await run({ op: 'decrypt', ct, key, prefix, fileId: d.id, index, chunks: d.chunks }, [ct]).catch(() => {
+        throw new Error('This file was altered or damaged: it does not decrypt.');
+      });
+      sha.update(new Uint8Array(plain));
+      await writable.write(plain);
+      loaded += plain.byteLength;
+      onProgress({ loaded, total: d.size, rate: loaded / Math.max(0.001, (performance.now() - started) / 1000) });
+    }
+    if (loaded !== d.size || encode(sha.digest()) !== d.sha256) {
+      throw new Error('This file does not match its checksum: it was altered or is incomplete.');
+    }
+    await writable.close();
+  } catch (err) {
+    await writable.abort().catch(() => {});
+    throw err;
+  }
 }
 
 /** Offers a Blob as an ordinary browser download with its name. */
