@@ -39,7 +39,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let data = securechat::client::crypto::random_bytes_vec(mib << 20)?;
 
     let started = Instant::now();
-    let file = sender.upload_file(&chat.id, "bench.bin", "application/octet-stream", &data).await?;
+    let file = sender
+        .upload_file(&chat.id, "bench.bin", "application/octet-stream", &data)
+        .await?;
     let up = started.elapsed();
     let started = Instant::now();
     let back = receiver.download_file(&file).await?;
@@ -47,7 +49,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     assert!(back == data, "the file came back different");
     let rate = |d: std::time::Duration| mib as f64 / d.as_secs_f64();
     println!("size_mib={mib}");
-    println!("upload_s={:.2} upload_mib_per_s={:.1}", up.as_secs_f64(), rate(up));
-    println!("download_s={:.2} download_mib_per_s={:.1}", down.as_secs_f64(), rate(down));
+    println!(
+        "upload_s={:.2} upload_mib_per_s={:.1}",
+        up.as_secs_f64(),
+        rate(up)
+    );
+    println!(
+        "download_s={:.2} download_mib_per_s={:.1}",
+        down.as_secs_f64(),
+        rate(down)
+    );
     Ok(())
 }

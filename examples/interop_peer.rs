@@ -44,7 +44,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Seals `text` for the chat's members and sends it.
-async fn say(client: &mut Client, socket: &mut Connection, chat: &ChatInfo, text: &str) -> Result<(), Box<dyn std::error::Error>> {
+async fn say(
+    client: &mut Client,
+    socket: &mut Connection,
+    chat: &ChatInfo,
+    text: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
     let id = uuid::Uuid::new_v4().to_string();
     let envelope = client.seal_text(chat, &id, text).await?;
     socket
@@ -57,7 +62,12 @@ async fn say(client: &mut Client, socket: &mut Connection, chat: &ChatInfo, text
     Ok(())
 }
 
-async fn echo(mut client: Client, user: &str, peer: &str, keys: UserKeys) -> Result<(), Box<dyn std::error::Error>> {
+async fn echo(
+    mut client: Client,
+    user: &str,
+    peer: &str,
+    keys: UserKeys,
+) -> Result<(), Box<dyn std::error::Error>> {
     client.register(user, &password(user), keys, None).await?;
     let chat = client.open_direct(peer).await?;
     let mut socket = client.connect().await?;
@@ -69,7 +79,13 @@ async fn echo(mut client: Client, user: &str, peer: &str, keys: UserKeys) -> Res
             Event::Closed(code) => return Err(format!("socket closed ({code:?})").into()),
             Event::Frame(ServerFrame::Message { message }) if message.sender == peer => {
                 let text = client.open(&message).await?;
-                say(&mut client, &mut socket, &chat, &format!("rust got: {text}")).await?;
+                say(
+                    &mut client,
+                    &mut socket,
+                    &chat,
+                    &format!("rust got: {text}"),
+                )
+                .await?;
             }
             Event::Frame(_) => {}
         }

@@ -610,7 +610,7 @@ impl Client {
     }
 
     /// One raw (ciphertext) chunk of a file.
-    pub async fn get_chunk(&mut self, id: &str, index: u32) -> Result<Vec<u8>> {
+    pub async fn get_chunk(&self, id: &str, index: u32) -> Result<Vec<u8>> {
         let response = self
             .raw(
                 Method::GET,
@@ -632,12 +632,18 @@ impl Client {
         use sha2::Digest;
         let (key, prefix) = file.secrets()?;
         let mut out = Vec::with_capacity(usize::try_from(file.size).unwrap_or(0));
-        for index in 0..file.chunks {
-            let ct = self.get_chunk(&file.id, index).await?;
+        // A few chunks in flight at once hide each request's round trip;
+        // `buffered` keeps them in order.
+        let mut chunks = futures_util::stream::iter(0..file.chunks)
+            .map(|index| self.get_chunk(&file.id, index))
+            .buffered(4);
+        let mut index = 0;
+        while let Some(ct) = chunks.next().await {
             let last = index + 1 == file.chunks;
             out.extend(crypto::open_chunk(
-                &key, &prefix, &file.id, index, last, &ct,
+                &key, &prefix, &file.id, index, last, &ct?,
             )?);
+            index += 1;
         }
         if out.len() as u64 != file.size
             || sha2::Sha256::digest(&out).as_slice() != file.sha256.0.as_slice()

@@ -290,12 +290,17 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
     });
 
     let handle = axum_server::Handle::new();
-    let server = axum_server::from_tcp_rustls(
-        listener,
+    // TCP_NODELAY: without it, Nagle's algorithm and the peer's delayed
+    // acknowledgements stall the tail of every response (measured: file
+    // chunks downloaded at 45 MiB/s instead of hundreds).
+    let tls = axum_server::tls_rustls::RustlsAcceptor::new(
         axum_server::tls_rustls::RustlsConfig::from_config(rustls_config),
     )
-    .map_err(|e| StartError::Bind(addr, e))?
-    .handle(handle.clone());
+    .acceptor(axum_server::accept::NoDelayAcceptor::new());
+    let server = axum_server::from_tcp(listener)
+        .map_err(|e| StartError::Bind(addr, e))?
+        .acceptor(tls)
+        .handle(handle.clone());
     let service = router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let serve = tokio::spawn(async move { server.serve(service).await });
     tokio::spawn(maintenance(app.clone()));
