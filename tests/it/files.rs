@@ -59,7 +59,7 @@ async fn share(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_50_mib_file_arrives_byte_identical_and_outsiders_get_403() {
     let mut server = TestServer::start().await;
-    let ([mut u1, mut u2, mut u3], [mut s1, mut s2, _s3]) = trio(&mut server).await;
+    let ([mut u1, mut u2, u3], [mut s1, mut s2, _s3]) = trio(&mut server).await;
     let chat = u1.open_direct("user2").await.unwrap();
     let data = noise(50 << 20, 7);
     let file = u1
