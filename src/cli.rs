@@ -43,6 +43,9 @@ pub struct Cli {
 pub enum Command {
     /// Host the chat: an HTTPS + wss:// server with a certificate of its own.
     Host(HostArgs),
+    /// Join a host: a local relay on 127.0.0.1, pinned to the host's
+    /// certificate, for this computer's browser. Prints its URL first.
+    Join(JoinArgs),
     /// Manage accounts (works whether the server is running or not).
     User {
         #[command(flatten)]
@@ -71,6 +74,23 @@ pub enum Command {
         #[command(subcommand)]
         action: AuditAction,
     },
+}
+
+/// Flags of `securechat join`.
+#[derive(Debug, Clone, Args)]
+pub struct JoinArgs {
+    /// The host's address, as its owner shares it: https://ADDRESS:PORT/
+    pub url: String,
+    /// The host's certificate fingerprint (SHA-256, as `securechat host`
+    /// prints it). Without it the certificate is trusted on first use.
+    #[arg(long)]
+    pub fingerprint: Option<String>,
+    /// The relay's port on 127.0.0.1 (default: any free one).
+    #[arg(long, default_value_t = 0)]
+    pub relay_port: u16,
+    /// Do not open a browser. (This version never opens one.)
+    #[arg(long)]
+    pub no_browser: bool,
 }
 
 /// The data directory of an admin command.
@@ -214,6 +234,7 @@ pub fn main() -> ExitCode {
     };
     let result = match cli.command.unwrap_or(Command::Host(HostArgs::default())) {
         Command::Host(args) => runtime.block_on(host(args)),
+        Command::Join(args) => runtime.block_on(join(args)),
         Command::User { dir, action } => admin_command(&dir, |a| user(a, action)),
         Command::Invite { dir, action } => admin_command(&dir, |a| invite(a, action)),
         Command::Logs { dir, action } => admin_command(&dir, |a| logs(a, action)),
@@ -266,6 +287,25 @@ pub async fn host(args: HostArgs) -> Result<(), String> {
     warn!("Stopping: closing connections and flushing the database…");
     running.shutdown().await;
     say!("SecureChat stopped.");
+    Ok(())
+}
+
+/// `securechat join`: the relay's URL as the first line, then serve until
+/// Ctrl-C or SIGTERM.
+pub async fn join(args: JoinArgs) -> Result<(), String> {
+    let bind = std::net::SocketAddr::from(([127, 0, 0, 1], args.relay_port));
+    let relay = crate::relay::start(&args.url, args.fingerprint.as_deref(), bind)
+        .await
+        .map_err(|e| e.to_string())?;
+    say!("{}", relay.url());
+    say!(
+        "Relaying to {} (certificate fingerprint {})",
+        args.url,
+        relay.fingerprint
+    );
+    say!("Press Ctrl+C to stop.");
+    stop_signal().await;
+    relay.shutdown().await;
     Ok(())
 }
 

@@ -17,6 +17,7 @@
 //! - [`auth`]: registration, prelogin, login, Argon2id, sessions, throttling.
 //! - [`chat`]: the hub: live sockets per user, presence, fan-out, rate limits.
 //! - [`files`]: chunked, resumable, end-to-end encrypted file sharing.
+//! - [`relay`]: the local relay a joiner's browser uses, pinned to the host.
 //! - [`store`]: SQLite access and migrations; nothing else touches SQL.
 //! - [`chatlog`]: encrypted per-session chat logs and the audit log, their
 //!   writer thread and their reader.
@@ -35,6 +36,7 @@ pub mod config;
 pub mod error;
 pub mod files;
 pub mod protocol;
+pub mod relay;
 pub mod secrets;
 pub mod server;
 pub mod store;

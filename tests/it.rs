@@ -17,6 +17,8 @@ mod it {
     pub mod harness;
     /// The executable: clean shutdown, static files and headers.
     mod process;
+    /// The local relay for joiners: pinning, origins, recovery.
+    mod relay;
     /// WebSocket admission and abuse: origins, sessions, bad frames, rates.
     mod socket;
 }

@@ -173,6 +173,16 @@ impl Client {
         })
     }
 
+    /// The session cookie's name: the host's, or the local relay's when the
+    /// base is a relay on `http://127.0.0.1`.
+    fn cookie_name(&self) -> &'static str {
+        if self.base.starts_with("http://") {
+            crate::relay::RELAY_COOKIE
+        } else {
+            crate::auth::SESSION_COOKIE
+        }
+    }
+
     /// Uses `origin` as the `Origin` header instead of the base URL.
     pub fn set_origin(&mut self, origin: &str) {
         self.origin = origin.to_owned();
@@ -205,7 +215,7 @@ impl Client {
             .request(method, format!("{}{}", self.base, path))
             .header("Origin", &self.origin);
         if let Some(token) = &self.session {
-            req = req.header("Cookie", format!("{}={token}", crate::auth::SESSION_COOKIE));
+            req = req.header("Cookie", format!("{}={token}", self.cookie_name()));
         }
         if let Some(body) = body {
             req = req.json(body);
@@ -245,7 +255,7 @@ impl Client {
                 continue;
             };
             if let Some((name, token)) = pair.split_once('=')
-                && name.trim() == crate::auth::SESSION_COOKIE
+                && name.trim() == self.cookie_name()
             {
                 self.session = (!token.is_empty()).then(|| token.to_owned());
             }
@@ -569,7 +579,7 @@ impl Client {
                 .header("Content-Type", "application/octet-stream")
                 .body(ct);
             if let Some(token) = &self.session {
-                req = req.header("Cookie", format!("{}={token}", crate::auth::SESSION_COOKIE));
+                req = req.header("Cookie", format!("{}={token}", self.cookie_name()));
             }
             let response = req.send().await?;
             let status = response.status();
@@ -673,7 +683,13 @@ impl Client {
 
     /// Opens `/ws` with the session cookie and this client's Origin.
     pub async fn connect(&self) -> Result<Connection> {
-        let url = format!("{}/ws", self.base.replacen("https://", "wss://", 1));
+        // https:// → wss:// to a host; http:// → ws:// to a local relay.
+        let url = format!(
+            "{}/ws",
+            self.base
+                .replacen("https://", "wss://", 1)
+                .replacen("http://", "ws://", 1)
+        );
         let mut request = url.into_client_request()?;
         let headers = request.headers_mut();
         headers.insert(
@@ -685,7 +701,7 @@ impl Client {
         if let Some(token) = &self.session {
             headers.insert(
                 "Cookie",
-                format!("{}={token}", crate::auth::SESSION_COOKIE)
+                format!("{}={token}", self.cookie_name())
                     .parse()
                     .map_err(|_| ClientError::Protocol("bad cookie".into()))?,
             );

@@ -549,6 +549,16 @@ async fn api_guard(State(app): State<App>, request: Request, next: Next) -> Resp
     next.run(request).await
 }
 
+/// The embedded web UI, for the local relay too.
+pub async fn assets_fallback(method: Method, uri: axum::http::Uri) -> Response {
+    assets::serve(method, uri).await
+}
+
+/// The headers of SECURITY.md §7, for the local relay too.
+pub async fn security_headers_layer(request: Request, next: Next) -> Response {
+    security_headers(request, next).await
+}
+
 /// The headers of SECURITY.md §7, on every response.
 async fn security_headers(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;

@@ -1,0 +1,122 @@
+use std::collections::BTreeMap;
+
+use reqwest::{Method, StatusCode};
+use securechat::client::{Client, ClientError};
+use securechat::relay::{self, RelayError};
+
+use super::harness::{TestServer, expect_close, expect_message, keys, online, password, send_text};
+
+async fn start_relay(server: &TestServer) -> relay::RunningRelay {
+    let fingerprint = server.running.as_ref().unwrap().fingerprint().to_owned();
+    relay::start(
+        &server.url(),
+        Some(&fingerprint),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .expect("relay starts")
+}
+
+/// A client of the relay (plain HTTP on loopback; the anchor is unused).
+fn via(relay: &relay::RunningRelay, server: &TestServer) -> Client {
+    Client::new(relay.url().trim_end_matches('/'), &server.ca()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_native_client_chats_and_shares_files_through_the_relay() {
+    let mut server = TestServer::start().await;
+    let relay = start_relay(&server).await;
+    let mut joiner = via(&relay, &server);
+    joiner
+        .register("joiner", &password("joiner"), keys(0), None)
+        .await
+        .unwrap();
+    let mut direct = server.user("direct").await;
+    let (mut sj, _) = online(&joiner).await;
+    let (mut sd, _) = online(&direct).await;
+    let chat = joiner.open_direct("direct").await.unwrap();
+    send_text(&mut joiner, &mut sj, &chat, "through the relay").await;
+    assert_eq!(
+        direct.open(&expect_message(&mut sd).await).await.unwrap(),
+        "through the relay"
+    );
+    send_text(&mut direct, &mut sd, &chat, "and back").await;
+    assert_eq!(
+        joiner.open(&expect_message(&mut sj).await).await.unwrap(),
+        "and back"
+    );
+
+    let data: Vec<u8> = (0..(3 << 20) + 99).map(|i| (i * 7 % 251) as u8).collect();
+    let file = joiner
+        .upload_file(&chat.id, "r.bin", "application/octet-stream", &data)
+        .await
+        .unwrap();
+    assert_eq!(direct.download_file(&file).await.unwrap(), data);
+    assert_eq!(joiner.download_file(&file).await.unwrap(), data);
+
+    // The session cookie on the loopback side is the relay's own.
+    let r = joiner.raw(Method::GET, "/api/me", None).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    relay.shutdown().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_with_another_certificate_and_a_foreign_origin_are_refused() {
+    let mut server = TestServer::start().await;
+    let wrong = "00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF";
+    let refused = relay::start(&server.url(), Some(wrong), "127.0.0.1:0".parse().unwrap()).await;
+    match refused {
+        Err(RelayError::Mismatch { .. }) => {}
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => panic!("a host with another certificate was accepted"),
+    }
+    let relay = start_relay(&server).await;
+    let mut joiner = via(&relay, &server);
+    joiner
+        .register("joiner", &password("joiner"), keys(0), None)
+        .await
+        .unwrap();
+    joiner.set_origin("http://evil.example");
+    let r = joiner.raw(Method::POST, "/api/logout", None).await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    match joiner.connect().await {
+        Err(ClientError::Ws(e)) => assert!(e.to_string().contains("403"), "{e}"),
+        Err(other) => panic!("wrong error {other}"),
+        Ok(_) => panic!("a foreign origin was let through"),
+    }
+    relay.shutdown().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_relay_and_its_client_recover_when_the_host_restarts() {
+    let mut server = TestServer::start_with(|l| l.frame_burst = 100.0).await;
+    let relay = start_relay(&server).await;
+    let mut joiner = via(&relay, &server);
+    joiner
+        .register("joiner", &password("joiner"), keys(0), None)
+        .await
+        .unwrap();
+    let mut direct = server.user("direct").await;
+    let chat = direct.open_direct("joiner").await.unwrap();
+    let (mut sj, _) = online(&joiner).await;
+    let (mut sd, _) = online(&direct).await;
+    send_text(&mut direct, &mut sd, &chat, "before").await;
+    let first = expect_message(&mut sj).await;
+    server.restart().await;
+    let code = expect_close(&mut sj).await;
+    assert!(matches!(code, Some(1001) | Some(1012) | None), "{code:?}");
+    let (mut sd, _) = online(&direct).await;
+    send_text(&mut direct, &mut sd, &chat, "after").await;
+    // The joiner's client reconnects through the same relay and catches up.
+    let mut sj = joiner.connect().await.unwrap();
+    let (_, replayed) = sj
+        .hello(BTreeMap::from([(chat.id.clone(), first.seq)]))
+        .await
+        .unwrap();
+    assert_eq!(replayed.len(), 1);
+    assert_eq!(joiner.open(&replayed[0]).await.unwrap(), "after");
+    relay.shutdown().await;
+    server.stop().await;
+}
