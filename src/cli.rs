@@ -91,6 +91,9 @@ pub struct JoinArgs {
     /// Do not open a browser. (This version never opens one.)
     #[arg(long)]
     pub no_browser: bool,
+    /// Also log to stderr (the log file is in the data directory's diagnostics/).
+    #[arg(long)]
+    pub verbose: bool,
 }
 
 /// The data directory of an admin command.
@@ -176,6 +179,9 @@ pub struct HostArgs {
     /// Do not open a browser. (This version never opens one.)
     #[arg(long)]
     pub no_browser: bool,
+    /// Also log to stderr (the log file is <data>/diagnostics/).
+    #[arg(long)]
+    pub verbose: bool,
     /// Your own certificate chain (PEM) instead of the local CA's.
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -203,6 +209,7 @@ impl Default for HostArgs {
             data_dir: std::env::var_os("SECURECHAT_DATA_DIR").map(PathBuf::from),
             headless: true,
             no_browser: true,
+            verbose: false,
             tls_cert: None,
             tls_key: None,
             registration: None,
@@ -212,16 +219,82 @@ impl Default for HostArgs {
     }
 }
 
+/// Where log lines go: stderr (if asked) from the start, and a daily-rotated
+/// file `<data>/diagnostics/securechat.log.*` (seven kept) once
+/// [`Logging::start_file`] is called, which a host does only after its master
+/// key has proven itself, so a refused start leaves the data directory as it
+/// was. `SECURECHAT_LOG` sets the filter (default `info`).
+struct Logging {
+    reload: tracing_subscriber::reload::Handle<Option<FileLayer>, Base>,
+    guard: Option<tracing_appender::non_blocking::WorkerGuard>,
+}
+
+/// The subscriber under the file layer: the registry behind the one filter.
+type Base =
+    tracing_subscriber::layer::Layered<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+type FileLayer = Box<dyn tracing_subscriber::Layer<Base> + Send + Sync>;
+
+fn filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_env("SECURECHAT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+}
+
+impl Logging {
+    fn init(stderr: bool) -> Self {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        let (file, reload) = tracing_subscriber::reload::Layer::new(None::<FileLayer>);
+        let stderr_layer =
+            stderr.then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+        let _ = tracing_subscriber::registry()
+            .with(filter())
+            .with(file)
+            .with(stderr_layer)
+            .try_init();
+        Self {
+            reload,
+            guard: None,
+        }
+    }
+
+    /// Starts writing the log file in `<data_dir>/diagnostics/`.
+    fn start_file(&mut self, data_dir: &std::path::Path) {
+        let dir = data_dir.join("diagnostics");
+        if crate::secrets::create_private_dir(&dir).is_err() {
+            return;
+        }
+        let Ok(appender) = tracing_appender::rolling::Builder::new()
+            .rotation(tracing_appender::rolling::Rotation::DAILY)
+            .filename_prefix("securechat")
+            .filename_suffix("log")
+            .max_log_files(7)
+            .build(&dir)
+        else {
+            return;
+        };
+        let (writer, guard) = tracing_appender::non_blocking(appender);
+        self.guard = Some(guard);
+        let layer: FileLayer = Box::new(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(writer),
+        );
+        let _ = self.reload.modify(|slot| *slot = Some(layer));
+    }
+}
+
 /// Parses the command line and runs it; the process's exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SECURECHAT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let command = cli.command.unwrap_or(Command::Host(HostArgs::default()));
+    // Hosts and relays also log to a file (a GUI program has no console);
+    // `--headless` or `--verbose` keeps stderr. Admin commands use stderr.
+    let stderr = match &command {
+        Command::Host(a) => a.headless || a.verbose,
+        Command::Join(a) => a.verbose,
+        _ => true,
+    };
+    let mut logging = Logging::init(stderr);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -232,9 +305,12 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = match cli.command.unwrap_or(Command::Host(HostArgs::default())) {
-        Command::Host(args) => runtime.block_on(host(args)),
-        Command::Join(args) => runtime.block_on(join(args)),
+    let result = match command {
+        Command::Host(args) => runtime.block_on(host(args, &mut logging)),
+        Command::Join(args) => {
+            logging.start_file(&config::default_data_dir());
+            runtime.block_on(join(args))
+        }
         Command::User { dir, action } => admin_command(&dir, |a| user(a, action)),
         Command::Invite { dir, action } => admin_command(&dir, |a| invite(a, action)),
         Command::Logs { dir, action } => admin_command(&dir, |a| logs(a, action)),
@@ -250,7 +326,7 @@ pub fn main() -> ExitCode {
 }
 
 /// `securechat host`: serve until Ctrl-C or SIGTERM, then shut down cleanly.
-pub async fn host(args: HostArgs) -> Result<(), String> {
+async fn host(args: HostArgs, logging: &mut Logging) -> Result<(), String> {
     let data_dir = args
         .data_dir
         .clone()
@@ -264,6 +340,13 @@ pub async fn host(args: HostArgs) -> Result<(), String> {
     let mut running = crate::server::start(config, Arc::new(SystemClock))
         .await
         .map_err(|e| e.to_string())?;
+    logging.start_file(&running.app.config.data_dir);
+    tracing::info!(
+        urls = ?running.urls(),
+        fingerprint = %running.fingerprint(),
+        key = %running.key_source,
+        "hosting"
+    );
     say!("SecureChat {} is hosting. Open:", env!("CARGO_PKG_VERSION"));
     for url in running.urls() {
         say!("  {url}");

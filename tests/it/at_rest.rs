@@ -173,6 +173,19 @@ async fn a_wrong_master_key_is_refused_and_changes_nothing() {
         stderr.contains("was encrypted with another key"),
         "{stderr}"
     );
+    // Nor does the host itself, started with it.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_securechat"))
+        .args(["host", "--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(server.dir.path())
+        .env(
+            "SECURECHAT_MASTER_KEY",
+            securechat::protocol::B64::encode(&[0x42; 32]),
+        )
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("was encrypted with another key"));
     assert_eq!(
         before,
         snapshot(server.dir.path()),

@@ -43,7 +43,10 @@ async fn acknowledged_messages_survive_kill_9() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_closes_sockets_with_1001_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, url, mut out) = spawn_host(dir.path()).await;
+    let (mut child, url, mut out) = super::harness::spawn_host_with(dir.path(), |c| {
+        c.env("SECURECHAT_LOG", "info");
+    })
+    .await;
     let mut alice = Client::new(&url, &ca(dir.path())).unwrap();
     alice
         .register("alice", &password("alice"), keys(0), None)
@@ -69,6 +72,15 @@ async fn sigterm_closes_sockets_with_1001_and_exits_cleanly() {
     assert!(
         rest.iter().any(|l| l.contains("SecureChat stopped")),
         "{rest:?}"
+    );
+    // A host keeps a rotated log file in its data directory.
+    let diagnostics: Vec<_> = std::fs::read_dir(dir.path().join("diagnostics"))
+        .expect("a diagnostics folder")
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(
+        diagnostics.iter().any(|log| log.contains("hosting")),
+        "{diagnostics:?}"
     );
     // The database is checkpointed: no write-ahead log left behind with data.
     let wal = std::fs::metadata(dir.path().join("securechat.db-wal"))
