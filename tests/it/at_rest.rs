@@ -150,10 +150,15 @@ async fn a_wrong_master_key_is_refused_and_changes_nothing() {
         err.to_string().contains("was encrypted with another key"),
         "{err}"
     );
-    let (ok, _, stderr) = {
-        // The command line says the same, through the environment variable.
+    // The command line says the same, through the environment variable,
+    // for an admin command and for the host itself.
+    for args in [
+        &["user", "list"][..],
+        &["host", "--bind", "127.0.0.1:0"][..],
+    ] {
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_securechat"))
-            .args(["user", "list", "--data-dir"])
+            .args(args)
+            .arg("--data-dir")
             .arg(server.dir.path())
             .env(
                 "SECURECHAT_MASTER_KEY",
@@ -162,30 +167,13 @@ async fn a_wrong_master_key_is_refused_and_changes_nothing() {
             .output()
             .await
             .unwrap();
-        (
-            out.status.success(),
-            (),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
-    assert!(!ok);
-    assert!(
-        stderr.contains("was encrypted with another key"),
-        "{stderr}"
-    );
-    // Nor does the host itself, started with it.
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_securechat"))
-        .args(["host", "--bind", "127.0.0.1:0", "--data-dir"])
-        .arg(server.dir.path())
-        .env(
-            "SECURECHAT_MASTER_KEY",
-            securechat::protocol::B64::encode(&[0x42; 32]),
-        )
-        .output()
-        .await
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("was encrypted with another key"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            stderr.contains("was encrypted with another key"),
+            "{args:?}: {stderr}"
+        );
+    }
     assert_eq!(
         before,
         snapshot(server.dir.path()),
