@@ -261,6 +261,14 @@ async function openAdmin() {
         openAdmin();
       });
       actions.append(toggle);
+      const reset = el('button', { type: 'button' }, [`Reset ${u.username}`]);
+      const resetOut = el('output');
+      reset.addEventListener('click', async () => {
+        if (!window.confirm(`Reset ${u.username}? Their password stops working and their old messages become unreadable.`)) return;
+        const r = await post(`/api/admin/users/${encodeURIComponent(u.username)}/reset`);
+        resetOut.textContent = `One-time code for ${u.username}: ${r.code} (valid until ${new Date(r.expires_at).toLocaleString()})`;
+      });
+      actions.append(' ', reset, ' ', resetOut);
       if (!u.is_admin) {
         const promote = el('button', { type: 'button' }, [`Promote ${u.username}`]);
         promote.addEventListener('click', async () => {
@@ -308,7 +316,7 @@ async function openAdmin() {
   const body = el('div', {}, [
     el('h3', {}, ['Users']),
     table,
-    el('p', {}, ['Resetting a forgotten password is done on the host: securechat user reset NAME.']),
+    el('p', {}, ['Reset gives a one-time code for a forgotten password; the account gets new keys and its old messages become unreadable.']),
     el('h3', {}, ['Registration']),
     el('label', {}, ['Who may create accounts ', mode]),
     el('p', {}, [invite, ' ', inviteOut]),

@@ -1125,6 +1125,46 @@ fn unhex(text: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// `POST /api/admin/users/{name}/reset`: starts an account reset (as
+/// `securechat user reset` does) and answers the one-time code, shown once.
+/// An administrator cannot reset their own account here.
+pub async fn admin_reset_user(
+    State(app): State<App>,
+    admin: AdminUser,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let name = name.to_ascii_lowercase();
+    if name == admin.0.user.username {
+        return Err(ApiError::bad_request(
+            "self",
+            "Administrators cannot reset their own account here.",
+        ));
+    }
+    let lookup = name.clone();
+    let target = app
+        .db
+        .call(move |s| s.user_by_name(&lookup))
+        .await?
+        .ok_or_else(|| ApiError::not_found("No such user."))?;
+    let code = B64::encode(&auth::random_bytes::<16>());
+    let expires = app.clock.now_ms() + ms(crate::admin::RESET_CODE_LIFETIME);
+    let (hash, id) = (auth::invite_hash(&code), target.id);
+    let unusable = tokio::task::spawn_blocking(auth::unusable_hash)
+        .await
+        .map_err(ApiError::internal)?;
+    let ended = app
+        .db
+        .call(move |s| s.start_reset(id, &hash, expires, &unusable))
+        .await?;
+    app.hub.close_sessions(&ended, close::SESSION_ENDED);
+    app.audit("user_reset", &admin.0.user.username, format!("user={name}"))
+        .await;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "code": code, "expires_at": expires })),
+    ))
+}
+
 /// `GET /api/admin/audit`: the newest 500 security events.
 pub async fn audit_log(
     State(app): State<App>,

@@ -475,6 +475,7 @@ pub fn router(app: App) -> Router {
                     crate::files::CHUNK_CIPHER as usize,
                 )),
         )
+        .route("/admin/users/{name}/reset", post(api::admin_reset_user))
         .route("/admin/audit", get(api::audit_log))
         .route("/admin/sessions", get(api::admin_sessions))
         .route(

@@ -329,3 +329,36 @@ async fn administrators_see_and_end_sessions() {
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn administrators_reset_accounts_from_the_api() {
+    let mut server = TestServer::start().await;
+    let admin = server.user("alice").await;
+    let mut bob = server.user("bob").await;
+    let r = bob
+        .raw(Method::POST, "/api/admin/users/alice/reset", None)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = admin
+        .raw(Method::POST, "/api/admin/users/alice/reset", None)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "not oneself");
+    let r = admin
+        .raw(Method::POST, "/api/admin/users/bob/reset", None)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let code = r.json::<serde_json::Value>().await.unwrap()["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_refused(bob.me().await, "unauthorized");
+    server
+        .client()
+        .complete_reset("bob", &code, "bob's brand new passphrase", keys(2))
+        .await
+        .expect("the code works");
+    server.stop().await;
+}
