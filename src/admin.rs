@@ -11,8 +11,7 @@ use crate::protocol::B64;
 use crate::secrets::{self, KeyringUse, MasterKey};
 use crate::store::{Store, StoreError, UserRow};
 
-/// How long an account-reset code stays valid.
-pub const RESET_CODE_LIFETIME: Duration = Duration::from_secs(72 * 3600);
+pub use crate::auth::RESET_CODE_LIFETIME;
 
 /// What can go wrong administering a data directory.
 #[derive(Debug, thiserror::Error)]
@@ -192,15 +191,9 @@ impl Admin {
     /// new keys within [`RESET_CODE_LIFETIME`].
     pub fn reset(&mut self, name: &str) -> Result<(String, i64), AdminError> {
         let user = self.user(name)?;
-        let code = B64::encode(&crate::auth::random_bytes::<16>());
-        let expires = now_ms() + crate::auth::ms(RESET_CODE_LIFETIME);
+        let (code, hash, expires) = crate::auth::reset_code(now_ms());
         let unusable = crate::auth::unusable_hash();
-        self.store.start_reset(
-            user.id,
-            &crate::auth::invite_hash(&code),
-            expires,
-            &unusable,
-        )?;
+        self.store.start_reset(user.id, &hash, expires, &unusable)?;
         self.store.bump_admin_epoch()?;
         self.audit("user_reset", &format!("user={}", user.username))?;
         Ok((code, expires))

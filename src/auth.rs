@@ -112,6 +112,17 @@ impl Passwords {
     }
 }
 
+/// How long an account-reset code stays valid.
+pub const RESET_CODE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(72 * 3600);
+
+/// A new one-time reset code issued at `now`: the code (shown once), the
+/// hash the store keeps, and when it expires.
+pub fn reset_code(now: i64) -> (String, [u8; 32], i64) {
+    let code = B64::encode(&random_bytes::<16>());
+    let hash = invite_hash(&code);
+    (code, hash, now + ms(RESET_CODE_LIFETIME))
+}
+
 /// An Argon2id hash of random bytes: a stored hash no key matches, which
 /// takes a real verification's time to refuse (for accounts being reset).
 pub fn unusable_hash() -> String {

@@ -1017,6 +1017,22 @@ pub struct AdminUserBody {
     is_admin: Option<bool>,
 }
 
+/// The account `name` (canonicalised) that an administrator acts on: not
+/// their own, and existing.
+async fn other_user(app: &App, admin: &AdminUser, name: &str) -> Result<UserRow, ApiError> {
+    let name = name.to_ascii_lowercase();
+    if name == admin.0.user.username {
+        return Err(ApiError::bad_request(
+            "self",
+            "Administrators cannot change their own account here.",
+        ));
+    }
+    app.db
+        .call(move |s| s.user_by_name(&name))
+        .await?
+        .ok_or_else(|| ApiError::not_found("No such user."))
+}
+
 /// `PATCH /api/admin/users/{name}`: disable, enable, promote or demote.
 /// Disabling ends the user's sessions. An admin cannot change themselves.
 pub async fn admin_update_user(
@@ -1025,19 +1041,8 @@ pub async fn admin_update_user(
     Path(name): Path<String>,
     Body(body): Body<AdminUserBody>,
 ) -> Result<Json<UserEntry>, ApiError> {
-    let name = name.to_ascii_lowercase();
-    if name == admin.0.user.username {
-        return Err(ApiError::bad_request(
-            "self",
-            "Administrators cannot change their own account here.",
-        ));
-    }
-    let lookup = name.clone();
-    let target = app
-        .db
-        .call(move |s| s.user_by_name(&lookup))
-        .await?
-        .ok_or_else(|| ApiError::not_found("No such user."))?;
+    let target = other_user(&app, &admin, &name).await?;
+    let name = target.username.clone();
     let disabled = body.disabled.unwrap_or(target.disabled);
     let is_admin = body.is_admin.unwrap_or(target.is_admin);
     let id = target.id;
@@ -1133,22 +1138,10 @@ pub async fn admin_reset_user(
     admin: AdminUser,
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let name = name.to_ascii_lowercase();
-    if name == admin.0.user.username {
-        return Err(ApiError::bad_request(
-            "self",
-            "Administrators cannot reset their own account here.",
-        ));
-    }
-    let lookup = name.clone();
-    let target = app
-        .db
-        .call(move |s| s.user_by_name(&lookup))
-        .await?
-        .ok_or_else(|| ApiError::not_found("No such user."))?;
-    let code = B64::encode(&auth::random_bytes::<16>());
-    let expires = app.clock.now_ms() + ms(crate::admin::RESET_CODE_LIFETIME);
-    let (hash, id) = (auth::invite_hash(&code), target.id);
+    let target = other_user(&app, &admin, &name).await?;
+    let name = target.username.clone();
+    let (code, hash, expires) = auth::reset_code(app.clock.now_ms());
+    let id = target.id;
     let unusable = tokio::task::spawn_blocking(auth::unusable_hash)
         .await
         .map_err(ApiError::internal)?;

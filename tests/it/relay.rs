@@ -22,15 +22,21 @@ fn via(relay: &relay::RunningRelay, server: &TestServer) -> Client {
     Client::new(relay.url().trim_end_matches('/'), &server.ca()).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_native_client_chats_and_shares_files_through_the_relay() {
-    let mut server = TestServer::start().await;
-    let relay = start_relay(&server).await;
-    let mut joiner = via(&relay, &server);
+/// "joiner", registered through the relay.
+async fn joiner(relay: &relay::RunningRelay, server: &TestServer) -> Client {
+    let mut joiner = via(relay, server);
     joiner
         .register("joiner", &password("joiner"), keys(0), None)
         .await
         .unwrap();
+    joiner
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_native_client_chats_and_shares_files_through_the_relay() {
+    let mut server = TestServer::start().await;
+    let relay = start_relay(&server).await;
+    let mut joiner = joiner(&relay, &server).await;
     let mut direct = server.user("direct").await;
     let (mut sj, _) = online(&joiner).await;
     let (mut sd, _) = online(&direct).await;
@@ -72,11 +78,7 @@ async fn a_host_with_another_certificate_and_a_foreign_origin_are_refused() {
         Ok(_) => panic!("a host with another certificate was accepted"),
     }
     let relay = start_relay(&server).await;
-    let mut joiner = via(&relay, &server);
-    joiner
-        .register("joiner", &password("joiner"), keys(0), None)
-        .await
-        .unwrap();
+    let mut joiner = joiner(&relay, &server).await;
     joiner.set_origin("http://evil.example");
     let r = joiner.raw(Method::POST, "/api/logout", None).await.unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
@@ -93,11 +95,7 @@ async fn a_host_with_another_certificate_and_a_foreign_origin_are_refused() {
 async fn the_relay_and_its_client_recover_when_the_host_restarts() {
     let mut server = TestServer::start_with(|l| l.frame_burst = 100.0).await;
     let relay = start_relay(&server).await;
-    let mut joiner = via(&relay, &server);
-    joiner
-        .register("joiner", &password("joiner"), keys(0), None)
-        .await
-        .unwrap();
+    let mut joiner = joiner(&relay, &server).await;
     let mut direct = server.user("direct").await;
     let chat = direct.open_direct("joiner").await.unwrap();
     let (mut sj, _) = online(&joiner).await;
