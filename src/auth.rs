@@ -178,16 +178,21 @@ pub fn clear_cookie() -> HeaderValue {
     )
 }
 
-/// The session token from the request's cookies, if any.
-pub fn session_from_headers(headers: &HeaderMap) -> Option<[u8; 32]> {
+/// The value of the cookie `name` in the request's `Cookie` headers.
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
-        .and_then(|(_, value)| token_hash(value))
+        .find(|(n, _)| *n == name)
+        .map(|(_, value)| value.to_owned())
+}
+
+/// The session token from the request's cookies, if any.
+pub fn session_from_headers(headers: &HeaderMap) -> Option<[u8; 32]> {
+    cookie(headers, SESSION_COOKIE).and_then(|value| token_hash(&value))
 }
 
 /// True if and only if the session is within both its idle and absolute

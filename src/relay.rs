@@ -289,14 +289,7 @@ fn own_origin_ok(headers: &HeaderMap, shared: &Shared) -> bool {
 
 /// The session token the browser holds for the relay.
 fn relay_token(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|p| p.trim().split_once('='))
-        .find(|(n, _)| *n == RELAY_COOKIE)
-        .map(|(_, v)| v.to_owned())
+    crate::auth::cookie(headers, RELAY_COOKIE)
 }
 
 /// Rewrites the host's session cookie for the loopback page.
