@@ -33,6 +33,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod discovery;
 pub mod error;
 pub mod files;
 pub mod protocol;

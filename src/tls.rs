@@ -69,6 +69,15 @@ pub fn fingerprint(der: &[u8]) -> String {
         .join(":")
 }
 
+/// This computer's name as people know it ("alice-pc"), or "this computer".
+pub fn computer_name() -> String {
+    hostname::get()
+        .ok()
+        .map(|h| h.to_string_lossy().into_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "this computer".to_owned())
+}
+
 /// The names and addresses the leaf certificate covers: `localhost`,
 /// loopback, the host name, `<host>.local` and every non-loopback address of
 /// this machine. Sorted, so a change is detectable by comparison.

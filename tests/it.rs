@@ -11,6 +11,8 @@ mod it {
     mod chats;
     /// Delivery across dropped sockets, restarts and kill -9.
     mod delivery;
+    /// LAN discovery over mDNS.
+    mod discovery;
     /// Encrypted file sharing: transfer, authorization, tampering, resume, limits.
     mod files;
     /// Starts servers, makes users, waits for frames.
