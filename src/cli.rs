@@ -18,12 +18,22 @@ macro_rules! say {
     }};
 }
 
+/// [`say!`] for the rest of the crate.
+pub(crate) fn say(line: &str) {
+    say!("{line}");
+}
+
 /// [`say!`] for standard error.
 macro_rules! warn {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
         let _ = writeln!(std::io::stderr(), $($arg)*);
     }};
+}
+
+/// [`warn!`] for the rest of the crate.
+pub(crate) fn warn(line: &str) {
+    warn!("{line}");
 }
 
 use crate::admin::{Admin, AdminError};
@@ -80,17 +90,24 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct JoinArgs {
     /// The host's address, as its owner shares it: https://ADDRESS:PORT/
-    pub url: String,
+    /// (default: the first host found on this network).
+    pub url: Option<String>,
     /// The host's certificate fingerprint (SHA-256, as `securechat host`
-    /// prints it). Without it the certificate is trusted on first use.
+    /// prints it). Without it, the one remembered for this host is used; a
+    /// host joined the first time is trusted on first use and remembered.
     #[arg(long)]
     pub fingerprint: Option<String>,
     /// The relay's port on 127.0.0.1 (default: any free one).
     #[arg(long, default_value_t = 0)]
     pub relay_port: u16,
-    /// Do not open a browser. (This version never opens one.)
+    /// Do not open a browser and show no tray icon: print the relay's URL
+    /// as the first line and serve until Ctrl-C or SIGTERM.
     #[arg(long)]
     pub no_browser: bool,
+    /// Data directory, where remembered hosts and the log are kept (default:
+    /// SECURECHAT_DATA_DIR, else the platform's per-user data folder).
+    #[arg(long, env = "SECURECHAT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Also log to stderr (the log file is in the data directory's diagnostics/).
     #[arg(long)]
     pub verbose: bool,
@@ -172,11 +189,10 @@ pub struct HostArgs {
     /// per-user data folder).
     #[arg(long, env = "SECURECHAT_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Run without a tray icon or window, logging to stderr. (This version
-    /// always runs this way.)
+    /// Run without a tray icon or browser, logging to stderr (for servers).
     #[arg(long)]
     pub headless: bool,
-    /// Do not open a browser. (This version never opens one.)
+    /// Do not open a browser.
     #[arg(long)]
     pub no_browser: bool,
     /// Also log to stderr (the log file is <data>/diagnostics/).
@@ -202,13 +218,30 @@ pub struct HostArgs {
     pub allowed_origins: Vec<String>,
 }
 
+impl HostArgs {
+    /// The server configuration these flags describe.
+    fn config(&self) -> Config {
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(config::default_data_dir);
+        let mut config = Config::new(self.bind, data_dir);
+        config.tls_cert = self.tls_cert.clone();
+        config.tls_key = self.tls_key.clone();
+        config.registration = self.registration;
+        config.allowed_origins = self.allowed_origins.clone();
+        config.retention_days = self.retention_days;
+        config
+    }
+}
+
 impl Default for HostArgs {
     fn default() -> Self {
         Self {
             bind: SocketAddr::from(([0, 0, 0, 0], config::DEFAULT_PORT)),
             data_dir: std::env::var_os("SECURECHAT_DATA_DIR").map(PathBuf::from),
-            headless: true,
-            no_browser: true,
+            headless: false,
+            no_browser: false,
             verbose: false,
             tls_cert: None,
             tls_key: None,
@@ -286,6 +319,7 @@ impl Logging {
 /// Parses the command line and runs it; the process's exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // No arguments: the double-click path.
     let command = cli.command.unwrap_or(Command::Host(HostArgs::default()));
     // Hosts and relays also log to a file (a GUI program has no console);
     // `--headless` or `--verbose` keeps stderr. Admin commands use stderr.
@@ -305,11 +339,41 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let double_click = cli_was_empty();
     let result = match command {
-        Command::Host(args) => runtime.block_on(host(args, &mut logging)),
-        Command::Join(args) => {
-            logging.start_file(&config::default_data_dir());
+        Command::Host(args) if args.headless => runtime.block_on(host(args, &mut logging)),
+        Command::Host(args) => {
+            let start = if double_click {
+                crate::desktop::Start::Auto
+            } else {
+                crate::desktop::Start::Host
+            };
+            runtime.block_on(crate::desktop::run(
+                start,
+                args.config(),
+                0,
+                !args.no_browser,
+                |dir| logging.start_file(dir),
+            ))
+        }
+        Command::Join(args) if args.no_browser => {
+            logging.start_file(&join_data_dir(&args));
             runtime.block_on(join(args))
+        }
+        Command::Join(args) => {
+            let mut config = HostArgs::default().config();
+            config.data_dir = join_data_dir(&args);
+            let start = crate::desktop::Start::Join {
+                url: args.url,
+                fingerprint: args.fingerprint,
+            };
+            runtime.block_on(crate::desktop::run(
+                start,
+                config,
+                args.relay_port,
+                true,
+                |dir| logging.start_file(dir),
+            ))
         }
         Command::User { dir, action } => admin_command(&dir, |a| user(a, action)),
         Command::Invite { dir, action } => admin_command(&dir, |a| invite(a, action)),
@@ -325,19 +389,21 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// `securechat host`: serve until Ctrl-C or SIGTERM, then shut down cleanly.
-async fn host(args: HostArgs, logging: &mut Logging) -> Result<(), String> {
-    let data_dir = args
-        .data_dir
+/// Whether the program was started with no arguments (a double-click).
+fn cli_was_empty() -> bool {
+    std::env::args_os().len() <= 1
+}
+
+fn join_data_dir(args: &JoinArgs) -> PathBuf {
+    args.data_dir
         .clone()
-        .unwrap_or_else(config::default_data_dir);
-    let mut config = Config::new(args.bind, data_dir);
-    config.tls_cert = args.tls_cert;
-    config.tls_key = args.tls_key;
-    config.registration = args.registration;
-    config.allowed_origins = args.allowed_origins;
-    config.retention_days = args.retention_days;
-    let mut running = crate::server::start(config, Arc::new(SystemClock))
+        .unwrap_or_else(config::default_data_dir)
+}
+
+/// `securechat host --headless`: serve until Ctrl-C or SIGTERM, then shut
+/// down cleanly.
+async fn host(args: HostArgs, logging: &mut Logging) -> Result<(), String> {
+    let mut running = crate::server::start(args.config(), Arc::new(SystemClock))
         .await
         .map_err(|e| e.to_string())?;
     logging.start_file(&running.app.config.data_dir);
@@ -373,19 +439,47 @@ async fn host(args: HostArgs, logging: &mut Logging) -> Result<(), String> {
     Ok(())
 }
 
-/// `securechat join`: the relay's URL as the first line, then serve until
-/// Ctrl-C or SIGTERM.
+/// `securechat join --no-browser`: the relay's URL as the first line, then
+/// serve until Ctrl-C or SIGTERM. The host's fingerprint is remembered
+/// (trust on first use) and checked on every later join.
 pub async fn join(args: JoinArgs) -> Result<(), String> {
+    let data_dir = join_data_dir(&args);
+    let mut settings = crate::launcher::Settings::load(&data_dir);
+    let (url, fingerprint) = match args.url {
+        Some(url) => {
+            let pin = args
+                .fingerprint
+                .or_else(|| settings.pin_for(&url).map(str::to_owned));
+            (url, pin)
+        }
+        None => {
+            let browser = crate::discovery::Browser::start(&crate::discovery::Scope::default())
+                .map_err(|e| e.to_string())?;
+            let found = browser
+                .wait_for(crate::launcher::BROWSE_FOR * 2, |_| true)
+                .await
+                .into_iter()
+                .next()
+                .ok_or("no SecureChat host answered on this network; give its address: securechat join https://ADDRESS:PORT/")?;
+            (
+                found.url().ok_or("the host found has no usable address")?,
+                Some(found.fingerprint),
+            )
+        }
+    };
     let bind = std::net::SocketAddr::from(([127, 0, 0, 1], args.relay_port));
-    let relay = crate::relay::start(&args.url, args.fingerprint.as_deref(), bind)
+    let relay = crate::relay::start(&url, fingerprint.as_deref(), bind)
         .await
         .map_err(|e| e.to_string())?;
     say!("{}", relay.url());
     say!(
-        "Relaying to {} (certificate fingerprint {})",
-        args.url,
+        "Relaying to {url} (certificate fingerprint {})",
         relay.fingerprint
     );
+    settings.remember(&url, &relay.fingerprint);
+    if let Err(e) = settings.save(&data_dir) {
+        tracing::warn!(error = %e, "cannot remember the host's fingerprint");
+    }
     say!("Press Ctrl+C to stop.");
     stop_signal().await;
     relay.shutdown().await;
@@ -393,7 +487,7 @@ pub async fn join(args: JoinArgs) -> Result<(), String> {
 }
 
 /// Resolves on Ctrl-C, or SIGTERM on Unix.
-async fn stop_signal() {
+pub(crate) async fn stop_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

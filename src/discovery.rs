@@ -53,32 +53,40 @@ impl FoundHost {
 }
 
 /// Which interfaces and port discovery uses. The default is every
-/// interface on the standard port; tests restrict it to one interface.
+/// interface on the standard port. A host bound to loopback (and every
+/// test) uses loopback only: nothing reaches the LAN.
 #[derive(Debug, Clone)]
 pub struct Scope {
     pub port: u16,
-    /// Interface names to use; empty means all.
-    pub interfaces: Vec<String>,
+    pub loopback_only: bool,
 }
 
 impl Default for Scope {
     fn default() -> Self {
         Self {
             port: MDNS_PORT,
-            interfaces: Vec::new(),
+            loopback_only: false,
+        }
+    }
+}
+
+impl Scope {
+    /// The scope of a host listening on `bind`: loopback only when it does.
+    pub fn for_bind(bind: IpAddr) -> Self {
+        Self {
+            loopback_only: bind.is_loopback(),
+            ..Self::default()
         }
     }
 }
 
 fn daemon(scope: &Scope) -> Result<ServiceDaemon, DiscoveryError> {
     let daemon = ServiceDaemon::new_with_port(scope.port).map_err(err)?;
-    if !scope.interfaces.is_empty() {
+    if scope.loopback_only {
         daemon.disable_interface(IfKind::All).map_err(err)?;
-        for name in &scope.interfaces {
-            daemon
-                .enable_interface(IfKind::Name(name.clone()))
-                .map_err(err)?;
-        }
+        daemon
+            .enable_interface(vec![IfKind::LoopbackV4, IfKind::LoopbackV6])
+            .map_err(err)?;
     }
     Ok(daemon)
 }

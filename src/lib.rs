@@ -18,6 +18,13 @@
 //! - [`chat`]: the hub: live sockets per user, presence, fan-out, rate limits.
 //! - [`files`]: chunked, resumable, end-to-end encrypted file sharing.
 //! - [`relay`]: the local relay a joiner's browser uses, pinned to the host.
+//! - [`launcher`]: what a double-click does: one instance, host or join,
+//!   remembered choices and hosts, opening the browser.
+//! - [`desktop`]: the desktop program: one role (hosting, joined, neither)
+//!   shown in the tray, and the tray's commands carried out.
+//! - [`tray`]: the tray icon and its menu (cargo feature `tray`).
+//! - [`discovery`]: mDNS advertise and browse of hosts on the LAN.
+//! - [`autostart`]: Start at login (Run key, XDG autostart, LaunchAgent).
 //! - [`store`]: SQLite access and migrations; nothing else touches SQL.
 //! - [`chatlog`]: encrypted per-session chat logs and the audit log, their
 //!   writer thread and their reader.
@@ -27,18 +34,22 @@
 
 pub mod admin;
 pub mod auth;
+pub mod autostart;
 pub mod chat;
 pub mod chatlog;
 pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod desktop;
 pub mod discovery;
 pub mod error;
 pub mod files;
+pub mod launcher;
 pub mod protocol;
 pub mod relay;
 pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod tray;

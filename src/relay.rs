@@ -163,7 +163,71 @@ struct Shared {
     http: reqwest::Client,
     /// TLS for the host's WebSocket, pinned the same way.
     tls: Arc<rustls::ClientConfig>,
+    /// The host's name and port, for probing its certificate.
+    host: (String, u16),
+    /// The pinned fingerprint.
+    fingerprint: String,
+    health: std::sync::Mutex<Health>,
     shutdown: CancellationToken,
+}
+
+/// How the relay's link to the host is, as of the last request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    Connected,
+    /// The host does not answer (it may be restarting); the relay retries
+    /// with every request.
+    Unreachable,
+    /// The host answers with a certificate other than the pinned one
+    /// (fingerprint given): every request is refused.
+    Mismatch(String),
+}
+
+impl Shared {
+    fn set_health(&self, health: Health) {
+        *self.health.lock().unwrap_or_else(|p| p.into_inner()) = health;
+    }
+
+    /// After a failed connection: is the host gone, or is it presenting
+    /// another certificate? Records and returns the answer.
+    async fn diagnose(&self) -> Health {
+        let health = match fetch_ca(&self.host.0, self.host.1).await {
+            Ok(ca) => {
+                let got = crate::tls::fingerprint(&ca);
+                if same_fingerprint(&got, &self.fingerprint) {
+                    Health::Unreachable
+                } else {
+                    tracing::warn!(host = %self.host_base, %got, pinned = %self.fingerprint, "the host's certificate changed: refusing it");
+                    Health::Mismatch(got)
+                }
+            }
+            Err(_) => Health::Unreachable,
+        };
+        self.set_health(health.clone());
+        health
+    }
+}
+
+fn same_fingerprint(a: &str, b: &str) -> bool {
+    a.replace(':', "").eq_ignore_ascii_case(&b.replace(':', ""))
+}
+
+/// The page's message for a relay that cannot reach its host.
+fn unhealthy(health: &Health) -> Response {
+    match health {
+        Health::Mismatch(got) => relay_error(
+            StatusCode::BAD_GATEWAY,
+            "host_certificate_changed",
+            &format!(
+                "The host now presents a different certificate (fingerprint {got}). SecureChat refuses to connect: someone may be intercepting, or the host was reinstalled. Ask the host's owner for the fingerprint; if it was reinstalled, remove it from the remembered hosts."
+            ),
+        ),
+        _ => relay_error(
+            StatusCode::BAD_GATEWAY,
+            "host_unreachable",
+            "The host cannot be reached right now. It retries by itself.",
+        ),
+    }
 }
 
 /// A relay that is running.
@@ -180,6 +244,32 @@ impl RunningRelay {
     /// The URL to open in a browser.
     pub fn url(&self) -> String {
         format!("http://{}/", self.addr)
+    }
+
+    /// The link to the host as of the last request.
+    pub fn health(&self) -> Health {
+        self.shared
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Checks the host now (a TLS handshake) and returns the link's health.
+    pub async fn check(&self) -> Health {
+        match self
+            .shared
+            .http
+            .get(format!("{}/", self.shared.host_base))
+            .send()
+            .await
+        {
+            Ok(_) => {
+                self.shared.set_health(Health::Connected);
+                Health::Connected
+            }
+            Err(_) => self.shared.diagnose().await,
+        }
     }
 
     /// Stops the relay.
@@ -221,9 +311,7 @@ pub async fn start(
     let ca = fetch_ca(&host, port).await?;
     let fingerprint = crate::tls::fingerprint(&ca);
     if let Some(want) = pin
-        && !want
-            .replace(':', "")
-            .eq_ignore_ascii_case(&fingerprint.replace(':', ""))
+        && !same_fingerprint(want, &fingerprint)
     {
         return Err(RelayError::Mismatch {
             host: host_url.to_owned(),
@@ -256,6 +344,9 @@ pub async fn start(
         own_origin: format!("http://{addr}"),
         http,
         tls: Arc::new(tls),
+        host: (host.clone(), port),
+        fingerprint: fingerprint.clone(),
+        health: std::sync::Mutex::new(Health::Connected),
         shutdown: CancellationToken::new(),
     });
     let app = Router::new()
@@ -352,14 +443,11 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
         out = out.header(header::COOKIE.as_str(), format!("{SESSION_COOKIE}={token}"));
     }
     let answer = match out.send().await {
-        Ok(a) => a,
-        Err(_) => {
-            return relay_error(
-                StatusCode::BAD_GATEWAY,
-                "host_unreachable",
-                "The host cannot be reached right now. It retries by itself.",
-            );
+        Ok(a) => {
+            shared.set_health(Health::Connected);
+            a
         }
+        Err(_) => return unhealthy(&shared.diagnose().await),
     };
     let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut headers = HeaderMap::new();
@@ -421,14 +509,19 @@ async fn pump(shared: Arc<Shared>, token: Option<String>, mut browser: WebSocket
     }
     .await;
     let Some((host, _)) = connected else {
+        let reason = match shared.diagnose().await {
+            Health::Mismatch(_) => "the host's certificate changed: refused",
+            _ => "the host cannot be reached",
+        };
         let _ = browser
             .send(BrowserMessage::Close(Some(CloseFrame {
                 code: crate::protocol::close::TRY_AGAIN_LATER,
-                reason: "the host cannot be reached".into(),
+                reason: reason.into(),
             })))
             .await;
         return;
     };
+    shared.set_health(Health::Connected);
     let (mut to_host, mut from_host) = host.split();
     loop {
         tokio::select! {

@@ -23,4 +23,7 @@ mod it {
     mod relay;
     /// WebSocket admission and abuse: origins, sessions, bad frames, rates.
     mod socket;
+    /// The tray under Xvfb, driven over D-Bus like a desktop's tray.
+    #[cfg(target_os = "linux")]
+    mod tray;
 }

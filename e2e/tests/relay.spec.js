@@ -1,6 +1,7 @@
 const { spawn } = require('node:child_process');
 const crypto = require('node:crypto');
 const fs = require('node:fs');
+const os = require('node:os');
 const path = require('node:path');
 const readline = require('node:readline');
 const { test, expect } = require('@playwright/test');
@@ -13,7 +14,7 @@ function startRelay() {
   const fingerprint = new crypto.X509Certificate(pem).fingerprint256;
   return new Promise((resolve, reject) => {
     const child = spawn(server.BINARY, ['join', url(), '--fingerprint', fingerprint, '--no-browser'], {
-      env: { ...process.env, SECURECHAT_LOG: 'warn' },
+      env: { ...process.env, SECURECHAT_LOG: 'warn', SECURECHAT_DATA_DIR: fs.mkdtempSync(path.join(os.tmpdir(), 'sc-joiner-')) },
       stdio: ['ignore', 'pipe', 'inherit'],
     });
     child.on('exit', (code) => reject(new Error(`the relay exited with ${code}`)));
@@ -30,6 +31,8 @@ test('a user on the local relay chats with a user on the host, with no certifica
   const page = await context.newPage();
   try {
     await page.goto(relayUrl);
+    await expect(page.getByText('Connected through SecureChat on this computer')).toBeVisible();
+    await expect(page.locator('#check-certificate')).toBeHidden();
     await page.getByRole('tab', { name: 'I am new here' }).click();
     await page.getByRole('textbox', { name: 'Username' }).fill('on.relay');
     await page.getByRole('textbox', { name: 'Password', exact: true }).fill(PASSWORD);
@@ -46,5 +49,20 @@ test('a user on the local relay chats with a user on the host, with no certifica
     child.kill('SIGTERM');
     await context.close();
     await host.context.close();
+  }
+});
+
+test('a browser that opens the host directly is told how to check its certificate', async ({ browser }) => {
+  const context = await browser.newContext({ ignoreHTTPSErrors: true });
+  const page = await context.newPage();
+  try {
+    await page.goto(url());
+    const help = page.locator('#check-certificate');
+    await expect(help).toBeVisible();
+    await help.getByText("Is this really your team's SecureChat?").click();
+    await expect(help).toContainText('SHA-256 fingerprint');
+    await expect(page.getByText('Connected through SecureChat on this computer')).toBeHidden();
+  } finally {
+    await context.close();
   }
 });

@@ -1016,6 +1016,11 @@ async function boot() {
     await store.clearKeys();
   }
   $('auth').hidden = false;
+  // Opened directly (https://): explain how to check the host's certificate.
+  // Through the local relay (http://127.0.0.1): the relay checks it.
+  const relayed = location.protocol === 'http:';
+  $('relayed').hidden = !relayed;
+  $('check-certificate').hidden = relayed;
   /** @type {HTMLInputElement} */ ($('form-signin').querySelector('input')).focus();
 }
 

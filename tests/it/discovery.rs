@@ -14,7 +14,7 @@ fn loopback_scope() -> Scope {
     let port = 5354 + (std::process::id() % 500) as u16;
     Scope {
         port,
-        interfaces: vec!["lo".into()],
+        loopback_only: true,
     }
 }
 

@@ -118,3 +118,43 @@ async fn the_relay_and_its_client_recover_when_the_host_restarts() {
     relay.shutdown().await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_gone_or_reinstalled_is_reported_and_a_new_certificate_refused() {
+    let mut server = TestServer::start().await;
+    let relay = start_relay(&server).await;
+    let client = via(&relay, &server);
+    assert_eq!(relay.check().await, relay::Health::Connected);
+
+    // Gone: "unreachable", and the page is told so.
+    server.stop().await;
+    assert_eq!(relay.check().await, relay::Health::Unreachable);
+    let r = client.raw(Method::GET, "/api/me", None).await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "host_unreachable");
+
+    // Reinstalled (a new CA on the same address): refused with a clear
+    // message, never forwarded.
+    let other = tempfile::tempdir().unwrap();
+    let mut config = securechat::config::Config::new(server.addr, other.path().to_owned());
+    config.master_key = Some(super::harness::test_master_key());
+    let impostor =
+        securechat::server::start(config, std::sync::Arc::new(securechat::clock::SystemClock))
+            .await
+            .expect("another host on the same address");
+    let r = client.raw(Method::GET, "/api/me", None).await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "host_certificate_changed");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains(&impostor.fingerprint().to_owned()),
+        "{body}"
+    );
+    assert!(matches!(relay.health(), relay::Health::Mismatch(fp) if fp == impostor.fingerprint()));
+    relay.shutdown().await;
+    impostor.shutdown().await;
+}
