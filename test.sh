@@ -3,21 +3,41 @@
 # then the browser tests (Playwright driving Debian's /usr/bin/chromium).
 # Where gnome-keyring and dbus-run-session are installed (.ci/run installs
 # them), the tests run inside a private D-Bus session with an unlocked
-# Secret Service, so the OS-keyring test runs against a real keyring.
+# Secret Service, so the OS-keyring test runs against a real keyring; with
+# Xvfb as well, the tray test runs on that session bus and a virtual display.
+# As root, loopback gets the MULTICAST flag so the mDNS test can run on it.
 set -euo pipefail
 cd "$(dirname "$0")"
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
+
+scratch=$(mktemp -d)
+xvfb_pid=
+cleanup() {
+  [ -n "$xvfb_pid" ] && kill "$xvfb_pid" 2>/dev/null || true
+  rm -rf "$scratch"
+}
+trap cleanup EXIT
+if [ "$(id -u)" = 0 ] && command -v ip >/dev/null; then
+  ip link set lo multicast on || echo "note: cannot enable multicast on loopback; the mDNS test is skipped" >&2
+fi
+if command -v Xvfb >/dev/null; then
+  # -displayfd picks a free display and writes its number.
+  Xvfb -displayfd 3 -nolisten tcp 3>"$scratch/display" 2>/dev/null &
+  xvfb_pid=$!
+  for _ in $(seq 100); do [ -s "$scratch/display" ] && break; sleep 0.1; done
+  export DISPLAY=":$(cat "$scratch/display")"
+fi
 if command -v dbus-run-session >/dev/null && command -v gnome-keyring-daemon >/dev/null; then
-  keyrings=$(mktemp -d)
-  trap 'rm -rf "$keyrings"' EXIT
-  XDG_DATA_HOME="$keyrings" dbus-run-session -- bash -c '
+  XDG_DATA_HOME="$scratch" dbus-run-session -- bash -c '
     set -euo pipefail
     printf "securechat-test" | gnome-keyring-daemon --unlock --components=secrets >/dev/null
-    SECURECHAT_TEST_SECRET_SERVICE=1 cargo test --locked
+    export SECURECHAT_TEST_SECRET_SERVICE=1
+    if [ -n "${DISPLAY:-}" ]; then export SECURECHAT_TEST_TRAY=1; fi
+    cargo test --locked
   '
 else
-  echo "note: gnome-keyring or dbus-run-session is missing; the Secret Service test is skipped" >&2
+  echo "note: gnome-keyring or dbus-run-session is missing; the Secret Service and tray tests are skipped" >&2
   cargo test --locked
 fi
 

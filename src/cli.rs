@@ -426,6 +426,14 @@ async fn host(args: HostArgs, logging: &mut Logging) -> Result<(), String> {
         running.app.config.data_dir.display(),
         running.key_source
     );
+    // Found by double-clicking teammates (on loopback only when bound there).
+    let advert = crate::discovery::Advertiser::start(
+        &crate::discovery::Scope::for_bind(running.addr.ip()),
+        running.addr.port(),
+        running.fingerprint(),
+    )
+    .inspect_err(|e| tracing::warn!(error = %e, "not advertised on the LAN"))
+    .ok();
     say!("Press Ctrl+C to stop.");
     tokio::select! {
         () = stop_signal() => {}
@@ -434,6 +442,7 @@ async fn host(args: HostArgs, logging: &mut Logging) -> Result<(), String> {
         }
     }
     warn!("Stopping: closing connections and flushing the database…");
+    drop(advert);
     running.shutdown().await;
     say!("SecureChat stopped.");
     Ok(())

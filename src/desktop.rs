@@ -94,6 +94,10 @@ pub async fn run(
     open_browser: bool,
     data_ready: impl FnOnce(&std::path::Path),
 ) -> Result<(), String> {
+    let mut config = config;
+    // The key first: a data directory whose key is wrong is left exactly as
+    // it was (no lock file, no settings).
+    config.master_key = Some(crate::server::open_master_key(&config).map_err(|e| e.to_string())?);
     let data_dir = config.data_dir.clone();
     let instance = match Instance::acquire(&data_dir)
         .map_err(|e| format!("cannot use the data directory {}: {e}", data_dir.display()))?

@@ -33,6 +33,11 @@ test('a user on the local relay chats with a user on the host, with no certifica
     await page.goto(relayUrl);
     await expect(page.getByText('Connected through SecureChat on this computer')).toBeVisible();
     await expect(page.locator('#check-certificate')).toBeHidden();
+    if (process.env.SECURECHAT_SCREENSHOTS === '1') {
+      // USER_GUIDE.md's "Joining" picture.
+      await page.setViewportSize({ width: 900, height: 620 });
+      await page.screenshot({ path: path.resolve(__dirname, '..', '..', 'docs', 'images', 'joining.png') });
+    }
     await page.getByRole('tab', { name: 'I am new here' }).click();
     await page.getByRole('textbox', { name: 'Username' }).fill('on.relay');
     await page.getByRole('textbox', { name: 'Password', exact: true }).fill(PASSWORD);

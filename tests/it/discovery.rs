@@ -3,8 +3,8 @@
 //! Both run in this process with their own mDNS daemons, limited to the
 //! loopback interface and a test port, so real multicast packets cross
 //! `lo` and nothing reaches the LAN. Loopback needs the MULTICAST flag,
-//! which `.ci/run` and `test.sh` set (`ip link set lo multicast on`); the
-//! test fails with a hint when it is missing.
+//! which `test.sh` sets as root (`ip link set lo multicast on`); without it
+//! the test is skipped, except in CI, where it fails.
 
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ fn loopback_scope() -> Scope {
     }
 }
 
-fn loopback_multicast() -> bool {
+pub fn loopback_multicast() -> bool {
     // IFF_MULTICAST is 0x1000.
     std::fs::read_to_string("/sys/class/net/lo/flags")
         .ok()
@@ -28,10 +28,16 @@ fn loopback_multicast() -> bool {
 
 #[tokio::test]
 async fn advertise_and_browse_find_each_other_and_goodbye_removes() {
-    assert!(
-        loopback_multicast(),
-        "mDNS test needs multicast on loopback: run `ip link set lo multicast on` as root (test.sh does)"
-    );
+    if !loopback_multicast() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the mDNS test: ./test.sh as root sets `ip link set lo multicast on`"
+        );
+        eprintln!(
+            "SKIPPED the mDNS test: loopback has no MULTICAST flag (./test.sh as root sets it)"
+        );
+        return;
+    }
     let scope = loopback_scope();
     let fingerprint = "AB:CD:EF:01:23:45:67:89";
     let advertiser = Advertiser::start(&scope, 48443, fingerprint).expect("advertise");
