@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: formatting, lints, unit and integration tests,
-# then the browser tests (Playwright driving Debian's /usr/bin/chromium).
+# the browser tests (Playwright driving Debian's /usr/bin/chromium), then the
+# Windows build and its installer's smoke test under Wine.
 # Where gnome-keyring and dbus-run-session are installed (.ci/run installs
 # them), the tests run inside a private D-Bus session with an unlocked
 # Secret Service, so the OS-keyring test runs against a real keyring; with
@@ -48,6 +49,24 @@ if [ ! -x /usr/bin/chromium ]; then
   exit 1
 fi
 cargo build --locked --bin securechat --examples
-cd e2e
-PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund
-PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npx playwright test
+(
+  cd e2e
+  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund
+  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npx playwright test
+)
+
+# Windows delivery: the release cross-build and the installer (built once),
+# then the installer's smoke test under Wine, whose native client is the
+# example built above. Needs mingw-w64, nsis, wine and the Rust target
+# x86_64-pc-windows-gnu (.ci/run installs them); skipped without them
+# except in CI.
+if command -v x86_64-w64-mingw32-gcc >/dev/null && command -v makensis >/dev/null &&
+  command -v wine >/dev/null && rustup target list --installed | grep -qx x86_64-pc-windows-gnu; then
+  installer/build.sh
+  installer/smoke-wine.sh
+elif [ -n "${CI:-}" ]; then
+  echo "CI must build and smoke-test the Windows installer: mingw-w64, nsis, wine or the Rust target is missing" >&2
+  exit 1
+else
+  echo "note: mingw-w64, nsis, wine or the x86_64-pc-windows-gnu target is missing; the Windows build and its smoke test are skipped" >&2
+fi

@@ -316,8 +316,26 @@ impl Logging {
     }
 }
 
+/// A Windows release build has no console of its own (a double-click opens
+/// no window). Run from a terminal with arguments, it attaches to that
+/// terminal's console so its output and `--help` are seen.
+#[cfg(windows)]
+#[allow(unsafe_code)]
+fn attach_parent_console() {
+    use windows_sys::Win32::System::Console::{ATTACH_PARENT_PROCESS, AttachConsole};
+    if std::env::args_os().len() > 1 {
+        // SAFETY: a plain Win32 call with a constant argument; failure (no
+        // parent console, or one already attached) changes nothing.
+        unsafe {
+            AttachConsole(ATTACH_PARENT_PROCESS);
+        }
+    }
+}
+
 /// Parses the command line and runs it; the process's exit code.
 pub fn main() -> ExitCode {
+    #[cfg(windows)]
+    attach_parent_console();
     let cli = Cli::parse();
     // No arguments: the double-click path.
     let command = cli.command.unwrap_or(Command::Host(HostArgs::default()));
