@@ -227,7 +227,7 @@ pub struct RenameChatRequest {
 
 /// An end-to-end encrypted message as the server relays and stores it:
 /// opaque bytes plus the wrapped keys for each member. SECURITY.md §4.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Envelope {
     /// Envelope format version; 1.

@@ -306,6 +306,19 @@ impl Hub {
         }
     }
 
+    /// Queues `frame` for one socket (`conn_id` of `user_id`), behind what
+    /// is already queued for it.
+    pub fn send_to_conn(&self, user_id: i64, conn_id: u64, frame: &Outbound) {
+        let inner = self.lock();
+        if let Some(conn) = inner
+            .users
+            .get(&user_id)
+            .and_then(|u| u.conns.get(&conn_id))
+        {
+            Self::push(conn, frame);
+        }
+    }
+
     fn push(conn: &Conn, frame: &Outbound) {
         if conn.tx.try_send(frame.clone()).is_err() {
             conn.close.close(crate::protocol::close::TRY_AGAIN_LATER);

@@ -7,6 +7,7 @@
 
 pub mod api;
 mod assets;
+pub mod writer;
 mod ws;
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
@@ -50,9 +51,9 @@ pub struct AppState {
     pub frame_limiter: RateLimiter<i64>,
     /// API requests per client address.
     pub http_limiter: RateLimiter<IpAddr>,
-    /// Serialises store-then-fan-out of messages, so every socket sees each
-    /// chat's messages in sequence order.
-    pub send_lock: tokio::sync::Mutex<()>,
+    /// The send path's group commit: stores, fans out, then answers (see
+    /// [`writer`]).
+    pub writer: writer::Writer,
     /// Fired when the server shuts down.
     pub shutdown: CancellationToken,
     /// Counts live socket tasks, so shutdown can wait for them.
@@ -268,6 +269,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         .map_err(|e| StartError::Bind(config.bind, e))?;
 
     let limits = &config.limits;
+    let (writer_tx, writer_rx) = writer::channel();
     let app: App = Arc::new(AppState {
         hub: Hub::new(
             limits.send_queue,
@@ -282,7 +284,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         clock,
         passwords,
         server_secret,
-        send_lock: tokio::sync::Mutex::new(()),
+        writer: writer_tx,
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
         tls: material,
@@ -304,6 +306,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
     let service = router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let serve = tokio::spawn(async move { server.serve(service).await });
     tokio::spawn(maintenance(app.clone()));
+    tokio::spawn(writer::run(app.clone(), writer_rx));
     tracing::info!(%addr, fingerprint = %app.tls.fingerprint, "SecureChat is listening");
     Ok(Running {
         addr,

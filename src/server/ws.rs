@@ -20,7 +20,7 @@ use crate::error::ApiError;
 use crate::protocol::{ClientFrame, Envelope, ServerFrame, WireLimits, close};
 use crate::server::api::{chat_info, message_record};
 use crate::server::{App, origin_allowed};
-use crate::store::{Insert, UserRow};
+use crate::store::UserRow;
 
 /// `GET /ws`: upgrades only with a valid session and an allowed `Origin`.
 pub async fn upgrade(
@@ -502,95 +502,40 @@ impl Connection {
     }
 
     async fn send_message(&mut self, id: String, chat: String, envelope: Envelope) -> Flow {
-        let refuse =
-            |code: &str, message: String, members: Option<Vec<String>>| ServerFrame::Error {
-                code: code.to_owned(),
-                message,
-                id: Some(id.clone()),
-                retry_after_ms: None,
-                members,
-            };
         if let Err(why) = self.check_envelope(&id, &chat, &envelope) {
-            self.send(&refuse("bad_envelope", why, None)).await;
+            self.send(&crate::server::writer::refusal(
+                &id,
+                "bad_envelope",
+                why,
+                None,
+            ))
+            .await;
             return Flow::Continue;
         }
-        let app = self.app.clone();
-        // Store, then fan out, under one lock: every socket then receives
-        // each chat's messages in sequence order.
-        let _order = app.send_lock.lock().await;
-        let now = app.clock.now_ms();
-        let ct_len = envelope.ct.len();
-        let (sender_id, mid, cid, env) = (self.user.id, id.clone(), chat.clone(), envelope.clone());
-        let result = app
-            .db
-            .call(move |s| s.insert_message(&cid, &mid, sender_id, &env, now))
-            .await;
-        let reply = match result {
-            Ok(Insert::Stored { seq, ts, members }) => {
-                let frame = encode(&ServerFrame::Message {
-                    message: crate::protocol::MessageRecord {
-                        id: id.clone(),
-                        chat: chat.clone(),
-                        sender: self.user.username.clone(),
-                        seq,
-                        ts,
-                        envelope,
-                    },
-                });
-                app.logger.chat(
-                    &self.log_session,
-                    &self.user.username,
-                    &chat,
-                    format!("message-sent id={id} seq={seq} bytes={ct_len}"),
-                    ts,
-                );
-                // The sender's other sockets get the message; this one the ack.
-                app.hub.send_to_users(
-                    members.iter().map(|m| m.user_id),
-                    &frame,
-                    Some(self.conn_id),
-                );
-                ServerFrame::Ack {
-                    id,
-                    chat,
-                    seq,
-                    ts,
-                    duplicate: false,
-                }
-            }
-            Ok(Insert::Duplicate { seq, ts }) => ServerFrame::Ack {
-                id,
-                chat,
-                seq,
-                ts,
-                duplicate: true,
-            },
-            Ok(Insert::MembersMismatch { members }) => refuse(
-                "members_mismatch",
-                "The wrapped keys must cover exactly the chat's current members.".into(),
-                Some(members),
-            ),
-            Ok(Insert::NotMember) => refuse(
-                "not_member",
-                "You are not a member of that chat.".into(),
-                None,
-            ),
-            Ok(Insert::IdTaken) => refuse(
-                "duplicate_id",
-                "That message id is already used by another message.".into(),
-                None,
-            ),
-            Err(e) => {
-                tracing::error!(error = %e, "storing a message failed");
-                refuse(
-                    "store_failed",
-                    "The server could not store the message; send it again.".into(),
-                    None,
-                )
-            }
+        // The writer stores it (group commit), fans it out, and queues the
+        // ack (or refusal) for this socket behind what it already has, so
+        // this socket goes on draining its own queue meanwhile. A full
+        // writer queue holds this socket's reading back.
+        let pending = crate::server::writer::Pending {
+            ct_len: envelope.ct.len(),
+            chat,
+            id: id.clone(),
+            sender_id: self.user.id,
+            sender: self.user.username.clone(),
+            envelope,
+            now: self.app.clock.now_ms(),
+            conn_id: self.conn_id,
+            log_session: self.log_session.clone(),
         };
-        drop(_order);
-        self.send(&reply).await;
+        if self.app.writer.send(pending).await.is_err() {
+            self.send(&crate::server::writer::refusal(
+                &id,
+                "store_failed",
+                "The server could not store the message; send it again.".into(),
+                None,
+            ))
+            .await;
+        }
         Flow::Continue
     }
 

@@ -199,6 +199,16 @@ pub enum Insert {
     IdTaken,
 }
 
+/// A message to store (see [`Store::insert_messages`]).
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub chat_id: String,
+    pub id: String,
+    pub sender_id: i64,
+    pub envelope: Envelope,
+    pub now: i64,
+}
+
 /// One chat log file and what it belongs to.
 #[derive(Debug, Clone)]
 pub struct ChatLogRow {
@@ -1164,6 +1174,42 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let inserted = Self::insert_in(&tx, chat_id, id, sender_id, envelope, now)?;
+        tx.commit()?;
+        Ok(inserted)
+    }
+
+    /// Stores a batch of messages in one transaction, so one synchronous
+    /// commit (one fsync) makes all of them durable: the group commit of the
+    /// send path. Each message is checked and stored on its own savepoint, so
+    /// one refusal or failure leaves the others as they are. The results are
+    /// in the batch's order; if the commit itself fails, every one fails.
+    pub fn insert_messages(&mut self, batch: &[NewMessage]) -> Result<Vec<Result<Insert>>> {
+        let mut tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut results = Vec::with_capacity(batch.len());
+        for m in batch {
+            let sp = tx.savepoint()?;
+            let result = Self::insert_in(&sp, &m.chat_id, &m.id, m.sender_id, &m.envelope, m.now);
+            if result.is_ok() {
+                sp.commit()?;
+            }
+            // (A failed savepoint rolls back when dropped.)
+            results.push(result);
+        }
+        tx.commit()?;
+        Ok(results)
+    }
+
+    fn insert_in(
+        tx: &rusqlite::Connection,
+        chat_id: &str,
+        id: &str,
+        sender_id: i64,
+        envelope: &Envelope,
+        now: i64,
+    ) -> Result<Insert> {
         let existing = tx
             .query_row(
                 "SELECT chat_id, sender_id, seq, ts FROM messages WHERE id = ?1",
@@ -1185,7 +1231,7 @@ impl Store {
                 Insert::IdTaken
             });
         }
-        let members = Self::load_members(&tx, chat_id)?;
+        let members = Self::load_members(tx, chat_id)?;
         if !members.iter().any(|m| m.user_id == sender_id) {
             return Ok(Insert::NotMember);
         }
@@ -1205,11 +1251,10 @@ impl Store {
         )?;
         let json =
             serde_json::to_string(envelope).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO messages (chat_id, seq, id, sender_id, ts, envelope) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![chat_id, seq, id, sender_id, now, json],
-        )?;
-        tx.commit()?;
+        )?
+        .execute(params![chat_id, seq, id, sender_id, now, json])?;
         Ok(Insert::Stored {
             seq,
             ts: now,
