@@ -12,6 +12,12 @@ cd "$(dirname "$0")"
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 
+# The benchmark tool's test compares against Python's websockets and Node's
+# ws: install both, pinned.
+python3 -c 'import websockets' 2>/dev/null ||
+  python3 -m pip install --quiet --disable-pip-version-check websockets==15.0.1
+(cd bench/baselines/node && npm ci --no-audit --no-fund --silent)
+
 scratch=$(mktemp -d)
 xvfb_pid=
 cleanup() {
@@ -48,7 +54,7 @@ if [ ! -x /usr/bin/chromium ]; then
   echo "The browser tests need Debian's Chromium: apt-get install chromium (.ci/run does it)." >&2
   exit 1
 fi
-cargo build --locked --bin securechat --examples
+cargo build --locked --bins --examples
 (
   cd e2e
   PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund

@@ -69,6 +69,55 @@ pub fn fingerprint(der: &[u8]) -> String {
         .join(":")
 }
 
+/// A new local CA: its certificate and key, valid for ten years from `now`.
+fn new_ca(now: time::OffsetDateTime) -> Result<(rcgen::Certificate, KeyPair), rcgen::Error> {
+    let key = KeyPair::generate()?;
+    let mut params = ca_params();
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + YEAR * 10;
+    Ok((params.self_signed(&key)?, key))
+}
+
+/// A leaf certificate for `names`, valid for a year from `now`, signed by
+/// the CA whose key is `ca_key`.
+fn new_leaf(
+    names: &[String],
+    now: time::OffsetDateTime,
+    ca_key: &KeyPair,
+) -> Result<(rcgen::Certificate, KeyPair), rcgen::Error> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = names.iter().map(|n| san(n)).collect::<Result<_, _>>()?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "SecureChat host");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + YEAR;
+    let issuer = Issuer::new(ca_params(), ca_key);
+    Ok((params.signed_by(&key, &issuer)?, key))
+}
+
+/// A throwaway CA and a leaf for `names`, as PEM: (CA certificate, leaf
+/// chain `[leaf, CA]`, leaf key). For benchmarks and tests that give other
+/// servers the same kind of certificate the host uses.
+pub fn throwaway_pem(names: &[String]) -> Result<(String, String, String), TlsError> {
+    let now = time::OffsetDateTime::now_utc();
+    let (ca, ca_key) = new_ca(now)?;
+    let (leaf, key) = new_leaf(names, now, &ca_key)?;
+    Ok((
+        ca.pem(),
+        format!("{}{}", leaf.pem(), ca.pem()),
+        key.serialize_pem(),
+    ))
+}
+
 /// This computer's name as people know it ("alice-pc"), or "this computer".
 pub fn computer_name() -> String {
     hostname::get()
@@ -207,11 +256,7 @@ pub fn load_or_create(
         let pem = std::fs::read_to_string(&ca_cert_path).map_err(io_err(&ca_cert_path))?;
         (pem, KeyPair::from_pem(&key_pem)?)
     } else {
-        let key = KeyPair::generate()?;
-        let mut params = ca_params();
-        params.not_before = now - time::Duration::days(1);
-        params.not_after = now + YEAR * 10;
-        let cert = params.self_signed(&key)?;
+        let (cert, key) = new_ca(now)?;
         write_key(dir, "ca", sealing_key, &key.serialize_pem())?;
         write_private(&ca_cert_path, cert.pem().as_bytes())?;
         let _ = std::fs::remove_file(&leaf_cert_path);
@@ -235,24 +280,8 @@ pub fn load_or_create(
     let leaf_key_pem = if let (true, Some(pem)) = (reuse, leaf_key_pem) {
         pem
     } else {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::default();
-        params.subject_alt_names = names.iter().map(|n| san(n)).collect::<Result<_, _>>()?;
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "SecureChat host");
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.use_authority_key_identifier_extension = true;
-        params.not_before = now - time::Duration::days(1);
         let not_after = now + YEAR;
-        params.not_after = not_after;
-        let issuer = Issuer::new(ca_params(), &ca_key);
-        let cert = params.signed_by(&key, &issuer)?;
+        let (cert, key) = new_leaf(names, now, &ca_key)?;
         write_key(dir, "leaf", sealing_key, &key.serialize_pem())?;
         write_private(&leaf_cert_path, cert.pem().as_bytes())?;
         write_private(

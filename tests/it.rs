@@ -7,6 +7,8 @@ mod it {
     mod accounts;
     /// Encryption at rest, chat logs, the master key and admin commands.
     mod at_rest;
+    /// The benchmark tool's scenarios in their tiny form.
+    mod bench;
     /// Direct and group chats: delivery, decryption, membership.
     mod chats;
     /// Delivery across dropped sockets, restarts and kill -9.

@@ -1,0 +1,254 @@
+//! The load: WebSocket clients over real TLS that send pre-built frames at a
+//! set rate and time every frame that comes back. The send time travels in
+//! the message id itself (a valid UUID v4 whose last 48 bits are the
+//! microseconds since the run began), so receivers need no shared table and
+//! read only the id, never the envelope.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{Message, protocol::WebSocketConfig};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+
+use crate::servers::{Error, Kind};
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// When this run began; ids carry microseconds since then.
+pub fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_micros() -> u64 {
+    epoch().elapsed().as_micros() as u64
+}
+
+/// A message id: user, sequence and send time in a UUID v4.
+pub fn message_id(user: u32, seq: u64) -> String {
+    let ts = now_micros() & 0xffff_ffff_ffff;
+    format!(
+        "{user:08x}-{:04x}-4{:03x}-8{:03x}-{ts:012x}",
+        (seq >> 24) & 0xffff,
+        (seq >> 12) & 0xfff,
+        seq & 0xfff
+    )
+}
+
+/// The send time in an id this tool made (the first `"id":"` of a frame).
+fn sent_at(frame: &str) -> Option<u64> {
+    let start = frame.find("\"id\":\"")? + 6;
+    let id = frame.get(start..start + 36)?;
+    u64::from_str_radix(&id[24..], 16).ok()
+}
+
+/// Where and how to connect.
+#[derive(Clone)]
+pub struct Target {
+    pub url: String,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub kind: Kind,
+}
+
+/// Opens a socket (with the session cookie for SecureChat, and its `hello`
+/// answered up to `synced`).
+pub async fn connect(target: &Target, cookie: Option<&str>) -> Result<Ws, Error> {
+    let url = format!("{}/ws", target.url.replacen("https://", "wss://", 1));
+    let mut request = url.into_client_request()?;
+    let headers = request.headers_mut();
+    headers.insert("Origin", target.url.parse()?);
+    if let Some(token) = cookie {
+        headers.insert(
+            "Cookie",
+            format!("{}={token}", securechat::auth::SESSION_COOKIE).parse()?,
+        );
+    }
+    let config = WebSocketConfig::default().max_message_size(Some(1 << 20));
+    let (mut ws, _) = tokio_tungstenite::connect_async_tls_with_config(
+        request,
+        Some(config),
+        true,
+        Some(Connector::Rustls(target.tls.clone())),
+    )
+    .await?;
+    if target.kind == Kind::SecureChat {
+        ws.send(Message::text(r#"{"type":"hello","since":{}}"#))
+            .await?;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), ws.next()).await? {
+                Some(Ok(Message::Text(t))) if t.as_str().starts_with(r#"{"type":"synced""#) => {
+                    break;
+                }
+                Some(Ok(_)) => {}
+                other => return Err(format!("socket ended before synced: {other:?}").into()),
+            }
+        }
+    }
+    Ok(ws)
+}
+
+/// Receipts and their latencies while a measurement is active.
+#[derive(Default)]
+pub struct Collector {
+    active: AtomicBool,
+    count: AtomicU64,
+    latencies_us: Mutex<Vec<u32>>,
+}
+
+/// One measurement window.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Window {
+    pub receipts: u64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+}
+
+impl Collector {
+    pub fn start(&self) {
+        self.latencies_us
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.count.store(0, Ordering::Relaxed);
+        self.active.store(true, Ordering::Release);
+    }
+
+    pub fn stop(&self) -> Window {
+        self.active.store(false, Ordering::Release);
+        let mut lat =
+            std::mem::take(&mut *self.latencies_us.lock().unwrap_or_else(|p| p.into_inner()));
+        lat.sort_unstable();
+        let q = |p: f64| -> f64 {
+            if lat.is_empty() {
+                return 0.0;
+            }
+            let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
+            f64::from(lat[i]) / 1000.0
+        };
+        Window {
+            receipts: self.count.load(Ordering::Relaxed),
+            p50_ms: q(0.50),
+            p95_ms: q(0.95),
+            p99_ms: q(0.99),
+        }
+    }
+
+    fn record(&self, frame: &str) {
+        if !self.active.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some(sent) = sent_at(frame) {
+            let lat = now_micros().saturating_sub(sent).min(u64::from(u32::MAX)) as u32;
+            self.count.fetch_add(1, Ordering::Relaxed);
+            self.latencies_us
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(lat);
+        }
+    }
+}
+
+/// Reads a socket until it closes, recording every delivered message.
+pub fn spawn_reader(mut stream: SplitStream<Ws>, kind: Kind, collector: Arc<Collector>) {
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = stream.next().await {
+            if let Message::Text(text) = message {
+                let text = text.as_str();
+                // SecureChat also sends acks, presence and typing notices.
+                if kind != Kind::SecureChat || text.starts_with(r#"{"type":"message""#) {
+                    collector.record(text);
+                }
+            }
+        }
+    });
+}
+
+/// A frame with its id left out: `prefix + id + suffix`.
+#[derive(Clone)]
+pub struct Template {
+    pub prefix: String,
+    pub suffix: String,
+}
+
+impl Template {
+    /// Splits `frame` at the placeholder id.
+    pub fn new(frame: &str, placeholder: &str) -> Result<Self, Error> {
+        let (prefix, suffix) = frame
+            .split_once(placeholder)
+            .ok_or("the frame has no placeholder id")?;
+        Ok(Self {
+            prefix: prefix.to_owned(),
+            suffix: suffix.to_owned(),
+        })
+    }
+}
+
+/// Sends `template` frames at the rate (frames/s) in `rate`, until the rate
+/// channel closes.
+pub fn spawn_sender(
+    mut sink: SplitSink<Ws, Message>,
+    template: Template,
+    user: u32,
+    mut rate: tokio::sync::watch::Receiver<f64>,
+) {
+    tokio::spawn(async move {
+        let mut seq = 0u64;
+        let mut next = tokio::time::Instant::now();
+        loop {
+            let r = *rate.borrow_and_update();
+            if r <= 0.0 {
+                if rate.changed().await.is_err() {
+                    break;
+                }
+                next = tokio::time::Instant::now();
+                continue;
+            }
+            let gap = Duration::from_secs_f64(1.0 / r);
+            next += gap;
+            let now = tokio::time::Instant::now();
+            if next + Duration::from_millis(500) < now {
+                // Far behind (the server pushes back): do not burst to catch up.
+                next = now;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                changed = rate.changed() => {
+                    if changed.is_err() { break; }
+                    next = tokio::time::Instant::now();
+                    continue;
+                }
+            }
+            seq += 1;
+            let frame = format!(
+                "{}{}{}",
+                template.prefix,
+                message_id(user, seq),
+                template.suffix
+            );
+            if sink.send(Message::text(frame)).await.is_err() {
+                break;
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_uuid_v4_and_carry_the_send_time() {
+        let id = message_id(7, 0x12_3456_789a);
+        let parsed = uuid::Uuid::parse_str(&id).unwrap();
+        assert_eq!(parsed.get_version_num(), 4);
+        let frame = format!(r#"{{"type":"message","message":{{"id":"{id}","chat":"x"}}}}"#);
+        let sent = sent_at(&frame).unwrap();
+        assert!(sent <= now_micros());
+    }
+}

@@ -1,0 +1,928 @@
+//! `securechat-bench`: drives many native clients over real TLS on loopback
+//! against a SecureChat host it starts itself, and the same traffic against
+//! baselines (a bare relay on the same stack, Python's `websockets` and
+//! Node's `ws` broadcast servers). See docs/BENCHMARKS.md.
+//!
+//! ```text
+//! securechat-bench fanout|idle|login|files|start|all [--quick|--tiny] [--json] [--svg FILE]
+//! ```
+//! `--quick` runs each scenario in under a minute; `--tiny` only proves the
+//! scenarios work (CI). Servers run on core 0 and the load on the others
+//! (taskset) when there are two cores or more.
+
+mod load;
+mod servers;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use futures_util::StreamExt;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use securechat::client::Client;
+use securechat::client::crypto::UserKeys;
+use securechat::protocol::ClientFrame;
+use serde_json::{Value, json};
+
+use load::{Collector, Target, Template, Window};
+use servers::{Certs, Error, Kind, Server};
+
+#[derive(Parser)]
+#[command(
+    name = "securechat-bench",
+    version,
+    about = "Load and benchmarks for SecureChat"
+)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+    /// Each scenario in under a minute.
+    #[arg(long, global = true)]
+    quick: bool,
+    /// Tiny counts that only prove the scenarios work (CI).
+    #[arg(long, global = true, conflicts_with = "quick")]
+    tiny: bool,
+    /// Print one JSON object instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Write the fan-out chart (throughput and p99 against offered load).
+    #[arg(long, global = true)]
+    svg: Option<PathBuf>,
+    /// Only SecureChat: skip the Python and Node baselines.
+    #[arg(long, global = true)]
+    no_baselines: bool,
+}
+
+#[derive(Subcommand, Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    /// Users in one group sending pre-sealed envelopes at a rising rate.
+    Fanout,
+    /// Authenticated idle sockets: the host's memory per socket.
+    Idle,
+    /// A storm of concurrent logins, and the chat latency during it.
+    Login,
+    /// A large file up and down, against curl from a static TLS server.
+    Files,
+    /// Cold start of `securechat host` to the first HTTPS 200.
+    Start,
+    /// Every scenario.
+    All,
+}
+
+/// Counts for each mode.
+#[derive(Clone, Copy)]
+struct Sizes {
+    users: usize,
+    step: Duration,
+    first_rate: f64,
+    max_steps: usize,
+    idle_sockets: usize,
+    logins: usize,
+    login_users: usize,
+    login_concurrency: usize,
+    chat_rate: f64,
+    file_bytes: usize,
+    starts: usize,
+}
+
+impl Sizes {
+    fn of(cli: &Cli) -> Self {
+        if cli.tiny {
+            Self {
+                users: 3,
+                step: Duration::from_millis(300),
+                first_rate: 20.0,
+                max_steps: 2,
+                idle_sockets: 10,
+                logins: 4,
+                login_users: 2,
+                login_concurrency: 2,
+                chat_rate: 10.0,
+                file_bytes: 1 << 20,
+                starts: 1,
+            }
+        } else if cli.quick {
+            Self {
+                users: 8,
+                step: Duration::from_secs(1),
+                first_rate: 100.0,
+                max_steps: 9,
+                idle_sockets: 1000,
+                logins: 48,
+                login_users: 4,
+                login_concurrency: 16,
+                chat_rate: 20.0,
+                file_bytes: 64 << 20,
+                starts: 5,
+            }
+        } else {
+            Self {
+                users: 16,
+                step: Duration::from_secs(4),
+                first_rate: 100.0,
+                max_steps: 12,
+                idle_sockets: 5000,
+                logins: 200,
+                login_users: 8,
+                login_concurrency: 32,
+                chat_rate: 20.0,
+                file_bytes: 1 << 30,
+                starts: 10,
+            }
+        }
+    }
+}
+
+const PASSWORD: &str = "benchmark password, long enough";
+const PLACEHOLDER: &str = "00000000-0000-4000-8000-000000000000";
+
+fn main() -> std::process::ExitCode {
+    // (internal) `serve`: the SecureChat host under load, started by this tool.
+    if std::env::args().nth(1).as_deref() == Some("serve") {
+        return serve();
+    }
+    let cli = Cli::parse();
+    servers::pin_load();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("securechat-bench: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(&cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("securechat-bench: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `serve`: the real server (the library's `server::start`) with the
+/// benchmark's limits: rate and socket limits out of the way, so the
+/// benchmark measures the server's cost and not its refusals. Everything
+/// else (TLS, sessions, storage with synchronous writes, fan-out) is the
+/// product's own.
+fn serve() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .map(PathBuf::from)
+    };
+    let (Some(dir), Some(cert), Some(key)) = (arg("--data-dir"), arg("--cert"), arg("--key"))
+    else {
+        eprintln!("usage: securechat-bench serve --data-dir DIR --cert PEM --key PEM");
+        return std::process::ExitCode::FAILURE;
+    };
+    let mut config = securechat::config::Config::new(([127, 0, 0, 1], 0).into(), dir);
+    config.tls_cert = Some(cert);
+    config.tls_key = Some(key);
+    config.master_key = Some(securechat::secrets::MasterKey::from_bytes(
+        *b"securechat bench master key 32b!",
+    ));
+    config.registration = Some(securechat::config::RegistrationMode::Open);
+    let l = &mut config.limits;
+    l.frames_per_sec = 1e9;
+    l.frame_burst = 1e9;
+    l.http_per_sec = 1e9;
+    l.http_burst = 1e9;
+    l.max_sockets_per_user = 1_000_000;
+    l.max_sockets_per_ip = 1_000_000;
+    l.send_queue = 4096;
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(_) => return std::process::ExitCode::FAILURE,
+    };
+    runtime.block_on(async {
+        match securechat::server::start(config, Arc::new(securechat::clock::SystemClock)).await {
+            Ok(running) => {
+                println!("https://{}", running.addr);
+                let _ = tokio::signal::ctrl_c().await;
+                running.shutdown().await;
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("serve: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// A scratch directory for one run, removed at the end.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> std::io::Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "securechat-bench-{}",
+            securechat::chatlog::opaque_id()
+        ));
+        securechat::secrets::create_private_dir(&dir)?;
+        Ok(Self(dir))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Shared setup of one run.
+struct Bench {
+    sizes: Sizes,
+    dir: Scratch,
+    certs: Certs,
+    anchor: CertificateDer<'static>,
+    tls: Arc<rustls::ClientConfig>,
+    /// One key pair for every benchmark user: the server never sees private
+    /// keys, so sharing them changes nothing it does.
+    keys: UserKeys,
+}
+
+async fn run(cli: &Cli) -> Result<(), Error> {
+    let sizes = Sizes::of(cli);
+    let dir = Scratch::new()?;
+    let certs = Certs::create(dir.path())?;
+    let anchor = CertificateDer::from_pem_file(&certs.ca)?;
+    let mut tls = securechat::tls::pinned_client_config(&anchor)?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let keys = tokio::task::spawn_blocking(UserKeys::generate).await??;
+    let bench = Bench {
+        sizes,
+        dir,
+        certs,
+        anchor,
+        tls: Arc::new(tls),
+        keys,
+    };
+    let mut report = serde_json::Map::new();
+    report.insert(
+        "machine".into(),
+        json!({
+            "cores": servers::cores(),
+            "pinned": servers::pinning(),
+            "mode": if cli.tiny { "tiny" } else if cli.quick { "quick" } else { "full" },
+        }),
+    );
+    let all = cli.scenario == Scenario::All;
+    if all || cli.scenario == Scenario::Fanout {
+        fanout_all(&bench, cli, &mut report).await?;
+    }
+    if all || cli.scenario == Scenario::Idle {
+        idle(&bench, &mut report).await?;
+    }
+    if all || cli.scenario == Scenario::Login {
+        login(&bench, &mut report).await?;
+    }
+    if all || cli.scenario == Scenario::Files {
+        files(&bench, &mut report).await?;
+    }
+    if all || cli.scenario == Scenario::Start {
+        start(&bench, &mut report).await?;
+    }
+    let report = Value::Object(report);
+    if cli.json {
+        println!("{report}");
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+fn say(what: &str) {
+    eprintln!("· {what}");
+}
+
+/// Registers `name` and returns its client (signed in).
+async fn user(bench: &Bench, url: &str, name: &str) -> Result<Client, Error> {
+    let mut client = Client::new(url, &bench.anchor)?;
+    client
+        .register(name, PASSWORD, bench.keys.clone(), None)
+        .await?;
+    Ok(client)
+}
+
+/// A group of `count` users on a SecureChat host: their session tokens and
+/// the `send` frame template (a real sealed envelope for all of them).
+async fn group(
+    bench: &Bench,
+    url: &str,
+    count: usize,
+    tag: &str,
+) -> Result<(Vec<String>, Template), Error> {
+    let names: Vec<String> = (0..count).map(|i| format!("{tag}{i}")).collect();
+    let mut clients = Vec::new();
+    for name in &names {
+        clients.push(user(bench, url, name).await?);
+    }
+    let others: Vec<&str> = names[1..].iter().map(String::as_str).collect();
+    let chat = clients[0].create_group(tag, &others).await?;
+    // A realistic message: sealed once, for every member (the server's cost
+    // is what is measured, not the client's RSA).
+    let text = "A realistic message of a few words, like most chat messages are. 👋";
+    let envelope = clients[0].seal_text(&chat, PLACEHOLDER, text).await?;
+    let frame = serde_json::to_string(&ClientFrame::Send {
+        id: PLACEHOLDER.to_owned(),
+        chat: chat.id.clone(),
+        envelope,
+    })?;
+    let tokens = clients
+        .iter()
+        .map(|c| c.session_token().map(str::to_owned).ok_or("no session"))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((tokens, Template::new(&frame, PLACEHOLDER)?))
+}
+
+/// One offered load and what came of it.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+struct Step {
+    /// Receipts per second offered (sends/s × receivers).
+    offered: f64,
+    delivered: f64,
+    p50_ms: f64,
+    p95_ms: f64,
+    p99_ms: f64,
+    server_cpu: f64,
+    load_cpu: f64,
+}
+
+/// Connected senders and receivers of one fan-out.
+struct Fanout {
+    rates: Vec<tokio::sync::watch::Sender<f64>>,
+    collector: Arc<Collector>,
+    receivers: usize,
+}
+
+impl Fanout {
+    async fn connect(
+        target: &Target,
+        tokens: &[Option<String>],
+        template: &Template,
+    ) -> Result<Self, Error> {
+        let collector = Arc::new(Collector::default());
+        let mut rates = Vec::new();
+        for (i, token) in tokens.iter().enumerate() {
+            let ws = load::connect(target, token.as_deref()).await?;
+            let (sink, stream) = ws.split();
+            load::spawn_reader(stream, target.kind, collector.clone());
+            let (tx, rx) = tokio::sync::watch::channel(0.0);
+            load::spawn_sender(sink, template.clone(), i as u32, rx);
+            rates.push(tx);
+        }
+        Ok(Self {
+            receivers: tokens.len() - 1,
+            rates,
+            collector,
+        })
+    }
+
+    fn set(&self, sends_per_s: f64) {
+        let each = sends_per_s / self.rates.len() as f64;
+        for r in &self.rates {
+            let _ = r.send(each);
+        }
+    }
+
+    /// Offers `sends_per_s` for `length` and measures.
+    async fn step(&self, server: Option<&Server>, sends_per_s: f64, length: Duration) -> Step {
+        self.set(sends_per_s);
+        tokio::time::sleep(length / 4).await;
+        let (cpu0, load0, t0) = (
+            server.map_or(0.0, Server::cpu),
+            servers::cpu_of("self"),
+            Instant::now(),
+        );
+        self.collector.start();
+        tokio::time::sleep(length).await;
+        let w: Window = self.collector.stop();
+        let secs = t0.elapsed().as_secs_f64();
+        let step = Step {
+            offered: sends_per_s * self.receivers as f64,
+            delivered: w.receipts as f64 / secs,
+            p50_ms: w.p50_ms,
+            p95_ms: w.p95_ms,
+            p99_ms: w.p99_ms,
+            server_cpu: (server.map_or(0.0, Server::cpu) - cpu0) / secs,
+            load_cpu: (servers::cpu_of("self") - load0) / secs,
+        };
+        self.set(0.0);
+        // Let queues drain before the next step.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        step
+    }
+}
+
+/// The fan-out against one server: rising load until delivery saturates,
+/// then latency at half the maximum.
+async fn fanout(
+    bench: &Bench,
+    kind: Kind,
+    shared: &mut Option<Template>,
+) -> Result<(f64, Step, Vec<Step>), Error> {
+    let s = bench.sizes;
+    let server = servers::start(kind, bench.dir.path(), &bench.certs, None).await?;
+    let target = Target {
+        url: server.url.clone(),
+        tls: bench.tls.clone(),
+        kind,
+    };
+    // Every server gets the same bytes: SecureChat's real `send` frame
+    // (SecureChat runs first and makes it).
+    let (tokens, template) = if kind == Kind::SecureChat {
+        let (tokens, template) = group(bench, &server.url, s.users, "fan").await?;
+        *shared = Some(template.clone());
+        (tokens.into_iter().map(Some).collect::<Vec<_>>(), template)
+    } else {
+        let template = shared.clone().ok_or("SecureChat's fan-out runs first")?;
+        (vec![None; s.users], template)
+    };
+    let fan = Fanout::connect(&target, &tokens, &template).await?;
+    let mut steps = Vec::new();
+    let mut sends = s.first_rate;
+    for _ in 0..s.max_steps {
+        let step = fan.step(Some(&server), sends, s.step).await;
+        say(&format!(
+            "{}: offered {:.0}/s, delivered {:.0}/s, p99 {:.1} ms, server CPU {:.0} %, load CPU {:.0} %",
+            kind.name(),
+            step.offered,
+            step.delivered,
+            step.p99_ms,
+            step.server_cpu * 100.0,
+            step.load_cpu * 100.0
+        ));
+        steps.push(step);
+        if step.delivered < 0.9 * step.offered || step.p99_ms > 1000.0 {
+            break;
+        }
+        sends *= 2.0;
+    }
+    let max = steps.iter().map(|s| s.delivered).fold(0.0, f64::max);
+    let half = fan
+        .step(Some(&server), 0.5 * max / fan.receivers as f64, s.step)
+        .await;
+    drop(fan);
+    server.stop().await;
+    Ok((max, half, steps))
+}
+
+async fn fanout_all(
+    bench: &Bench,
+    cli: &Cli,
+    report: &mut serde_json::Map<String, Value>,
+) -> Result<(), Error> {
+    let (python_ok, node_ok) = servers::baselines_available();
+    let mut kinds = vec![Kind::SecureChat, Kind::Bare];
+    if !cli.no_baselines {
+        if !python_ok {
+            return Err("the Python baseline needs `websockets` (bench/run.sh installs it; or --no-baselines)".into());
+        }
+        if !node_ok {
+            return Err("the Node baseline needs `ws` in bench/baselines/node (bench/run.sh installs it; or --no-baselines)".into());
+        }
+        kinds.extend([Kind::Python, Kind::Node]);
+    }
+    let mut max = std::collections::BTreeMap::new();
+    let mut curves = serde_json::Map::new();
+    let mut half_load = None;
+    let mut template = None;
+    for kind in kinds {
+        let (m, half, steps) = fanout(bench, kind, &mut template).await?;
+        max.insert(kind.name(), m);
+        if kind == Kind::SecureChat {
+            half_load = Some(half);
+        }
+        curves.insert(
+            kind.name().into(),
+            json!({ "max": m, "half_load": half, "steps": steps }),
+        );
+    }
+    let sc = max["securechat"];
+    let ratio = |k: &str| max.get(k).map(|m| if *m > 0.0 { sc / m } else { 0.0 });
+    let half = half_load.unwrap_or(Step {
+        offered: 0.0,
+        delivered: 0.0,
+        p50_ms: 0.0,
+        p95_ms: 0.0,
+        p99_ms: 0.0,
+        server_cpu: 0.0,
+        load_cpu: 0.0,
+    });
+    report.insert("fanout_users".into(), json!(bench.sizes.users));
+    report.insert("fanout_msgs_per_s".into(), json!(sc));
+    report.insert("fanout_ratio_vs_bare".into(), json!(ratio("bare")));
+    report.insert("fanout_ratio_vs_python".into(), json!(ratio("python")));
+    report.insert("fanout_ratio_vs_node".into(), json!(ratio("node")));
+    report.insert("fanout_p50_ms".into(), json!(half.p50_ms));
+    report.insert("fanout_p95_ms".into(), json!(half.p95_ms));
+    report.insert("fanout_p99_ms".into(), json!(half.p99_ms));
+    if let Some(path) = &cli.svg {
+        std::fs::write(path, chart(&curves))?;
+    }
+    report.insert("fanout".into(), Value::Object(curves));
+    Ok(())
+}
+
+/// `idle`: the host's memory per authenticated, idle socket.
+async fn idle(bench: &Bench, report: &mut serde_json::Map<String, Value>) -> Result<(), Error> {
+    let k = bench.sizes.idle_sockets;
+    check_file_limit(k)?;
+    let server = servers::start(Kind::SecureChat, bench.dir.path(), &bench.certs, None).await?;
+    let client = user(bench, &server.url, "idle0").await?;
+    let token = client.session_token().map(str::to_owned);
+    let target = Target {
+        url: server.url.clone(),
+        tls: bench.tls.clone(),
+        kind: Kind::SecureChat,
+    };
+    // One socket first, so one-time allocations are not counted per socket.
+    let warm = load::connect(&target, token.as_deref()).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = server.rss();
+    let sockets: Vec<_> = futures_util::stream::iter(0..k)
+        .map(|_| load::connect(&target, token.as_deref()))
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let mut open = 0;
+    for ws in sockets {
+        let mut ws = ws?;
+        open += 1;
+        // Keep answering the server's pings.
+        tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} });
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = server.rss();
+    let per = after.saturating_sub(before) as f64 / open as f64;
+    say(&format!(
+        "idle: {open} sockets, host RSS {:.1} → {:.1} MiB, {per:.0} bytes per socket",
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0
+    ));
+    drop(warm);
+    server.stop().await;
+    report.insert("idle_sockets".into(), json!(open));
+    report.insert("idle_rss_before".into(), json!(before));
+    report.insert("idle_rss_after".into(), json!(after));
+    report.insert("idle_bytes_per_socket".into(), json!(per));
+    Ok(())
+}
+
+fn check_file_limit(sockets: usize) -> Result<(), Error> {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<usize>().ok());
+    match soft {
+        Some(n) if n < sockets + 256 => Err(format!(
+            "{sockets} sockets need more open files than the limit of {n}: run `ulimit -n {}` first (bench/run.sh does)",
+            sockets * 2 + 1024
+        )
+        .into()),
+        _ => Ok(()),
+    }
+}
+
+/// The time of one Argon2id hash with the server's own parameters.
+async fn argon2_seconds() -> Result<f64, Error> {
+    let passwords = securechat::auth::Passwords::new(1)?;
+    passwords
+        .hash(vec![7; 32])
+        .await
+        .map_err(|e| e.to_string())?;
+    let n = 5;
+    let t0 = Instant::now();
+    for _ in 0..n {
+        passwords
+            .hash(vec![7; 32])
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(t0.elapsed().as_secs_f64() / f64::from(n))
+}
+
+/// `login`: a storm of concurrent logins, and chat latency during it.
+async fn login(bench: &Bench, report: &mut serde_json::Map<String, Value>) -> Result<(), Error> {
+    let s = bench.sizes;
+    let server = servers::start(Kind::SecureChat, bench.dir.path(), &bench.certs, None).await?;
+    let mut keys = Vec::new();
+    for i in 0..s.login_users {
+        let name = format!("storm{i}");
+        let mut c = user(bench, &server.url, &name).await?;
+        // Derived once: the client's PBKDF2 is not the server's cost.
+        keys.push((name.clone(), c.auth_key(&name, PASSWORD).await?));
+    }
+    let (tokens, template) = group(bench, &server.url, 3, "calm").await?;
+    let target = Target {
+        url: server.url.clone(),
+        tls: bench.tls.clone(),
+        kind: Kind::SecureChat,
+    };
+    let tokens: Vec<Option<String>> = tokens.into_iter().map(Some).collect();
+    let fan = Fanout::connect(&target, &tokens, &template).await?;
+    let window = s.step * 2;
+    let calm = fan.step(Some(&server), s.chat_rate, window).await;
+
+    fan.set(s.chat_rate);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    fan.collector.start();
+    let cpu0 = server.cpu();
+    let t0 = Instant::now();
+    let url = server.url.clone();
+    let anchor = bench.anchor.clone();
+    let results: Vec<bool> = futures_util::stream::iter(0..s.logins)
+        .map(|i| {
+            let (name, key) = keys[i % keys.len()].clone();
+            let (url, anchor) = (url.clone(), anchor.clone());
+            async move {
+                let Ok(mut c) = Client::new(&url, &anchor) else {
+                    return false;
+                };
+                matches!(c.login_attempt(&name, &key).await, Ok((status, _, _)) if status.is_success())
+            }
+        })
+        .buffer_unordered(s.login_concurrency)
+        .collect()
+        .await;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let storm: Window = fan.collector.stop();
+    let server_cpu = (server.cpu() - cpu0) / elapsed;
+    fan.set(0.0);
+    let ok = results.iter().filter(|r| **r).count();
+    if ok != s.logins {
+        return Err(format!("{} of {} logins failed", s.logins - ok, s.logins).into());
+    }
+    let per_s = ok as f64 / elapsed;
+    let argon = argon2_seconds().await?;
+    let cores = if servers::pinning() {
+        1.0
+    } else {
+        servers::cores() as f64
+    };
+    let limit = cores / argon;
+    let p99_ratio = if calm.p99_ms > 0.0 {
+        storm.p99_ms / calm.p99_ms
+    } else {
+        0.0
+    };
+    say(&format!(
+        "login: {per_s:.1}/s (limit {limit:.1}/s: {cores} core(s) ÷ {:.1} ms per Argon2id), server CPU {:.0} %, chat p99 {:.1} → {:.1} ms",
+        argon * 1000.0,
+        server_cpu * 100.0,
+        calm.p99_ms,
+        storm.p99_ms
+    ));
+    drop(fan);
+    server.stop().await;
+    report.insert("login_per_s".into(), json!(per_s));
+    report.insert("login_limit_per_s".into(), json!(limit));
+    report.insert("login_argon2_ms".into(), json!(argon * 1000.0));
+    report.insert("login_ratio_vs_limit".into(), json!(per_s / limit));
+    report.insert("login_chat_p99_ms_calm".into(), json!(calm.p99_ms));
+    report.insert("login_chat_p99_ms_storm".into(), json!(storm.p99_ms));
+    report.insert("login_chat_p99_ratio".into(), json!(p99_ratio));
+    report.insert("login_server_cpu".into(), json!(server_cpu));
+    Ok(())
+}
+
+/// `files`: upload and download through the native client, against curl
+/// fetching the same number of bytes from the bare relay's static file.
+async fn files(bench: &Bench, report: &mut serde_json::Map<String, Value>) -> Result<(), Error> {
+    let size = bench.sizes.file_bytes;
+    let data = securechat::client::crypto::random_bytes_vec(size)?;
+    let server = servers::start(Kind::SecureChat, bench.dir.path(), &bench.certs, None).await?;
+    let mut sender = user(bench, &server.url, "files-a").await?;
+    let mut receiver = user(bench, &server.url, "files-b").await?;
+    let chat = sender.open_direct("files-b").await?;
+    let before = server.rss();
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(before));
+    let sampling = {
+        let (peak, pid) = (peak.clone(), server.pid);
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(servers::rss_of(pid), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let t0 = Instant::now();
+    let file = sender
+        .upload_file(&chat.id, "bench.bin", "application/octet-stream", &data)
+        .await?;
+    let up = t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    let back = receiver.download_file(&file).await?;
+    let down = t0.elapsed().as_secs_f64();
+    sampling.abort();
+    if back != data {
+        return Err("the file came back different".into());
+    }
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    server.stop().await;
+
+    let path = bench.dir.path().join("static.bin");
+    std::fs::write(&path, &data)?;
+    drop(data);
+    let bare = servers::start(Kind::Bare, bench.dir.path(), &bench.certs, Some(&path)).await?;
+    let curl = curl_seconds(&format!("{}/file", bare.url), &bench.certs.ca).await?;
+    bare.stop().await;
+    let _ = std::fs::remove_file(&path);
+    let mib = size as f64 / 1048576.0;
+    say(&format!(
+        "files: {mib:.0} MiB up {:.0} MiB/s, down {:.0} MiB/s; curl {:.0} MiB/s; host RSS {:.1} → peak {:.1} MiB",
+        mib / up,
+        mib / down,
+        mib / curl,
+        before as f64 / 1048576.0,
+        peak as f64 / 1048576.0
+    ));
+    report.insert("files_mib".into(), json!(mib));
+    report.insert("files_up_mib_per_s".into(), json!(mib / up));
+    report.insert("files_down_mib_per_s".into(), json!(mib / down));
+    report.insert("files_curl_mib_per_s".into(), json!(mib / curl));
+    report.insert("files_ratio_vs_curl".into(), json!(curl / down));
+    report.insert("files_ratio_up_vs_curl".into(), json!(curl / up));
+    report.insert("files_rss_before".into(), json!(before));
+    report.insert("files_rss_peak".into(), json!(peak));
+    Ok(())
+}
+
+async fn curl_seconds(url: &str, ca: &Path) -> Result<f64, Error> {
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--fail",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{time_total}",
+            "--cacert",
+        ])
+        .arg(ca)
+        .arg(url)
+        .output()
+        .await
+        .map_err(|e| format!("curl: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("curl failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+}
+
+/// `start`: `securechat host` on an existing data directory, from spawn to
+/// the first HTTPS 200.
+async fn start(bench: &Bench, report: &mut serde_json::Map<String, Value>) -> Result<(), Error> {
+    use base64::Engine as _;
+    let key = base64::engine::general_purpose::STANDARD.encode(b"securechat bench master key 32b!");
+    let data = bench.dir.path().join("start-data");
+    // The first start makes the data directory (CA, database).
+    let (first, _) = servers::start_host(&data, &key).await?;
+    wait_ok(&first.url, &data).await?;
+    first.stop().await;
+    let mut times = Vec::new();
+    for _ in 0..bench.sizes.starts {
+        let (server, t0) = servers::start_host(&data, &key).await?;
+        wait_ok(&server.url, &data).await?;
+        times.push(t0.elapsed().as_secs_f64() * 1000.0);
+        server.stop().await;
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    say(&format!(
+        "start: median {median:.0} ms over {} starts",
+        times.len()
+    ));
+    report.insert("start_ms".into(), json!(median));
+    report.insert("start_ms_all".into(), json!(times));
+    Ok(())
+}
+
+async fn wait_ok(url: &str, data: &Path) -> Result<(), Error> {
+    let anchor = CertificateDer::from_pem_file(data.join("tls/ca.pem"))?;
+    let mut tls = securechat::tls::pinned_client_config(&anchor)?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .no_proxy()
+        .build()?;
+    let url = url.replace("127.0.0.1", "localhost");
+    for _ in 0..5000 {
+        if let Ok(r) = http.get(&url).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Err(format!("{url} never answered 200").into())
+}
+
+fn print_table(report: &Value) {
+    let Some(map) = report.as_object() else {
+        return;
+    };
+    for (k, v) in map {
+        if v.is_number() {
+            let n = v.as_f64().unwrap_or(0.0);
+            println!("{k:<28} {n:>12.2}");
+        }
+    }
+}
+
+/// The fan-out chart: delivered messages/s and p99 latency against offered
+/// load, one line per server.
+fn chart(curves: &serde_json::Map<String, Value>) -> String {
+    let colors = [
+        ("securechat", "#2f6fde"),
+        ("bare", "#444444"),
+        ("python", "#d9822b"),
+        ("node", "#3c9a5f"),
+    ];
+    let points = |name: &str, y: &str| -> Vec<(f64, f64)> {
+        curves[name]["steps"]
+            .as_array()
+            .map(|steps| {
+                steps
+                    .iter()
+                    .map(|s| {
+                        (
+                            s["offered"].as_f64().unwrap_or(0.0),
+                            s[y].as_f64().unwrap_or(0.0),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let names: Vec<&str> = colors
+        .iter()
+        .map(|c| c.0)
+        .filter(|n| curves.contains_key(*n))
+        .collect();
+    let max_x = names
+        .iter()
+        .flat_map(|n| points(n, "delivered"))
+        .map(|p| p.0)
+        .fold(1.0, f64::max);
+    let panel = |title: &str, y: &str, y_label: &str, x0: f64| -> String {
+        let all: Vec<(f64, f64)> = names.iter().flat_map(|n| points(n, y)).collect();
+        let max_y = all.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
+        let (w, h, left, top) = (380.0, 240.0, x0 + 60.0, 40.0);
+        let px = |x: f64| left + x / max_x * w;
+        let py = |v: f64| top + h - v / max_y * h;
+        let mut out = format!(
+            r##"<text x="{}" y="24" font-size="14" font-weight="bold">{title}</text><rect x="{left}" y="{top}" width="{w}" height="{h}" fill="none" stroke="#999"/>"##,
+            left
+        );
+        out += &format!(
+            r#"<text x="{left}" y="{}" font-size="11">0</text><text x="{}" y="{}" font-size="11" text-anchor="end">{max_x:.0} offered/s</text><text x="{}" y="{}" font-size="11" text-anchor="end">{max_y:.0}</text><text x="{}" y="{}" font-size="11" transform="rotate(-90 {} {})">{y_label}</text>"#,
+            top + h + 14.0,
+            left + w,
+            top + h + 14.0,
+            left - 4.0,
+            top + 10.0,
+            x0 + 14.0,
+            top + h / 2.0 + 30.0,
+            x0 + 14.0,
+            top + h / 2.0 + 30.0
+        );
+        for (i, name) in names.iter().enumerate() {
+            let color = colors.iter().find(|c| c.0 == *name).map_or("#000", |c| c.1);
+            let pts: Vec<String> = points(name, y)
+                .iter()
+                .map(|(a, b)| format!("{:.1},{:.1}", px(*a), py(*b)))
+                .collect();
+            out += &format!(
+                r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/><text x="{}" y="{}" font-size="11" fill="{color}">{name}</text>"#,
+                pts.join(" "),
+                left + 8.0,
+                top + 14.0 + 14.0 * i as f64
+            );
+        }
+        out
+    };
+    format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="940" height="310" font-family="sans-serif">{}{}</svg>
+"#,
+        panel("Delivered messages/s", "delivered", "delivered/s", 0.0),
+        panel("p99 latency (ms)", "p99_ms", "p99 ms", 470.0)
+    )
+}

@@ -1,0 +1,287 @@
+//! The servers under load: SecureChat (this tool re-run as `serve`, or the
+//! real `securechat` executable for the cold start), the bare relay, and the
+//! Python and Node broadcast servers. Each runs as its own process, pinned
+//! to core 0 when the machine has two cores or more (the load gets the
+//! others), so its memory and CPU time can be read from /proc.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// The kinds of server the fan-out compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    SecureChat,
+    Bare,
+    Python,
+    Node,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::SecureChat => "securechat",
+            Kind::Bare => "bare",
+            Kind::Python => "python",
+            Kind::Node => "node",
+        }
+    }
+}
+
+/// A server process.
+pub struct Server {
+    child: Child,
+    /// `https://127.0.0.1:PORT`
+    pub url: String,
+    pub pid: u32,
+}
+
+impl Server {
+    /// Resident memory, in bytes.
+    pub fn rss(&self) -> u64 {
+        rss_of(self.pid)
+    }
+
+    /// CPU time used so far, in seconds.
+    pub fn cpu(&self) -> f64 {
+        cpu_of(&self.pid.to_string())
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+pub fn rss_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// CPU seconds (user + system) of a process (`self` or a pid).
+pub fn cpu_of(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime, in clock ticks of 1/100 s on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The machine's cores, as read before the load pinned itself.
+pub fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Whether server and load get cores of their own.
+pub fn pinning() -> bool {
+    static PINNING: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PINNING.get_or_init(|| {
+        cores() >= 2
+            && std::process::Command::new("taskset")
+                .arg("-V")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+    })
+}
+
+/// Moves this process (the load) off core 0.
+pub fn pin_load() {
+    if !pinning() {
+        return;
+    }
+    let cores = cores();
+    let _ = std::process::Command::new("taskset")
+        .args(["-a", "-cp", &format!("1-{}", cores - 1)])
+        .arg(std::process::id().to_string())
+        .stdout(Stdio::null())
+        .status();
+}
+
+fn command(program: &Path) -> Command {
+    let mut cmd = if pinning() {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// An executable next to this one (`securechat`, `bare-relay`).
+pub fn sibling(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.with_file_name(format!("{name}{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// The baselines' scripts (`bench/baselines/` of the source tree).
+pub fn baselines_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/baselines")
+}
+
+/// Starts `cmd` and waits for the first `https://` line of its output.
+async fn started(mut cmd: Command, what: &str) -> Result<Server, Error> {
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {what}: {e}"))?;
+    let pid = child.id().unwrap_or(0);
+    let mut lines = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
+    let url = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(rest) = line.trim().strip_prefix("https://") {
+                return Some(format!("https://{}", rest.trim_end_matches('/')));
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .ok_or_else(|| format!("{what} did not print its address"))?;
+    // Keep reading (and dropping) its output so it never blocks on a pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    // With taskset in front, the server is taskset's child (taskset execs,
+    // so the pid is the same).
+    Ok(Server { child, url, pid })
+}
+
+/// The TLS files every server under test uses: a throwaway CA and a leaf
+/// for 127.0.0.1.
+pub struct Certs {
+    pub ca: PathBuf,
+    pub chain: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Certs {
+    pub fn create(dir: &Path) -> Result<Self, Error> {
+        let (ca, chain, key) =
+            securechat::tls::throwaway_pem(&["127.0.0.1".to_owned(), "localhost".to_owned()])?;
+        let certs = Self {
+            ca: dir.join("ca.pem"),
+            chain: dir.join("chain.pem"),
+            key: dir.join("key.pem"),
+        };
+        std::fs::write(&certs.ca, ca)?;
+        std::fs::write(&certs.chain, chain)?;
+        std::fs::write(&certs.key, key)?;
+        Ok(certs)
+    }
+}
+
+/// Starts a server of `kind`. SecureChat gets a fresh data directory under
+/// `dir` and the benchmark's limits (see `serve`).
+pub async fn start(
+    kind: Kind,
+    dir: &Path,
+    certs: &Certs,
+    file: Option<&Path>,
+) -> Result<Server, Error> {
+    let base = baselines_dir();
+    let cmd = match kind {
+        Kind::SecureChat => {
+            let data = dir.join(format!("securechat-{}", securechat::chatlog::opaque_id()));
+            let mut c = command(&std::env::current_exe()?);
+            c.arg("serve")
+                .arg("--data-dir")
+                .arg(data)
+                .arg("--cert")
+                .arg(&certs.chain)
+                .arg("--key")
+                .arg(&certs.key)
+                .env("SECURECHAT_LOG", "warn");
+            c
+        }
+        Kind::Bare => {
+            let mut c = command(&sibling("bare-relay"));
+            c.arg("--cert")
+                .arg(&certs.chain)
+                .arg("--key")
+                .arg(&certs.key);
+            if let Some(f) = file {
+                c.arg("--file").arg(f);
+            }
+            c
+        }
+        Kind::Python => {
+            let mut c = command(Path::new("python3"));
+            c.arg(base.join("python_broadcast.py"))
+                .arg(&certs.chain)
+                .arg(&certs.key);
+            c
+        }
+        Kind::Node => {
+            let mut c = command(Path::new("node"));
+            c.arg(base.join("node/broadcast.js"))
+                .arg(&certs.chain)
+                .arg(&certs.key);
+            c
+        }
+    };
+    started(cmd, kind.name()).await
+}
+
+/// The real `securechat host --headless` on an existing data directory
+/// (for the cold start).
+pub async fn start_host(data: &Path, key_b64: &str) -> Result<(Server, std::time::Instant), Error> {
+    let mut cmd = command(&sibling("securechat"));
+    cmd.args([
+        "host",
+        "--headless",
+        "--no-browser",
+        "--bind",
+        "127.0.0.1:0",
+        "--data-dir",
+    ])
+    .arg(data)
+    .env("SECURECHAT_MASTER_KEY", key_b64)
+    .env("SECURECHAT_LOG", "warn")
+    .stderr(Stdio::null());
+    let t0 = std::time::Instant::now();
+    let server = started(cmd, "securechat host").await?;
+    Ok((server, t0))
+}
+
+/// Whether a baseline can run here: (python websockets, node ws).
+pub fn baselines_available() -> (bool, bool) {
+    let python = std::process::Command::new("python3")
+        .args(["-c", "import websockets"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let node = baselines_dir().join("node/node_modules/ws").is_dir()
+        && std::process::Command::new("node")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    (python, node)
+}
