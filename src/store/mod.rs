@@ -1181,25 +1181,38 @@ impl Store {
 
     /// Stores a batch of messages in one transaction, so one synchronous
     /// commit (one fsync) makes all of them durable: the group commit of the
-    /// send path. Each message is checked and stored on its own savepoint, so
-    /// one refusal or failure leaves the others as they are. The results are
-    /// in the batch's order; if the commit itself fails, every one fails.
+    /// send path. A refusal (not a member, a duplicate…) writes nothing, so
+    /// it needs no undo. Should storing fail for any message (a database
+    /// error), the whole batch is rolled back and each message is stored in
+    /// a transaction of its own, so one failure touches no other message.
+    /// The results are in the batch's order.
     pub fn insert_messages(&mut self, batch: &[NewMessage]) -> Result<Vec<Result<Insert>>> {
-        let mut tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut results = Vec::with_capacity(batch.len());
-        for m in batch {
-            let sp = tx.savepoint()?;
-            let result = Self::insert_in(&sp, &m.chat_id, &m.id, m.sender_id, &m.envelope, m.now);
-            if result.is_ok() {
-                sp.commit()?;
+        let together = (|| {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut results = Vec::with_capacity(batch.len());
+            for m in batch {
+                results.push(Self::insert_in(
+                    &tx,
+                    &m.chat_id,
+                    &m.id,
+                    m.sender_id,
+                    &m.envelope,
+                    m.now,
+                )?);
             }
-            // (A failed savepoint rolls back when dropped.)
-            results.push(result);
+            tx.commit()?;
+            Ok(results)
+        })();
+        match together {
+            Ok(results) => Ok(results.into_iter().map(Ok).collect()),
+            Err(_) if batch.len() > 1 => Ok(batch
+                .iter()
+                .map(|m| self.insert_message(&m.chat_id, &m.id, m.sender_id, &m.envelope, m.now))
+                .collect()),
+            Err(e) => Ok(vec![Err(e)]),
         }
-        tx.commit()?;
-        Ok(results)
     }
 
     fn insert_in(
@@ -1817,6 +1830,45 @@ mod tests {
             .create_user(user("carol"), Admission::Invite([8; 32]), 100)
             .unwrap_err();
         assert!(matches!(err, StoreError::Conflict(ref c) if c == "invalid_invite"));
+    }
+
+    #[test]
+    fn a_batch_is_checked_message_by_message_and_committed_once() {
+        let mut s = Store::open_in_memory().unwrap();
+        let a = s.create_user(user("alice"), Admission::Open, 1).unwrap();
+        let b = s.create_user(user("bob"), Admission::Open, 1).unwrap();
+        let c = s.create_user(user("carol"), Admission::Open, 1).unwrap();
+        let (chat, _) = s.direct_chat(a.id, b.id, "chat-1", 1).unwrap();
+        let m = |id: &str, sender: i64, members: &[&str], now: i64| NewMessage {
+            chat_id: chat.id.clone(),
+            id: id.into(),
+            sender_id: sender,
+            envelope: envelope(members),
+            now,
+        };
+        let both = ["alice", "bob"];
+        let results = s
+            .insert_messages(&[
+                m("m1", a.id, &both, 10),
+                m("m1", a.id, &both, 20),
+                m("m1", b.id, &both, 20),
+                m("m2", c.id, &both, 20),
+                m("m3", a.id, &["alice"], 20),
+                m("m4", b.id, &both, 30),
+            ])
+            .unwrap();
+        let results: Vec<Insert> = results.into_iter().map(Result::unwrap).collect();
+        assert!(matches!(results[0], Insert::Stored { seq: 1, ts: 10, .. }));
+        assert!(matches!(results[1], Insert::Duplicate { seq: 1, ts: 10 }));
+        assert!(matches!(results[2], Insert::IdTaken));
+        assert!(matches!(results[3], Insert::NotMember));
+        assert!(matches!(results[4], Insert::MembersMismatch { .. }));
+        assert!(matches!(results[5], Insert::Stored { seq: 2, ts: 30, .. }));
+        let stored = s.messages_after(&chat.id, 0, 10).unwrap();
+        assert_eq!(
+            stored.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+            ["m1", "m4"]
+        );
     }
 
     #[test]

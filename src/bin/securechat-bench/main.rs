@@ -208,7 +208,7 @@ fn serve() -> std::process::ExitCode {
         match securechat::server::start(config, Arc::new(securechat::clock::SystemClock)).await {
             Ok(running) => {
                 println!("https://{}", running.addr);
-                let _ = tokio::signal::ctrl_c().await;
+                stopped().await;
                 running.shutdown().await;
                 std::process::ExitCode::SUCCESS
             }
@@ -242,6 +242,22 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Ctrl-C, or SIGTERM on Unix.
+async fn stopped() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// Shared setup of one run.

@@ -52,8 +52,19 @@ impl Server {
         cpu_of(&self.pid.to_string())
     }
 
+    /// Asks the server to stop (SIGTERM, so a profiler wrapping it writes
+    /// its output), and kills it after ten seconds.
     pub async fn stop(mut self) {
-        let _ = self.child.kill().await;
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .await;
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
     }
 }
 
@@ -208,7 +219,18 @@ pub async fn start(
     let cmd = match kind {
         Kind::SecureChat => {
             let data = dir.join(format!("securechat-{}", securechat::chatlog::opaque_id()));
-            let mut c = command(&std::env::current_exe()?);
+            // SECURECHAT_BENCH_WRAP runs the host under a profiler, e.g.
+            // "valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out".
+            let wrap = std::env::var("SECURECHAT_BENCH_WRAP").unwrap_or_default();
+            let mut words = wrap.split_whitespace();
+            let mut c = match words.next() {
+                Some(program) => {
+                    let mut c = command(Path::new(program));
+                    c.args(words).arg(std::env::current_exe()?);
+                    c
+                }
+                None => command(&std::env::current_exe()?),
+            };
             c.arg("serve")
                 .arg("--data-dir")
                 .arg(data)
