@@ -191,19 +191,32 @@ pub async fn put_chunk(
     UrlPath((id, idx)): UrlPath<(String, u32)>,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
-    let file = uploader_file(visible_file(&app, &user, id.clone()).await?, &user)?;
-    if file.completed_at.is_some() {
-        return Err(ApiError::conflict(
-            "complete",
-            "That upload is already complete.",
-        ));
+    let checked = async {
+        let file = uploader_file(visible_file(&app, &user, id.clone()).await?, &user)?;
+        if file.completed_at.is_some() {
+            return Err(ApiError::conflict(
+                "complete",
+                "That upload is already complete.",
+            ));
+        }
+        if idx >= file.chunks {
+            return Err(bad(
+                "bad_chunk",
+                format!("Chunk {idx} is past the last chunk ({}).", file.chunks - 1),
+            ));
+        }
+        Ok(file)
     }
-    if idx >= file.chunks {
-        return Err(bad(
-            "bad_chunk",
-            format!("Chunk {idx} is past the last chunk ({}).", file.chunks - 1),
-        ));
-    }
+    .await;
+    let file = match checked {
+        Ok(file) => file,
+        Err(e) => {
+            // Read the chunk the client is still sending before refusing, so
+            // it gets the refusal rather than a connection reset mid-upload.
+            drain(body).await;
+            return Err(e);
+        }
+    };
     let want = file.chunk_len(idx);
     let dir = chunk_dir(&app, &id);
     crate::secrets::create_private_dir(&dir).map_err(ApiError::internal)?;
@@ -224,6 +237,19 @@ pub async fn put_chunk(
     }
     app.db.call(move |s| s.add_file_chunk(&id, idx)).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Reads and drops a refused chunk's body (at most one chunk and a little:
+/// anything longer is cut off by the connection closing, as before).
+async fn drain(body: Body) {
+    let mut stream = body.into_data_stream();
+    let mut seen: u64 = 0;
+    while let Some(Ok(piece)) = stream.next().await {
+        seen += piece.len() as u64;
+        if seen > CHUNK_CIPHER + 4096 {
+            break;
+        }
+    }
 }
 
 /// Streams the request body into `path`, refusing any length but `want`.
