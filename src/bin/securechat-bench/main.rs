@@ -53,6 +53,15 @@ struct Cli {
     /// Only SecureChat: skip the Python and Node baselines.
     #[arg(long, global = true)]
     no_baselines: bool,
+    /// Run the SecureChat scenarios against this host instead of one the
+    /// tool starts (https://ADDRESS:PORT; its memory and CPU are then not
+    /// measured, and its own rate limits apply). `start` still starts a
+    /// local host.
+    #[arg(long, global = true, requires = "ca")]
+    url: Option<String>,
+    /// The CA certificate (PEM) of `--url`'s host: its data folder's tls/ca.pem.
+    #[arg(long, global = true, requires = "url")]
+    ca: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Clone, Copy, PartialEq, Eq)]
@@ -276,8 +285,26 @@ async fn run(cli: &Cli) -> Result<(), Error> {
     let sizes = Sizes::of(cli);
     let dir = Scratch::new()?;
     let certs = Certs::create(dir.path())?;
-    let anchor = CertificateDer::from_pem_file(&certs.ca)?;
-    let mut tls = securechat::tls::pinned_client_config(&anchor)?;
+    let own = CertificateDer::from_pem_file(&certs.ca)?;
+    // The native client talks only to SecureChat hosts: it pins the external
+    // host's CA when there is one. The load's sockets trust both CAs.
+    let (anchor, mut tls) = match (&cli.url, &cli.ca) {
+        (Some(url), Some(ca)) => {
+            let _ = servers::EXTERNAL.set(url.clone());
+            let external = CertificateDer::from_pem_file(ca)?;
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(own.clone())?;
+            roots.add(external.clone())?;
+            let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            (external, tls)
+        }
+        _ => (own.clone(), securechat::tls::pinned_client_config(&own)?),
+    };
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let keys = tokio::task::spawn_blocking(UserKeys::generate).await??;
     let bench = Bench {
@@ -322,6 +349,14 @@ async fn run(cli: &Cli) -> Result<(), Error> {
     Ok(())
 }
 
+/// A username unique to this run (a second run against the same `--url`
+/// host must not collide with the first).
+fn name(base: &str) -> String {
+    static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let run = RUN.get_or_init(|| securechat::chatlog::opaque_id()[..6].to_owned());
+    format!("{base}-{run}")
+}
+
 fn say(what: &str) {
     eprintln!("· {what}");
 }
@@ -343,13 +378,13 @@ async fn group(
     count: usize,
     tag: &str,
 ) -> Result<(Vec<String>, Template), Error> {
-    let names: Vec<String> = (0..count).map(|i| format!("{tag}{i}")).collect();
+    let names: Vec<String> = (0..count).map(|i| name(&format!("{tag}{i}"))).collect();
     let mut clients = Vec::new();
     for name in &names {
         clients.push(user(bench, url, name).await?);
     }
     let others: Vec<&str> = names[1..].iter().map(String::as_str).collect();
-    let chat = clients[0].create_group(tag, &others).await?;
+    let chat = clients[0].create_group(&name(tag), &others).await?;
     // A realistic message: sealed once, for every member (the server's cost
     // is what is measured, not the client's RSA).
     let text = "A realistic message of a few words, like most chat messages are. 👋";
@@ -560,7 +595,7 @@ async fn idle(bench: &Bench, report: &mut serde_json::Map<String, Value>) -> Res
     let k = bench.sizes.idle_sockets;
     check_file_limit(k)?;
     let server = servers::start(Kind::SecureChat, bench.dir.path(), &bench.certs, None).await?;
-    let client = user(bench, &server.url, "idle0").await?;
+    let client = user(bench, &server.url, &name("idle")).await?;
     let token = client.session_token().map(str::to_owned);
     let target = Target {
         url: server.url.clone(),
@@ -641,7 +676,7 @@ async fn login(bench: &Bench, report: &mut serde_json::Map<String, Value>) -> Re
     let server = servers::start(Kind::SecureChat, bench.dir.path(), &bench.certs, None).await?;
     let mut keys = Vec::new();
     for i in 0..s.login_users {
-        let name = format!("storm{i}");
+        let name = name(&format!("storm{i}"));
         let mut c = user(bench, &server.url, &name).await?;
         // Derived once: the client's PBKDF2 is not the server's cost.
         keys.push((name.clone(), c.auth_key(&name, PASSWORD).await?));
@@ -725,9 +760,10 @@ async fn files(bench: &Bench, report: &mut serde_json::Map<String, Value>) -> Re
     let size = bench.sizes.file_bytes;
     let data = securechat::client::crypto::random_bytes_vec(size)?;
     let server = servers::start(Kind::SecureChat, bench.dir.path(), &bench.certs, None).await?;
-    let mut sender = user(bench, &server.url, "files-a").await?;
-    let mut receiver = user(bench, &server.url, "files-b").await?;
-    let chat = sender.open_direct("files-b").await?;
+    let (a, b) = (name("files-a"), name("files-b"));
+    let mut sender = user(bench, &server.url, &a).await?;
+    let mut receiver = user(bench, &server.url, &b).await?;
+    let chat = sender.open_direct(&b).await?;
     let before = server.rss();
     let peak = Arc::new(std::sync::atomic::AtomicU64::new(before));
     let sampling = {

@@ -33,9 +33,13 @@ impl Kind {
     }
 }
 
-/// A server process.
+/// A host the tool did not start (`--url`): the SecureChat scenarios run
+/// against it, and its memory and CPU are not measured.
+pub static EXTERNAL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// A server process (or, with `--url`, the external host: no process).
 pub struct Server {
-    child: Child,
+    child: Option<Child>,
     /// `https://127.0.0.1:PORT`
     pub url: String,
     pub pid: u32,
@@ -54,16 +58,19 @@ impl Server {
 
     /// Asks the server to stop (SIGTERM, so a profiler wrapping it writes
     /// its output), and kills it after ten seconds.
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        let Some(mut child) = self.child else {
+            return;
+        };
         let _ = Command::new("kill")
             .args(["-TERM", &self.pid.to_string()])
             .status()
             .await;
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+        if tokio::time::timeout(Duration::from_secs(10), child.wait())
             .await
             .is_err()
         {
-            let _ = self.child.kill().await;
+            let _ = child.kill().await;
         }
     }
 }
@@ -180,7 +187,11 @@ async fn started(mut cmd: Command, what: &str) -> Result<Server, Error> {
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     // With taskset in front, the server is taskset's child (taskset execs,
     // so the pid is the same).
-    Ok(Server { child, url, pid })
+    Ok(Server {
+        child: Some(child),
+        url,
+        pid,
+    })
 }
 
 /// The TLS files every server under test uses: a throwaway CA and a leaf
@@ -215,6 +226,15 @@ pub async fn start(
     certs: &Certs,
     file: Option<&Path>,
 ) -> Result<Server, Error> {
+    if kind == Kind::SecureChat
+        && let Some(url) = EXTERNAL.get()
+    {
+        return Ok(Server {
+            child: None,
+            url: url.trim_end_matches('/').to_owned(),
+            pid: 0,
+        });
+    }
     let base = baselines_dir();
     let cmd = match kind {
         Kind::SecureChat => {
