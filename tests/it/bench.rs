@@ -4,8 +4,9 @@
 
 use std::process::Stdio;
 
-const KEYS: [&str; 11] = [
+const KEYS: [&str; 12] = [
     "fanout_msgs_per_s",
+    "fanout_direct_msgs_per_s",
     "fanout_ratio_vs_bare",
     "fanout_ratio_vs_python",
     "fanout_ratio_vs_node",

@@ -422,10 +422,13 @@ struct Fanout {
 }
 
 impl Fanout {
+    /// One socket per token; socket `i` sends `templates[i]` (or the only
+    /// template), and each message reaches `receivers` sockets.
     async fn connect(
         target: &Target,
         tokens: &[Option<String>],
-        template: &Template,
+        templates: &[Template],
+        receivers: usize,
     ) -> Result<Self, Error> {
         let collector = Arc::new(Collector::default());
         let mut rates = Vec::new();
@@ -434,11 +437,12 @@ impl Fanout {
             let (sink, stream) = ws.split();
             load::spawn_reader(stream, target.kind, collector.clone());
             let (tx, rx) = tokio::sync::watch::channel(0.0);
-            load::spawn_sender(sink, template.clone(), i as u32, rx);
+            let template = templates.get(i).unwrap_or(&templates[0]).clone();
+            load::spawn_sender(sink, template, i as u32, rx);
             rates.push(tx);
         }
         Ok(Self {
-            receivers: tokens.len() - 1,
+            receivers,
             rates,
             collector,
         })
@@ -504,14 +508,23 @@ async fn fanout(
         let template = shared.clone().ok_or("SecureChat's fan-out runs first")?;
         (vec![None; s.users], template)
     };
-    let fan = Fanout::connect(&target, &tokens, &template).await?;
+    let fan = Fanout::connect(&target, &tokens, &[template], s.users - 1).await?;
+    let result = rising(&fan, &server, kind.name(), s).await;
+    drop(fan);
+    server.stop().await;
+    Ok(result)
+}
+
+/// Raises the offered load until delivery saturates, then measures at half
+/// the maximum: (maximum delivered/s, the half-load step, every step).
+async fn rising(fan: &Fanout, server: &Server, what: &str, s: Sizes) -> (f64, Step, Vec<Step>) {
     let mut steps = Vec::new();
     let mut sends = s.first_rate;
     for _ in 0..s.max_steps {
-        let step = fan.step(Some(&server), sends, s.step).await;
+        let step = fan.step(Some(server), sends, s.step).await;
         say(&format!(
             "{}: offered {:.0}/s, delivered {:.0}/s, p99 {:.1} ms, server CPU {:.0} %, load CPU {:.0} %",
-            kind.name(),
+            what,
             step.offered,
             step.delivered,
             step.p99_ms,
@@ -526,11 +539,48 @@ async fn fanout(
     }
     let max = steps.iter().map(|s| s.delivered).fold(0.0, f64::max);
     let half = fan
-        .step(Some(&server), 0.5 * max / fan.receivers as f64, s.step)
+        .step(Some(server), 0.5 * max / fan.receivers as f64, s.step)
         .await;
+    (max, half, steps)
+}
+
+/// SecureChat only: U users in U/2 direct chats, each message to one
+/// receiver (the broadcast baselines have no such routing).
+async fn direct(bench: &Bench) -> Result<(f64, Step, Vec<Step>), Error> {
+    let s = bench.sizes;
+    let server = servers::start(Kind::SecureChat, bench.dir.path(), &bench.certs, None).await?;
+    let pairs = (s.users / 2).max(1);
+    let mut clients = Vec::new();
+    for i in 0..pairs * 2 {
+        clients.push(user(bench, &server.url, &name(&format!("pair{i}"))).await?);
+    }
+    let text = "A realistic message of a few words, like most chat messages are. 👋";
+    let mut templates = Vec::new();
+    for i in 0..pairs * 2 {
+        let peer = clients[i ^ 1].username().unwrap_or_default().to_owned();
+        let chat = clients[i].open_direct(&peer).await?;
+        let envelope = clients[i].seal_text(&chat, PLACEHOLDER, text).await?;
+        let frame = serde_json::to_string(&ClientFrame::Send {
+            id: PLACEHOLDER.to_owned(),
+            chat: chat.id.clone(),
+            envelope,
+        })?;
+        templates.push(Template::new(&frame, PLACEHOLDER)?);
+    }
+    let tokens: Vec<Option<String>> = clients
+        .iter()
+        .map(|c| c.session_token().map(str::to_owned))
+        .collect();
+    let target = Target {
+        url: server.url.clone(),
+        tls: bench.tls.clone(),
+        kind: Kind::SecureChat,
+    };
+    let fan = Fanout::connect(&target, &tokens, &templates, 1).await?;
+    let result = rising(&fan, &server, "securechat direct", s).await;
     drop(fan);
     server.stop().await;
-    Ok((max, half, steps))
+    Ok(result)
 }
 
 async fn fanout_all(
@@ -586,6 +636,13 @@ async fn fanout_all(
     if let Some(path) = &cli.svg {
         std::fs::write(path, chart(&curves))?;
     }
+    let (direct_max, direct_half, direct_steps) = direct(bench).await?;
+    report.insert("fanout_direct_msgs_per_s".into(), json!(direct_max));
+    report.insert("fanout_direct_p99_ms".into(), json!(direct_half.p99_ms));
+    curves.insert(
+        "securechat_direct".into(),
+        json!({ "max": direct_max, "half_load": direct_half, "steps": direct_steps }),
+    );
     report.insert("fanout".into(), Value::Object(curves));
     Ok(())
 }
@@ -688,7 +745,7 @@ async fn login(bench: &Bench, report: &mut serde_json::Map<String, Value>) -> Re
         kind: Kind::SecureChat,
     };
     let tokens: Vec<Option<String>> = tokens.into_iter().map(Some).collect();
-    let fan = Fanout::connect(&target, &tokens, &template).await?;
+    let fan = Fanout::connect(&target, &tokens, &[template], tokens.len() - 1).await?;
     let window = s.step * 2;
     let calm = fan.step(Some(&server), s.chat_rate, window).await;
 
