@@ -86,21 +86,36 @@ pub type SharedView = Arc<Mutex<View>>;
 /// Where the tray sends commands.
 pub type Commands = tokio::sync::mpsc::UnboundedSender<Command>;
 
-/// A running tray.
+/// What the controller asks of a backend's thread.
+#[cfg_attr(not(feature = "tray"), allow(dead_code))]
+enum Request {
+    /// Show the current view.
+    Refresh,
+    /// Remove the icon and end the thread.
+    Close,
+}
+
+/// A running tray: its thread is told through `send`.
 pub struct Tray {
-    refresh: Box<dyn Fn() + Send + Sync>,
-    close: Box<dyn FnOnce() + Send>,
+    send: Box<dyn Fn(Request) + Send + Sync>,
 }
 
 impl Tray {
+    #[cfg_attr(not(feature = "tray"), allow(dead_code))]
+    fn new(send: impl Fn(Request) + Send + Sync + 'static) -> Self {
+        Self {
+            send: Box::new(send),
+        }
+    }
+
     /// Shows the current view.
     pub fn refresh(&self) {
-        (self.refresh)();
+        (self.send)(Request::Refresh);
     }
 
     /// Removes the icon.
     pub fn close(self) {
-        (self.close)();
+        (self.send)(Request::Close);
     }
 }
 

@@ -5,7 +5,7 @@
 use ksni::TrayMethods as _;
 use ksni::menu::{CheckmarkItem, MenuItem, StandardItem, SubMenu};
 
-use super::{Command, Commands, SharedView, Tray, View, labels};
+use super::{Command, Commands, Request, SharedView, Tray, View, labels};
 
 struct Sni {
     view: SharedView,
@@ -155,11 +155,6 @@ impl ksni::Tray for Sni {
     }
 }
 
-enum Request {
-    Refresh,
-    Close,
-}
-
 pub fn spawn(view: SharedView, commands: Commands) -> Result<Tray, String> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Request>();
@@ -207,13 +202,7 @@ pub fn spawn(view: SharedView, commands: Commands) -> Result<Tray, String> {
     ready_rx
         .recv()
         .map_err(|_| "the tray thread ended".to_owned())??;
-    let close_tx = tx.clone();
-    Ok(Tray {
-        refresh: Box::new(move || {
-            let _ = tx.send(Request::Refresh);
-        }),
-        close: Box::new(move || {
-            let _ = close_tx.send(Request::Close);
-        }),
-    })
+    Ok(Tray::new(move |r| {
+        let _ = tx.send(r);
+    }))
 }

@@ -10,16 +10,11 @@ use tray_icon::menu::{
 };
 use tray_icon::{MouseButton, MouseButtonState, TrayIcon, TrayIconBuilder, TrayIconEvent};
 
-use super::{Command, Commands, SharedView, Tray, View, labels};
+use super::{Command, Commands, Request, SharedView, Tray, View, labels};
 
 enum Action {
     Send(Command),
     Copy(String),
-}
-
-enum Request {
-    Refresh,
-    Close,
 }
 
 /// The menu of `view` and what each item does.
@@ -210,13 +205,7 @@ pub fn spawn(view: SharedView, commands: Commands) -> Result<Tray, String> {
     ready_rx
         .recv()
         .map_err(|_| "the tray thread ended".to_owned())??;
-    let close_tx = tx.clone();
-    Ok(Tray {
-        refresh: Box::new(move || {
-            let _ = tx.send(Request::Refresh);
-        }),
-        close: Box::new(move || {
-            let _ = close_tx.send(Request::Close);
-        }),
-    })
+    Ok(Tray::new(move |r| {
+        let _ = tx.send(r);
+    }))
 }
