@@ -94,6 +94,10 @@ struct Connection {
     log_session: String,
 }
 
+/// How long a client waits before resending a message the busy writer
+/// refused.
+const BUSY_RETRY_MS: u64 = 250;
+
 fn error_frame(code: &str, message: impl Into<String>) -> ServerFrame {
     ServerFrame::Error {
         code: code.to_owned(),
@@ -514,8 +518,10 @@ impl Connection {
         }
         // The writer stores it (group commit), fans it out, and queues the
         // ack (or refusal) for this socket behind what it already has, so
-        // this socket goes on draining its own queue meanwhile. A full
-        // writer queue holds this socket's reading back.
+        // this socket goes on draining its own queue meanwhile. When the
+        // writer's queue is full (more arrives than the disk takes), the
+        // message is refused with a retry hint instead of stalling this
+        // socket, whose own queue would overflow meanwhile.
         let pending = crate::server::writer::Pending {
             ct_len: envelope.ct.len(),
             chat,
@@ -527,14 +533,27 @@ impl Connection {
             conn_id: self.conn_id,
             log_session: self.log_session.clone(),
         };
-        if self.app.writer.send(pending).await.is_err() {
-            self.send(&crate::server::writer::refusal(
-                &id,
-                "store_failed",
-                "The server could not store the message; send it again.".into(),
-                None,
-            ))
-            .await;
+        match self.app.writer.try_send(pending) {
+            Ok(()) => {}
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                self.send(&ServerFrame::Error {
+                    code: "rate_limited".into(),
+                    message: "The server is busy; the message is sent again shortly.".into(),
+                    id: Some(id),
+                    retry_after_ms: Some(BUSY_RETRY_MS),
+                    members: None,
+                })
+                .await;
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                self.send(&crate::server::writer::refusal(
+                    &id,
+                    "store_failed",
+                    "The server could not store the message; send it again.".into(),
+                    None,
+                ))
+                .await;
+            }
         }
         Flow::Continue
     }
