@@ -460,7 +460,9 @@ async fn host(args: HostArgs, logging: &mut Logging) -> Result<(), String> {
         }
     }
     warn!("Stopping: closing connections and flushing the database…");
-    drop(advert);
+    if let Some(advert) = advert {
+        advert.stop().await;
+    }
     running.shutdown().await;
     say!("SecureChat stopped.");
     Ok(())

@@ -279,7 +279,9 @@ impl Desktop {
     async fn stop_role(&mut self) {
         match std::mem::replace(&mut self.role, Role::Idle) {
             Role::Hosting { running, advert } => {
-                drop(advert);
+                if let Some(advert) = advert {
+                    advert.stop().await;
+                }
                 running.shutdown().await;
             }
             Role::Joined { relay, .. } => relay.shutdown().await,

@@ -95,6 +95,8 @@ fn daemon(scope: &Scope) -> Result<ServiceDaemon, DiscoveryError> {
 pub struct Advertiser {
     daemon: ServiceDaemon,
     fullname: String,
+    /// Set once the goodbye and shutdown are queued.
+    stopped: bool,
 }
 
 impl Advertiser {
@@ -118,7 +120,11 @@ impl Advertiser {
         let daemon = daemon(scope)?;
         daemon.register(info).map_err(err)?;
         tracing::info!(instance = %instance, "advertising on the LAN (mDNS)");
-        Ok(Self { daemon, fullname })
+        Ok(Self {
+            daemon,
+            fullname,
+            stopped: false,
+        })
     }
 
     /// The advertisement's full name (how browsers list it).
@@ -126,19 +132,29 @@ impl Advertiser {
         &self.fullname
     }
 
-    /// Withdraws the advertisement (a goodbye packet) and stops.
-    pub fn stop(self) {
-        // Drop does the work.
+    /// Withdraws the advertisement (a goodbye packet) and waits, without
+    /// blocking a thread, up to a second each for the daemon to have sent it
+    /// and to have stopped.
+    pub async fn stop(mut self) {
+        self.stopped = true;
+        let wait = Duration::from_secs(1);
+        if let Ok(done) = self.daemon.unregister(&self.fullname) {
+            let _ = tokio::time::timeout(wait, done.recv_async()).await;
+        }
+        if let Ok(done) = self.daemon.shutdown() {
+            let _ = tokio::time::timeout(wait, done.recv_async()).await;
+        }
     }
 }
 
 impl Drop for Advertiser {
+    /// Dropped without [`Advertiser::stop`]: the goodbye and the shutdown
+    /// are still queued (the daemon thread sends them in order), never
+    /// waited for, so dropping never blocks.
     fn drop(&mut self) {
-        if let Ok(done) = self.daemon.unregister(&self.fullname) {
-            let _ = done.recv_timeout(Duration::from_secs(1));
-        }
-        if let Ok(done) = self.daemon.shutdown() {
-            let _ = done.recv_timeout(Duration::from_secs(1));
+        if !self.stopped {
+            let _ = self.daemon.unregister(&self.fullname);
+            let _ = self.daemon.shutdown();
         }
     }
 }
@@ -271,11 +287,10 @@ impl Browser {
 }
 
 impl Drop for Browser {
+    /// Stops browsing and the daemon without waiting for either.
     fn drop(&mut self) {
         let _ = self.daemon.stop_browse(SERVICE_TYPE);
-        if let Ok(done) = self.daemon.shutdown() {
-            let _ = done.recv_timeout(Duration::from_secs(1));
-        }
+        let _ = self.daemon.shutdown();
     }
 }
 

@@ -56,7 +56,7 @@ async fn advertise_and_browse_find_each_other_and_goodbye_removes() {
     assert!(host.url().unwrap().starts_with("https://"));
 
     // Stopping the advertisement sends a goodbye: the browser forgets it.
-    advertiser.stop();
+    advertiser.stop().await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while browser.hosts().iter().any(|h| h.fingerprint == fingerprint) {
         assert!(
