@@ -101,11 +101,19 @@ pub struct Tray {
 }
 
 impl Tray {
+    /// Waits for a backend's thread to report its start, then the tray
+    /// that talks to it through `send`.
     #[cfg_attr(not(feature = "tray"), allow(dead_code))]
-    fn new(send: impl Fn(Request) + Send + Sync + 'static) -> Self {
-        Self {
+    fn started(
+        ready: &std::sync::mpsc::Receiver<Result<(), String>>,
+        send: impl Fn(Request) + Send + Sync + 'static,
+    ) -> Result<Self, String> {
+        ready
+            .recv()
+            .map_err(|_| "the tray thread ended".to_owned())??;
+        Ok(Self {
             send: Box::new(send),
-        }
+        })
     }
 
     /// Shows the current view.

@@ -199,10 +199,7 @@ pub fn spawn(view: SharedView, commands: Commands) -> Result<Tray, String> {
             });
         })
         .map_err(|e| e.to_string())?;
-    ready_rx
-        .recv()
-        .map_err(|_| "the tray thread ended".to_owned())??;
-    Ok(Tray::new(move |r| {
+    Tray::started(&ready_rx, move |r| {
         let _ = tx.send(r);
-    }))
+    })
 }
