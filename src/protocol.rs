@@ -243,6 +243,55 @@ pub struct Envelope {
     pub sig: B64,
 }
 
+/// An envelope serialised once, when it is accepted: the same JSON text is
+/// stored in the database and placed verbatim in every `message` frame, so
+/// the host never encodes a message's base64 twice.
+#[derive(Debug)]
+pub struct SerializedEnvelope {
+    json: Box<serde_json::value::RawValue>,
+    /// The usernames it wraps a key for, sorted (the key map's order).
+    recipients: Vec<String>,
+    /// The ciphertext's length in bytes, for the chat logs.
+    ct_len: usize,
+}
+
+impl SerializedEnvelope {
+    /// Serialises `envelope`.
+    ///
+    /// # Errors
+    /// Only if serde_json fails to write JSON text, which these plain
+    /// types never make it do.
+    pub fn new(envelope: &Envelope) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            json: serde_json::value::to_raw_value(envelope)?,
+            recipients: envelope.keys.keys().cloned().collect(),
+            ct_len: envelope.ct.len(),
+        })
+    }
+
+    /// The envelope's JSON text.
+    pub fn json(&self) -> &serde_json::value::RawValue {
+        &self.json
+    }
+
+    /// The usernames it wraps a key for, sorted.
+    pub fn recipients(&self) -> &[String] {
+        &self.recipients
+    }
+
+    /// Whether it wraps a key for `username`.
+    pub fn wraps_for(&self, username: &str) -> bool {
+        self.recipients
+            .binary_search_by(|r| r.as_str().cmp(username))
+            .is_ok()
+    }
+
+    /// The ciphertext's length in bytes.
+    pub fn ct_len(&self) -> usize {
+        self.ct_len
+    }
+}
+
 /// A stored message with its routing metadata.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MessageRecord {

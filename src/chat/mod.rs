@@ -16,7 +16,10 @@ use axum::extract::ws::Utf8Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::ServerFrame;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::protocol::{SerializedEnvelope, ServerFrame};
 
 /// What delivering a frame adds to the receiving session's chat log.
 #[derive(Debug, Clone)]
@@ -44,21 +47,14 @@ pub struct Outbound {
 pub fn encode(frame: &ServerFrame) -> Outbound {
     let (chat_seq, log) = match frame {
         ServerFrame::Message { message } => {
-            let chat: Arc<str> = Arc::from(message.chat.as_str());
-            let line = format!(
-                "message-received id={} seq={} sender={} bytes={}",
-                message.id,
+            let (chat_seq, log) = delivered(
+                &message.id,
+                &message.chat,
+                &message.sender,
                 message.seq,
-                message.sender,
-                message.envelope.ct.len()
+                message.envelope.ct.len(),
             );
-            (
-                Some((chat.clone(), message.seq)),
-                Some(LogEvent::Chat {
-                    chat,
-                    line: Arc::from(line),
-                }),
-            )
+            (Some(chat_seq), Some(log))
         }
         ServerFrame::Presence { user, online } => (
             None,
@@ -82,6 +78,76 @@ pub fn encode(frame: &ServerFrame) -> Outbound {
         chat_seq,
         log,
     }
+}
+
+/// A `message` frame of a message just stored, around its envelope's JSON
+/// text (serialised once, when it was accepted). Its text is exactly what
+/// [`encode`] makes of the same [`ServerFrame::Message`].
+#[derive(Serialize)]
+#[serde(tag = "type", rename = "message")]
+struct StoredFrame<'a> {
+    message: StoredRecord<'a>,
+}
+
+/// [`crate::protocol::MessageRecord`], field for field, with the envelope
+/// as JSON text.
+#[derive(Serialize)]
+struct StoredRecord<'a> {
+    id: &'a str,
+    chat: &'a str,
+    sender: &'a str,
+    seq: u64,
+    ts: i64,
+    envelope: &'a RawValue,
+}
+
+/// The `message` frame of a message just stored as `seq` at `ts`, with the
+/// log event its delivery implies.
+pub fn encode_stored(
+    id: &str,
+    chat: &str,
+    sender: &str,
+    seq: u64,
+    ts: i64,
+    envelope: &SerializedEnvelope,
+) -> Outbound {
+    let frame = StoredFrame {
+        message: StoredRecord {
+            id,
+            chat,
+            sender,
+            seq,
+            ts,
+            envelope: envelope.json(),
+        },
+    };
+    let (chat_seq, log) = delivered(id, chat, sender, seq, envelope.ct_len());
+    Outbound {
+        // Serialising these plain structs cannot fail.
+        text: Utf8Bytes::from(serde_json::to_string(&frame).unwrap_or_default()),
+        chat_seq: Some(chat_seq),
+        log: Some(log),
+    }
+}
+
+/// A `message` frame's chat and sequence number, and the log event of
+/// delivering it.
+fn delivered(
+    id: &str,
+    chat: &str,
+    sender: &str,
+    seq: u64,
+    ct_len: usize,
+) -> ((Arc<str>, u64), LogEvent) {
+    let chat: Arc<str> = Arc::from(chat);
+    let line = format!("message-received id={id} seq={seq} sender={sender} bytes={ct_len}");
+    (
+        (chat.clone(), seq),
+        LogEvent::Chat {
+            chat,
+            line: Arc::from(line),
+        },
+    )
 }
 
 /// Serialises a frame whose delivery writes `line` in the log of `chat`.
@@ -389,6 +455,43 @@ mod tests {
     use super::*;
 
     const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn a_stored_message_frame_is_the_same_text_as_its_record() {
+        use crate::protocol::{Envelope, MessageRecord};
+        let envelope = Envelope {
+            v: 1,
+            iv: vec![1; 12].into(),
+            ct: vec![2; 40].into(),
+            keys: [("bob", 3u8), ("alice \"a\"", 4)]
+                .into_iter()
+                .map(|(name, b)| (name.to_owned(), vec![b; 512].into()))
+                .collect(),
+            sig: vec![5; 512].into(),
+        };
+        let serialized = SerializedEnvelope::new(&envelope).unwrap();
+        assert_eq!(serialized.recipients(), ["alice \"a\"", "bob"]);
+        assert!(serialized.wraps_for("bob") && !serialized.wraps_for("carol"));
+        let fast = encode_stored("m-1", "chat \\ 1", "bob", 7, 99, &serialized);
+        let slow = encode(&ServerFrame::Message {
+            message: MessageRecord {
+                id: "m-1".into(),
+                chat: "chat \\ 1".into(),
+                sender: "bob".into(),
+                seq: 7,
+                ts: 99,
+                envelope,
+            },
+        });
+        assert_eq!(fast.text, slow.text);
+        assert_eq!(fast.chat_seq, slow.chat_seq);
+        let line = |o: &Outbound| match &o.log {
+            Some(LogEvent::Chat { chat, line }) => (chat.to_string(), line.to_string()),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(line(&fast), line(&slow));
+        assert!(line(&fast).1.ends_with("bytes=40"));
+    }
 
     #[tokio::test]
     async fn presence_waits_out_the_grace_period() {

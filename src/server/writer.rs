@@ -11,8 +11,8 @@
 
 use tokio::sync::mpsc;
 
-use crate::chat::encode;
-use crate::protocol::{Envelope, MessageRecord, ServerFrame};
+use crate::chat::{encode, encode_stored};
+use crate::protocol::{SerializedEnvelope, ServerFrame};
 use crate::server::App;
 use crate::store::{Insert, NewMessage, StoreError};
 
@@ -25,14 +25,43 @@ pub struct Pending {
     pub id: String,
     pub sender_id: i64,
     pub sender: String,
-    pub envelope: Envelope,
-    /// The ciphertext's length, for the chat log.
-    pub ct_len: usize,
+    pub envelope: SerializedEnvelope,
     pub now: i64,
     /// The sending socket (it gets the ack, not the message).
     pub conn_id: u64,
     /// The sender's chat-log session.
     pub log_session: String,
+}
+
+/// What the writer keeps of a [`Pending`] while the store holds the row.
+struct Sent {
+    chat: String,
+    id: String,
+    sender_id: i64,
+    sender: String,
+    conn_id: u64,
+    log_session: String,
+}
+
+impl Pending {
+    fn split(self) -> (Sent, NewMessage) {
+        let row = NewMessage {
+            chat_id: self.chat.clone(),
+            id: self.id.clone(),
+            sender_id: self.sender_id,
+            envelope: self.envelope,
+            now: self.now,
+        };
+        let sent = Sent {
+            chat: self.chat,
+            id: self.id,
+            sender_id: self.sender_id,
+            sender: self.sender,
+            conn_id: self.conn_id,
+            log_session: self.log_session,
+        };
+        (sent, row)
+    }
 }
 
 /// An `error` frame refusing message `id`.
@@ -44,6 +73,16 @@ pub fn refusal(id: &str, code: &str, message: String, members: Option<Vec<String
         retry_after_ms: None,
         members,
     }
+}
+
+/// The refusal of message `id` that the host could not store.
+pub fn store_failed(id: &str) -> ServerFrame {
+    refusal(
+        id,
+        "store_failed",
+        "The server could not store the message; send it again.".into(),
+        None,
+    )
 }
 
 /// What the sender hears about its message.
@@ -83,12 +122,7 @@ fn answer(id: String, chat: String, result: Result<Insert, StoreError>) -> Serve
         ),
         Err(e) => {
             tracing::error!(error = %e, "storing a message failed");
-            refusal(
-                &id,
-                "store_failed",
-                "The server could not store the message; send it again.".into(),
-                None,
-            )
+            store_failed(&id)
         }
     }
 }
@@ -118,17 +152,9 @@ pub async fn run(app: App, mut queue: mpsc::Receiver<Pending>) {
                 Err(_) => break,
             }
         }
-        let rows: Vec<NewMessage> = batch
-            .iter_mut()
-            .map(|p| NewMessage {
-                chat_id: p.chat.clone(),
-                id: p.id.clone(),
-                sender_id: p.sender_id,
-                // Moved, not copied; put back below for the frames.
-                envelope: std::mem::take(&mut p.envelope),
-                now: p.now,
-            })
-            .collect();
+        // The envelopes move to the store's thread and back, uncopied.
+        let (batch, rows): (Vec<Sent>, Vec<NewMessage>) =
+            batch.into_iter().map(Pending::split).unzip();
         let stored = app
             .db
             .call(move |s| {
@@ -154,21 +180,16 @@ pub async fn run(app: App, mut queue: mpsc::Receiver<Pending>) {
         };
         for ((p, row), result) in batch.into_iter().zip(rows).zip(results) {
             if let Ok(Insert::Stored { seq, ts, members }) = &result {
-                let frame = encode(&ServerFrame::Message {
-                    message: MessageRecord {
-                        id: p.id.clone(),
-                        chat: p.chat.clone(),
-                        sender: p.sender.clone(),
-                        seq: *seq,
-                        ts: *ts,
-                        envelope: row.envelope,
-                    },
-                });
+                let frame = encode_stored(&p.id, &p.chat, &p.sender, *seq, *ts, &row.envelope);
                 app.logger.chat(
                     &p.log_session,
                     &p.sender,
                     &p.chat,
-                    format!("message-sent id={} seq={seq} bytes={}", p.id, p.ct_len),
+                    format!(
+                        "message-sent id={} seq={seq} bytes={}",
+                        p.id,
+                        row.envelope.ct_len()
+                    ),
                     *ts,
                 );
                 // The sender's other sockets get the message; its socket the ack.

@@ -17,7 +17,7 @@ use crate::auth::{check_session, session_from_headers};
 use crate::chat::{LogEvent, Outbound, Refused, encode};
 use crate::client::crypto::{IV_LEN, SIGNATURE_LEN, WRAPPED_KEY_LEN};
 use crate::error::ApiError;
-use crate::protocol::{ClientFrame, Envelope, ServerFrame, WireLimits, close};
+use crate::protocol::{ClientFrame, Envelope, SerializedEnvelope, ServerFrame, WireLimits, close};
 use crate::server::api::{chat_info, message_record};
 use crate::server::{App, origin_allowed};
 use crate::store::UserRow;
@@ -522,8 +522,11 @@ impl Connection {
         // writer's queue is full (more arrives than the disk takes), the
         // message is refused with a retry hint instead of stalling this
         // socket, whose own queue would overflow meanwhile.
+        let Ok(envelope) = SerializedEnvelope::new(&envelope) else {
+            self.send(&crate::server::writer::store_failed(&id)).await;
+            return Flow::Continue;
+        };
         let pending = crate::server::writer::Pending {
-            ct_len: envelope.ct.len(),
             chat,
             id: id.clone(),
             sender_id: self.user.id,
@@ -546,13 +549,7 @@ impl Connection {
                 .await;
             }
             Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
-                self.send(&crate::server::writer::refusal(
-                    &id,
-                    "store_failed",
-                    "The server could not store the message; send it again.".into(),
-                    None,
-                ))
-                .await;
+                self.send(&crate::server::writer::store_failed(&id)).await;
             }
         }
         Flow::Continue

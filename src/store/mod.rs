@@ -7,12 +7,13 @@
 //! [`Db`] is the async handle the server uses: it runs each call on the
 //! blocking thread pool, never on the async workers.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use crate::protocol::{ChatKind, Envelope, WrappedKey};
+use crate::protocol::{ChatKind, Envelope, SerializedEnvelope, WrappedKey};
 
 /// The migrations, in order; `PRAGMA user_version` counts those applied.
 const MIGRATIONS: &[&str] = &[
@@ -187,7 +188,7 @@ pub enum Insert {
     Stored {
         seq: u64,
         ts: i64,
-        members: Vec<MemberRow>,
+        members: Arc<Vec<MemberRow>>,
     },
     /// This id was stored before in the same chat by the same sender.
     Duplicate { seq: u64, ts: i64 },
@@ -200,12 +201,12 @@ pub enum Insert {
 }
 
 /// A message to store (see [`Store::insert_messages`]).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct NewMessage {
     pub chat_id: String,
     pub id: String,
     pub sender_id: i64,
-    pub envelope: Envelope,
+    pub envelope: SerializedEnvelope,
     pub now: i64,
 }
 
@@ -1171,10 +1172,32 @@ impl Store {
         envelope: &Envelope,
         now: i64,
     ) -> Result<Insert> {
+        let envelope =
+            SerializedEnvelope::new(envelope).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.insert_alone(chat_id, id, sender_id, &envelope, now)
+    }
+
+    /// Stores one message in a transaction of its own.
+    fn insert_alone(
+        &mut self,
+        chat_id: &str,
+        id: &str,
+        sender_id: i64,
+        envelope: &SerializedEnvelope,
+        now: i64,
+    ) -> Result<Insert> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let inserted = Self::insert_in(&tx, chat_id, id, sender_id, envelope, now)?;
+        let inserted = Self::insert_in(
+            &tx,
+            &mut HashMap::new(),
+            chat_id,
+            id,
+            sender_id,
+            envelope,
+            now,
+        )?;
         tx.commit()?;
         Ok(inserted)
     }
@@ -1192,9 +1215,13 @@ impl Store {
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut results = Vec::with_capacity(batch.len());
+            // Membership cannot change inside the transaction, so each
+            // chat's members are read once per batch.
+            let mut members = HashMap::new();
             for m in batch {
                 results.push(Self::insert_in(
                     &tx,
+                    &mut members,
                     &m.chat_id,
                     &m.id,
                     m.sender_id,
@@ -1209,7 +1236,7 @@ impl Store {
             Ok(results) => Ok(results.into_iter().map(Ok).collect()),
             Err(_) if batch.len() > 1 => Ok(batch
                 .iter()
-                .map(|m| self.insert_message(&m.chat_id, &m.id, m.sender_id, &m.envelope, m.now))
+                .map(|m| self.insert_alone(&m.chat_id, &m.id, m.sender_id, &m.envelope, m.now))
                 .collect()),
             Err(e) => Ok(vec![Err(e)]),
         }
@@ -1217,25 +1244,23 @@ impl Store {
 
     fn insert_in(
         tx: &rusqlite::Connection,
+        members_of: &mut HashMap<String, Arc<Vec<MemberRow>>>,
         chat_id: &str,
         id: &str,
         sender_id: i64,
-        envelope: &Envelope,
+        envelope: &SerializedEnvelope,
         now: i64,
     ) -> Result<Insert> {
         let existing = tx
-            .query_row(
-                "SELECT chat_id, sender_id, seq, ts FROM messages WHERE id = ?1",
-                [id],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, u64>(2)?,
-                        r.get::<_, i64>(3)?,
-                    ))
-                },
-            )
+            .prepare_cached("SELECT chat_id, sender_id, seq, ts FROM messages WHERE id = ?1")?
+            .query_row([id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, u64>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
             .optional()?;
         if let Some((c, s, seq, ts)) = existing {
             return Ok(if c == chat_id && s == sender_id {
@@ -1244,30 +1269,33 @@ impl Store {
                 Insert::IdTaken
             });
         }
-        let members = Self::load_members(tx, chat_id)?;
+        let members = match members_of.get(chat_id) {
+            Some(members) => members.clone(),
+            None => {
+                let members = Arc::new(Self::load_members(tx, chat_id)?);
+                members_of.insert(chat_id.to_owned(), members.clone());
+                members
+            }
+        };
         if !members.iter().any(|m| m.user_id == sender_id) {
             return Ok(Insert::NotMember);
         }
-        let exact = members.len() == envelope.keys.len()
-            && members
-                .iter()
-                .all(|m| envelope.keys.contains_key(&m.username));
+        let exact = members.len() == envelope.recipients().len()
+            && members.iter().all(|m| envelope.wraps_for(&m.username));
         if !exact {
             return Ok(Insert::MembersMismatch {
-                members: members.into_iter().map(|m| m.username).collect(),
+                members: members.iter().map(|m| m.username.clone()).collect(),
             });
         }
-        let seq: u64 = tx.query_row(
-            "UPDATE chats SET last_seq = last_seq + 1 WHERE id = ?1 RETURNING last_seq",
-            [chat_id],
-            |r| r.get(0),
-        )?;
-        let json =
-            serde_json::to_string(envelope).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let seq: u64 = tx
+            .prepare_cached(
+                "UPDATE chats SET last_seq = last_seq + 1 WHERE id = ?1 RETURNING last_seq",
+            )?
+            .query_row([chat_id], |r| r.get(0))?;
         tx.prepare_cached(
             "INSERT INTO messages (chat_id, seq, id, sender_id, ts, envelope) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?
-        .execute(params![chat_id, seq, id, sender_id, now, json])?;
+        .execute(params![chat_id, seq, id, sender_id, now, envelope.json().get()])?;
         Ok(Insert::Stored {
             seq,
             ts: now,
@@ -1843,7 +1871,7 @@ mod tests {
             chat_id: chat.id.clone(),
             id: id.into(),
             sender_id: sender,
-            envelope: envelope(members),
+            envelope: SerializedEnvelope::new(&envelope(members)).unwrap(),
             now,
         };
         let both = ["alice", "bob"];
