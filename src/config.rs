@@ -91,7 +91,10 @@ impl Config {
 pub struct Limits {
     /// Largest WebSocket frame and message, in bytes.
     pub max_frame_bytes: usize,
-    /// The WebSocket read buffer per socket (tungstenite's default is 128 KiB).
+    /// The WebSocket read buffer per socket: how much is read at a time
+    /// (tungstenite's default is 128 KiB). An idle socket keeps it, so it
+    /// is small; a larger frame gets room for its whole length once its
+    /// header is read.
     pub ws_read_buffer: usize,
     /// The WebSocket write buffer per socket before flushing.
     pub ws_write_buffer: usize,
@@ -161,7 +164,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_frame_bytes: 64 * 1024,
-            ws_read_buffer: 8 * 1024,
+            ws_read_buffer: 1024,
             ws_write_buffer: 8 * 1024,
             send_queue: 256,
             frames_per_sec: 5.0,

@@ -190,7 +190,10 @@ impl CloseSignal {
 /// One live socket as the hub sees it.
 struct Conn {
     /// Bounded queue to the socket's task; full means the reader is too slow.
-    tx: mpsc::Sender<Outbound>,
+    /// It holds `Arc`s: an idle socket's queue then takes 32 pointers, not
+    /// 32 frames' worth of handles, and one frame for many sockets is
+    /// shared.
+    tx: mpsc::Sender<Arc<Outbound>>,
     /// The session the socket was opened with, so logout can close it.
     session: [u8; 32],
     /// Closes the socket.
@@ -228,7 +231,7 @@ pub struct Registration {
     /// This socket's id within the hub.
     pub id: u64,
     /// Frames for this socket.
-    pub rx: mpsc::Receiver<Outbound>,
+    pub rx: mpsc::Receiver<Arc<Outbound>>,
     /// Fired when this socket must close.
     pub close: Arc<CloseSignal>,
 }
@@ -360,12 +363,13 @@ impl Hub {
         frame: &Outbound,
         except: Option<u64>,
     ) {
+        let frame = Arc::new(frame.clone());
         let inner = self.lock();
         for user_id in user_ids {
             if let Some(user) = inner.users.get(&user_id) {
                 for (id, conn) in &user.conns {
                     if Some(*id) != except {
-                        Self::push(conn, frame);
+                        Self::push(conn, &frame);
                     }
                 }
             }
@@ -381,11 +385,11 @@ impl Hub {
             .get(&user_id)
             .and_then(|u| u.conns.get(&conn_id))
         {
-            Self::push(conn, frame);
+            Self::push(conn, &Arc::new(frame.clone()));
         }
     }
 
-    fn push(conn: &Conn, frame: &Outbound) {
+    fn push(conn: &Conn, frame: &Arc<Outbound>) {
         if conn.tx.try_send(frame.clone()).is_err() {
             conn.close.close(crate::protocol::close::TRY_AGAIN_LATER);
         }
@@ -393,10 +397,11 @@ impl Hub {
 
     /// Queues `frame` for every live socket.
     pub fn broadcast(&self, frame: &Outbound) {
+        let frame = Arc::new(frame.clone());
         let inner = self.lock();
         for user in inner.users.values() {
             for conn in user.conns.values() {
-                Self::push(conn, frame);
+                Self::push(conn, &frame);
             }
         }
     }

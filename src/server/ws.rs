@@ -51,7 +51,7 @@ pub async fn upgrade(
         .on_upgrade(move |socket| async move {
             let conn = Connection {
                 app,
-                user: session.user,
+                user: SocketUser::from(session.user),
                 session: hash,
                 peer,
                 socket,
@@ -69,6 +69,26 @@ pub async fn upgrade(
 /// How long one write to a socket may take before the socket is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What a socket keeps of its user: not the keys nor the password hash,
+/// which are kilobytes that an idle socket has no use for.
+struct SocketUser {
+    id: i64,
+    username: String,
+    is_admin: bool,
+    created_at: i64,
+}
+
+impl From<UserRow> for SocketUser {
+    fn from(user: UserRow) -> Self {
+        Self {
+            id: user.id,
+            username: user.username,
+            is_admin: user.is_admin,
+            created_at: user.created_at,
+        }
+    }
+}
+
 /// What the loop does after handling a frame.
 enum Flow {
     Continue,
@@ -77,7 +97,7 @@ enum Flow {
 
 struct Connection {
     app: App,
-    user: UserRow,
+    user: SocketUser,
     session: [u8; 32],
     peer: SocketAddr,
     socket: WebSocket,
@@ -136,14 +156,15 @@ impl Connection {
                     Refused::TooManyForUser => "too many connections for this user",
                     Refused::TooManyForAddress => "too many connections from this address",
                 };
-                self.close(close::TRY_AGAIN_LATER, reason).await;
+                Box::pin(self.close(close::TRY_AGAIN_LATER, reason)).await;
                 return;
             }
         };
         self.conn_id = registration.id;
         let mut rx = registration.rx;
         let closer = registration.close.clone();
-        let limits = self.app.config.limits.clone();
+        let limits = &self.app.config.limits;
+        let idle_timeout = limits.idle_timeout;
         let mut ping =
             tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -177,19 +198,16 @@ impl Connection {
                             }
                             break None;
                         }
-                        Some(Ok(Message::Text(text))) => match self.handle_text(&text).await {
+                        // Boxed: the frame handlers' state lives on the heap only
+                        // while a frame is handled, not in every idle socket's task.
+                        Some(Ok(Message::Text(text))) => match Box::pin(self.handle_text(&text)).await {
                             Flow::Continue => {}
                             Flow::Close(code, reason) => break Some((code, reason)),
                         },
-                        Some(Ok(Message::Binary(_))) => {
-                            if let Err(flow) = self.admit(None).await {
-                                match flow {
-                                    Flow::Close(code, reason) => break Some((code, reason)),
-                                    Flow::Continue => continue,
-                                }
-                            }
-                            self.send(&error_frame("bad_frame", "Frames are JSON text; binary frames are not accepted.")).await;
-                        }
+                        Some(Ok(Message::Binary(_))) => match Box::pin(self.refuse_binary()).await {
+                            Flow::Continue => {}
+                            Flow::Close(code, reason) => break Some((code, reason)),
+                        },
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                     }
                 }
@@ -199,20 +217,20 @@ impl Connection {
                     {
                         continue;
                     }
-                    if !self.send_outbound(out).await {
+                    if !self.send_outbound(&out).await {
                         break None;
                     }
                 }
                 _ = ping.tick() => {
-                    if last_heard.elapsed() > limits.idle_timeout {
+                    if last_heard.elapsed() > idle_timeout {
                         break Some((close::IDLE, "no answer to pings"));
                     }
-                    if !self.write(Message::Ping(Default::default())).await {
+                    if !Box::pin(self.write(Message::Ping(Default::default()))).await {
                         break None;
                     }
                 }
                 _ = recheck.tick() => {
-                    if check_session(&self.app, self.session).await.is_err() {
+                    if Box::pin(check_session(&self.app, self.session)).await.is_err() {
                         break Some((close::SESSION_ENDED, "session ended"));
                     }
                 }
@@ -223,11 +241,24 @@ impl Connection {
             .logger
             .end(&self.log_session, reason, self.app.clock.now_ms());
         if let Some((code, reason)) = outcome {
-            self.close(code, reason).await;
+            Box::pin(self.close(code, reason)).await;
         }
         self.app
             .hub
             .unregister(self.user.id, registration.id, self.peer.ip());
+    }
+
+    /// A binary frame: counted like any other frame, then refused.
+    async fn refuse_binary(&mut self) -> Flow {
+        if let Err(flow) = self.admit(None).await {
+            return flow;
+        }
+        self.send(&error_frame(
+            "bad_frame",
+            "Frames are JSON text; binary frames are not accepted.",
+        ))
+        .await;
+        Flow::Continue
     }
 
     async fn close(&mut self, code: u16, reason: &'static str) {
@@ -268,24 +299,24 @@ impl Connection {
 
     /// Sends a queued frame and, once it is out, logs what it means for
     /// this chat session.
-    async fn send_outbound(&mut self, out: Outbound) -> bool {
-        if !self.write(Message::Text(out.text)).await {
+    async fn send_outbound(&mut self, out: &Outbound) -> bool {
+        if !self.write(Message::Text(out.text.clone())).await {
             return false;
         }
         let now = self.app.clock.now_ms();
         let logger = &self.app.logger;
-        match out.log {
+        match &out.log {
             Some(LogEvent::Chat { chat, line }) => {
                 logger.chat(
                     &self.log_session,
                     &self.user.username,
-                    &chat,
+                    chat,
                     line.to_string(),
                     now,
                 );
             }
             Some(LogEvent::Presence { user, online }) => {
-                logger.presence(&self.log_session, &user, online, now);
+                logger.presence(&self.log_session, user, *online, now);
             }
             None => {}
         }
@@ -464,7 +495,7 @@ impl Connection {
             if let Some((chat, seq)) = &out.chat_seq {
                 self.replayed.insert(chat.clone(), *seq);
             }
-            if !self.send_outbound(out).await {
+            if !self.send_outbound(&out).await {
                 return Flow::Close(1011, "send failed");
             }
         }
