@@ -814,12 +814,37 @@ pub fn seal_chunk(
     last: bool,
     plain: &[u8],
 ) -> Result<Vec<u8>> {
-    aes_gcm_encrypt(
-        key,
-        &file_nonce(prefix, index, last),
-        file_id.as_bytes(),
-        plain,
-    )
+    let mut out = Vec::new();
+    seal_chunk_into(key, prefix, file_id, index, last, plain, &mut out)?;
+    Ok(out)
+}
+
+/// [`seal_chunk`] into `out` (cleared first, so one buffer serves every
+/// chunk): ciphertext ‖ tag, encrypted in place there.
+///
+/// # Errors
+/// [`CryptoError::Internal`] as [`seal_chunk`].
+pub fn seal_chunk_into(
+    key: &[u8; KEY_LEN],
+    prefix: &[u8; FILE_NONCE_PREFIX],
+    file_id: &str,
+    index: u32,
+    last: bool,
+    plain: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    use aes_gcm::aead::AeadInOut;
+    out.clear();
+    out.reserve(plain.len() + TAG_LEN);
+    out.extend_from_slice(plain);
+    let cipher = Aes256Gcm::new_from_slice(key).map_err(|_| CryptoError::Internal)?;
+    cipher
+        .encrypt_in_place(
+            &Nonce::from(file_nonce(prefix, index, last)),
+            file_id.as_bytes(),
+            out,
+        )
+        .map_err(|_| CryptoError::Internal)
 }
 
 /// Decrypts file chunk `index`; fails if it was altered, moved, or is not
@@ -832,12 +857,37 @@ pub fn open_chunk(
     last: bool,
     ct: &[u8],
 ) -> Result<Vec<u8>> {
-    aes_gcm_decrypt(
-        key,
-        &file_nonce(prefix, index, last),
-        file_id.as_bytes(),
-        ct,
-    )
+    let mut buf = ct.to_vec();
+    open_chunk_in_place(key, prefix, file_id, index, last, &mut buf)?;
+    Ok(buf)
+}
+
+/// [`open_chunk`] in place: `buf` holds ciphertext ‖ tag and, once the tag
+/// checks out, the plaintext alone.
+///
+/// # Errors
+/// [`CryptoError::Decrypt`] as [`open_chunk`]; `buf` then holds nothing
+/// to use.
+pub fn open_chunk_in_place(
+    key: &[u8; KEY_LEN],
+    prefix: &[u8; FILE_NONCE_PREFIX],
+    file_id: &str,
+    index: u32,
+    last: bool,
+    buf: &mut Vec<u8>,
+) -> Result<()> {
+    use aes_gcm::aead::AeadInOut;
+    if buf.len() < TAG_LEN {
+        return Err(CryptoError::Decrypt);
+    }
+    let cipher = Aes256Gcm::new_from_slice(key).map_err(|_| CryptoError::Internal)?;
+    cipher
+        .decrypt_in_place(
+            &Nonce::from(file_nonce(prefix, index, last)),
+            file_id.as_bytes(),
+            buf,
+        )
+        .map_err(|_| CryptoError::Decrypt)
 }
 
 /// The safety number of a direct chat between two users, from their

@@ -50,6 +50,9 @@ pub enum ClientError {
     Protocol(String),
     #[error("not signed in")]
     NotSignedIn,
+    /// Writing a downloaded file failed.
+    #[error("writing the file: {0}")]
+    Io(#[from] std::io::Error),
     /// A contact's keys differ from the ones pinned on first contact.
     #[error(
         "{0}'s keys have changed since first contact: compare safety numbers before trusting them"
@@ -555,7 +558,8 @@ impl Client {
             .await
     }
 
-    /// Encrypts and uploads the chunks `which` of `data`.
+    /// Encrypts and uploads the chunks `which` of `data`, a few at once
+    /// (each one's round trip and the host's flush to disk overlap).
     pub async fn put_chunks(
         &mut self,
         file: &FileDescriptor,
@@ -563,29 +567,38 @@ impl Client {
         which: impl IntoIterator<Item = u32>,
     ) -> Result<()> {
         let (key, prefix) = file.secrets()?;
-        for index in which {
-            let last = index + 1 == file.chunks;
-            let plain = data
-                .get(chunk_range(index, data.len()))
-                .ok_or_else(|| ClientError::Protocol("chunk past the end of the data".into()))?;
-            let ct = crypto::seal_chunk(&key, &prefix, &file.id, index, last, plain)?;
-            let mut req = self
-                .http
-                .put(format!(
-                    "{}/api/files/{}/chunks/{index}",
-                    self.base, file.id
-                ))
-                .header("Origin", &self.origin)
-                .header("Content-Type", "application/octet-stream")
-                .body(ct);
-            if let Some(token) = &self.session {
-                req = req.header("Cookie", format!("{}={token}", self.cookie_name()));
-            }
-            let response = req.send().await?;
-            let status = response.status();
-            if !status.is_success() {
-                return Err(api_error(status, &response.bytes().await?));
-            }
+        let (key, prefix, this) = (&key, &prefix, &*self);
+        let mut puts = futures_util::stream::iter(which)
+            .map(|index| async move {
+                let last = index + 1 == file.chunks;
+                let plain = data.get(chunk_range(index, data.len())).ok_or_else(|| {
+                    ClientError::Protocol("chunk past the end of the data".into())
+                })?;
+                let ct = crypto::seal_chunk(key, prefix, &file.id, index, last, plain)?;
+                this.put_chunk(&file.id, index, ct).await
+            })
+            .buffer_unordered(CHUNKS_IN_FLIGHT);
+        while let Some(put) = puts.next().await {
+            put?;
+        }
+        Ok(())
+    }
+
+    /// `PUT /api/files/{id}/chunks/{index}` with one sealed chunk.
+    async fn put_chunk(&self, id: &str, index: u32, ct: Vec<u8>) -> Result<()> {
+        let mut req = self
+            .http
+            .put(format!("{}/api/files/{id}/chunks/{index}", self.base))
+            .header("Origin", &self.origin)
+            .header("Content-Type", "application/octet-stream")
+            .body(ct);
+        if let Some(token) = &self.session {
+            req = req.header("Cookie", format!("{}={token}", self.cookie_name()));
+        }
+        let response = req.send().await?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(api_error(status, &response.bytes().await?));
         }
         Ok(())
     }
@@ -621,7 +634,13 @@ impl Client {
 
     /// One raw (ciphertext) chunk of a file.
     pub async fn get_chunk(&self, id: &str, index: u32) -> Result<Vec<u8>> {
-        let response = self
+        self.get_chunk_into(id, index, Vec::new()).await
+    }
+
+    /// [`Client::get_chunk`] into `buf` (cleared first, so a few buffers
+    /// serve a whole download). Refuses a body longer than a chunk can be.
+    async fn get_chunk_into(&self, id: &str, index: u32, mut buf: Vec<u8>) -> Result<Vec<u8>> {
+        let mut response = self
             .raw(
                 Method::GET,
                 &format!("/api/files/{id}/chunks/{index}"),
@@ -629,38 +648,80 @@ impl Client {
             )
             .await?;
         let status = response.status();
-        let bytes = response.bytes().await?;
         if !status.is_success() {
-            return Err(api_error(status, &bytes));
+            return Err(api_error(status, &response.bytes().await?));
         }
-        Ok(bytes.to_vec())
+        let most = (crypto::FILE_CHUNK + crypto::TAG_LEN) as u64;
+        buf.clear();
+        buf.reserve(response.content_length().unwrap_or(0).min(most) as usize);
+        while let Some(piece) = response.chunk().await? {
+            if (buf.len() + piece.len()) as u64 > most {
+                return Err(ClientError::Protocol(format!(
+                    "chunk {index} is longer than a chunk can be"
+                )));
+            }
+            buf.extend_from_slice(&piece);
+        }
+        Ok(buf)
     }
 
     /// Downloads, decrypts and checks a file: every chunk in order, the last
     /// one marked last, and the SHA-256 of the whole.
     pub async fn download_file(&mut self, file: &FileDescriptor) -> Result<Vec<u8>> {
-        use sha2::Digest;
-        let (key, prefix) = file.secrets()?;
         let mut out = Vec::with_capacity(usize::try_from(file.size).unwrap_or(0));
+        self.download_file_to(file, &mut out).await?;
+        Ok(out)
+    }
+
+    /// [`Client::download_file`], writing the plaintext to `out` chunk by
+    /// chunk, so memory stays flat whatever the file's size. Each chunk is
+    /// authenticated before it is written, but the whole (its length and
+    /// SHA-256) only at the end: on an error, discard what was written.
+    pub async fn download_file_to<W>(&mut self, file: &FileDescriptor, out: &mut W) -> Result<()>
+    where
+        W: tokio::io::AsyncWrite + Unpin,
+    {
+        use sha2::Digest;
+        use tokio::io::AsyncWriteExt;
+        let (key, prefix) = file.secrets()?;
+        // Buffers go back here once written out, for the next requests.
+        let spare = std::sync::Mutex::new(Vec::<Vec<u8>>::new());
+        let take = || {
+            spare
+                .lock()
+                .ok()
+                .and_then(|mut s| s.pop())
+                .unwrap_or_default()
+        };
         // A few chunks in flight at once hide each request's round trip;
         // `buffered` keeps them in order.
         let mut chunks = futures_util::stream::iter(0..file.chunks)
-            .map(|index| self.get_chunk(&file.id, index))
-            .buffered(4);
-        let mut index = 0;
-        while let Some(ct) = chunks.next().await {
+            .map(|index| self.get_chunk_into(&file.id, index, take()))
+            .buffered(CHUNKS_IN_FLIGHT);
+        let (mut index, mut written) = (0, 0u64);
+        let mut hash = sha2::Sha256::new();
+        while let Some(buf) = chunks.next().await {
+            let mut buf = buf?;
             let last = index + 1 == file.chunks;
-            out.extend(crypto::open_chunk(
-                &key, &prefix, &file.id, index, last, &ct?,
-            )?);
+            crypto::open_chunk_in_place(&key, &prefix, &file.id, index, last, &mut buf)?;
+            written += buf.len() as u64;
+            if written > file.size {
+                return Err(ClientError::Crypto(CryptoError::Decrypt));
+            }
+            // Hashed while the chunk is still in the cache.
+            hash.update(&buf);
+            out.write_all(&buf).await?;
+            if let Ok(mut s) = spare.lock() {
+                s.push(buf);
+            }
             index += 1;
         }
-        if out.len() as u64 != file.size
-            || sha2::Sha256::digest(&out).as_slice() != file.sha256.0.as_slice()
-        {
+        drop(chunks);
+        out.flush().await?;
+        if written != file.size || hash.finalize().as_slice() != file.sha256.0.as_slice() {
             return Err(ClientError::Crypto(CryptoError::Decrypt));
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Seals a file message (content type `file`) for every member of `chat`.
@@ -841,6 +902,9 @@ async fn account_request(
         code: None,
     })
 }
+
+/// How many file chunks a transfer keeps in flight.
+const CHUNKS_IN_FLIGHT: usize = 4;
 
 fn chunk_range(index: u32, len: usize) -> std::ops::Range<usize> {
     let start = index as usize * crypto::FILE_CHUNK;
