@@ -5,8 +5,12 @@
 
 use std::sync::Arc;
 
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use argon2::{Algorithm, Argon2, Params, Version};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use argon2::password_hash::PasswordHasher;
+use argon2::password_hash::phc::Output;
+use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, Version};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -67,6 +71,13 @@ pub struct Passwords {
     /// A hash of random bytes, verified against for unknown users so that a
     /// login's timing does not tell whether the user exists.
     dummy_hash: String,
+    /// Argon2id's working memory (19 MiB each), handed from one verification
+    /// to the next while more are waiting: during a burst of logins each one
+    /// no longer maps and zeroes fresh pages, which cost a third as much
+    /// again as the hash itself. The last verification of a burst drops it.
+    memory: Mutex<Vec<Vec<Block>>>,
+    /// Verifications asked for and not yet finished (waiting or running).
+    pending: AtomicUsize,
 }
 
 impl Passwords {
@@ -80,6 +91,8 @@ impl Passwords {
         Ok(Self {
             semaphore: Semaphore::new(concurrency.max(1)),
             dummy_hash,
+            memory: Mutex::new(Vec::new()),
+            pending: AtomicUsize::new(0),
         })
     }
 
@@ -102,14 +115,67 @@ impl Passwords {
     pub async fn verify(&self, hash: Option<String>, auth_key: Vec<u8>) -> Result<bool, ApiError> {
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.dummy_hash.clone());
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        let _pending = Pending(&self.pending);
         let _permit = self.semaphore.acquire().await.map_err(ApiError::internal)?;
-        let ok = tokio::task::spawn_blocking(move || {
-            argon2().verify_password(&auth_key, hash.as_str()).is_ok()
+        let memory = self.memory.lock().ok().and_then(|mut m| m.pop());
+        let (ok, memory) = tokio::task::spawn_blocking(move || {
+            let mut memory = memory.unwrap_or_default();
+            let ok = verify_in(&mut memory, &auth_key, &hash);
+            (ok, memory)
         })
         .await
         .map_err(ApiError::internal)?;
+        if let Ok(mut kept) = self.memory.lock() {
+            if self.pending.load(Ordering::SeqCst) > 1 {
+                kept.push(memory);
+            } else {
+                kept.clear();
+            }
+        }
         Ok(known && ok)
     }
+}
+
+/// Counts a verification as pending until dropped.
+struct Pending<'a>(&'a AtomicUsize);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// `PasswordVerifier::verify_password` with working memory the caller
+/// keeps: parse the PHC string, hash `auth_key` with its algorithm,
+/// version, parameters and salt, and compare in constant time.
+fn verify_in(memory: &mut Vec<Block>, auth_key: &[u8], hash: &str) -> bool {
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (&parsed.salt, &parsed.hash) else {
+        return false;
+    };
+    let (Ok(algorithm), Ok(params)) = (
+        Algorithm::try_from(parsed.algorithm.as_str()),
+        Params::try_from(&parsed),
+    ) else {
+        return false;
+    };
+    let version = match parsed.version.map(Version::try_from) {
+        None => Version::default(),
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    let mut out = [0u8; Output::MAX_LENGTH];
+    let Some(out) = out.get_mut(..expected.len()) else {
+        return false;
+    };
+    memory.resize(params.block_count(), Block::default());
+    Argon2::new(algorithm, version, params)
+        .hash_password_into_with_memory(auth_key, salt.as_ref(), &mut *out, &mut memory[..])
+        .is_ok()
+        && Output::new(out).is_ok_and(|computed| computed == *expected)
 }
 
 /// How long an account-reset code stays valid.
@@ -340,6 +406,61 @@ pub type SharedPasswords = Arc<Passwords>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verification_with_kept_memory_agrees_with_the_crate() {
+        use argon2::password_hash::PasswordVerifier;
+        // Small parameters keep the test quick; the memory is resized to
+        // whatever each hash's parameters ask.
+        let small = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(64, 1, 1, Some(32)).unwrap(),
+        );
+        let other = Argon2::new(
+            Algorithm::Argon2i,
+            Version::V0x10,
+            Params::new(128, 2, 1, Some(16)).unwrap(),
+        );
+        let mut memory = Vec::new();
+        for argon in [small, other] {
+            let hash = argon
+                .hash_password_with_salt(b"right key", &random_bytes::<16>())
+                .unwrap()
+                .to_string();
+            for key in [&b"right key"[..], b"wrong key", b""] {
+                let theirs = argon.verify_password(key, hash.as_str()).is_ok();
+                assert_eq!(verify_in(&mut memory, key, &hash), theirs, "{hash}");
+                assert_eq!(theirs, key == b"right key");
+            }
+        }
+        assert!(!verify_in(&mut memory, b"right key", "not a PHC string"));
+        assert!(!verify_in(
+            &mut memory,
+            b"right key",
+            "$argon2id$v=19$m=64,t=1,p=1"
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_verifications_shares_memory_and_drops_it_after() {
+        let passwords = std::sync::Arc::new(Passwords::new(1).unwrap());
+        let hash = passwords.hash(b"key".to_vec()).await.unwrap();
+        let runs: Vec<_> = (0..3)
+            .map(|i| {
+                let (p, h) = (passwords.clone(), hash.clone());
+                tokio::spawn(async move { p.verify(Some(h), vec![i; 3]).await })
+            })
+            .collect();
+        let right = passwords.verify(Some(hash.clone()), b"key".to_vec()).await;
+        assert!(right.unwrap());
+        for run in runs {
+            assert!(!run.await.unwrap().unwrap());
+        }
+        assert!(!passwords.verify(None, b"key".to_vec()).await.unwrap());
+        assert_eq!(passwords.pending.load(Ordering::SeqCst), 0);
+        assert!(passwords.memory.lock().unwrap().is_empty());
+    }
 
     #[test]
     fn usernames_are_canonical() {
