@@ -814,60 +814,20 @@ pub fn seal_chunk(
     last: bool,
     plain: &[u8],
 ) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    seal_chunk_into(key, prefix, file_id, index, last, plain, &mut out)?;
-    Ok(out)
+    aes_gcm_encrypt(
+        key,
+        &file_nonce(prefix, index, last),
+        file_id.as_bytes(),
+        plain,
+    )
 }
 
-/// [`seal_chunk`] into `out` (cleared first, so one buffer serves every
-/// chunk): ciphertext ‖ tag, encrypted in place there.
+/// Decrypts file chunk `index` in place: `buf` holds ciphertext ‖ tag and,
+/// once the tag checks out, the plaintext alone.
 ///
 /// # Errors
-/// [`CryptoError::Internal`] as [`seal_chunk`].
-pub fn seal_chunk_into(
-    key: &[u8; KEY_LEN],
-    prefix: &[u8; FILE_NONCE_PREFIX],
-    file_id: &str,
-    index: u32,
-    last: bool,
-    plain: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<()> {
-    use aes_gcm::aead::AeadInOut;
-    out.clear();
-    out.reserve(plain.len() + TAG_LEN);
-    out.extend_from_slice(plain);
-    let cipher = Aes256Gcm::new_from_slice(key).map_err(|_| CryptoError::Internal)?;
-    cipher
-        .encrypt_in_place(
-            &Nonce::from(file_nonce(prefix, index, last)),
-            file_id.as_bytes(),
-            out,
-        )
-        .map_err(|_| CryptoError::Internal)
-}
-
-/// Decrypts file chunk `index`; fails if it was altered, moved, or is not
-/// (or wrongly claims to be) the last.
-pub fn open_chunk(
-    key: &[u8; KEY_LEN],
-    prefix: &[u8; FILE_NONCE_PREFIX],
-    file_id: &str,
-    index: u32,
-    last: bool,
-    ct: &[u8],
-) -> Result<Vec<u8>> {
-    let mut buf = ct.to_vec();
-    open_chunk_in_place(key, prefix, file_id, index, last, &mut buf)?;
-    Ok(buf)
-}
-
-/// [`open_chunk`] in place: `buf` holds ciphertext ‖ tag and, once the tag
-/// checks out, the plaintext alone.
-///
-/// # Errors
-/// [`CryptoError::Decrypt`] as [`open_chunk`]; `buf` then holds nothing
-/// to use.
+/// [`CryptoError::Decrypt`] if the chunk was altered, moved, or is not (or
+/// wrongly claims to be) the last; `buf` then holds nothing to use.
 pub fn open_chunk_in_place(
     key: &[u8; KEY_LEN],
     prefix: &[u8; FILE_NONCE_PREFIX],
@@ -921,6 +881,29 @@ mod tests {
     use std::time::Instant;
 
     const VECTORS: &str = include_str!("../../tests/vectors/webcrypto-v1.json");
+
+    #[test]
+    fn a_chunk_opens_in_place_only_where_it_was_sealed() {
+        let (key, prefix) = ([7u8; KEY_LEN], [9u8; FILE_NONCE_PREFIX]);
+        let sealed = seal_chunk(&key, &prefix, "f1", 3, false, b"chunk three").unwrap();
+        assert_eq!(sealed.len(), b"chunk three".len() + TAG_LEN);
+        let open = |id: &str, index: u32, last: bool, ct: &[u8]| {
+            let mut buf = ct.to_vec();
+            open_chunk_in_place(&key, &prefix, id, index, last, &mut buf).map(|()| buf)
+        };
+        assert_eq!(open("f1", 3, false, &sealed).unwrap(), b"chunk three");
+        let mut altered = sealed.clone();
+        altered[0] ^= 1;
+        for refused in [
+            open("f1", 3, false, &altered),
+            open("f1", 4, false, &sealed),
+            open("f1", 3, true, &sealed),
+            open("f2", 3, false, &sealed),
+            open("f1", 3, false, &sealed[..TAG_LEN - 1]),
+        ] {
+            assert!(matches!(refused, Err(CryptoError::Decrypt)));
+        }
+    }
 
     fn hex(s: &str) -> Vec<u8> {
         (0..s.len())

@@ -716,7 +716,6 @@ impl Client {
             }
             index += 1;
         }
-        drop(chunks);
         out.flush().await?;
         if written != file.size || hash.finalize().as_slice() != file.sha256.0.as_slice() {
             return Err(ClientError::Crypto(CryptoError::Decrypt));
