@@ -6,9 +6,10 @@
 //! ciphertext (tag appended) of one UTF-8 line, with AAD
 //! `"securechat/v1/log/" + <path relative to the data directory> + "/" +
 //! <record index>`, so records cannot be moved between files or reordered.
-//! Each record is written with one `write` call: a crash loses at most the
-//! record being written, and the reader reports a torn tail and keeps
-//! everything before it.
+//! The log thread seals each line as it comes and writes the records of a
+//! burst with one `write` call, before it waits for more: a crash loses at
+//! most the lines not yet written, and the reader reports a torn tail and
+//! keeps every record before it.
 //!
 //! Paths name no user and no chat: `logs/<opaque chat id>/<UTC start>_<opaque
 //! session id>.txt.enc` and `audit/<UTC start>_<opaque run id>.log.enc`. The
@@ -20,10 +21,12 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
+use aes_gcm::aead::AeadInOut;
+use aes_gcm::{Aes256Gcm, Nonce};
 use hmac::{KeyInit, Mac};
 use sha2::Sha256;
 
-use crate::secrets::{open, seal};
+use crate::secrets::open;
 use crate::store::Db;
 
 /// Largest record the reader accepts; anything larger is damage.
@@ -71,12 +74,55 @@ pub fn opaque_chat(names_key: &[u8; 32], chat_id: &str) -> String {
         .collect()
 }
 
-/// Appends records to one log file.
+/// How many record nonces are drawn from the OS in one call.
+const NONCES_PER_DRAW: usize = 32;
+
+/// Random 96-bit nonces from the OS random source, drawn [`NONCES_PER_DRAW`]
+/// at a time: each is used once, as [`crate::secrets::seal`] would draw it, without one
+/// system call per record.
+struct Nonces {
+    pool: [u8; 12 * NONCES_PER_DRAW],
+    used: usize,
+}
+
+impl Nonces {
+    fn new() -> Self {
+        Self {
+            pool: [0; 12 * NONCES_PER_DRAW],
+            used: NONCES_PER_DRAW,
+        }
+    }
+
+    fn next(&mut self) -> [u8; 12] {
+        if self.used == NONCES_PER_DRAW {
+            self.pool = crate::auth::random_bytes();
+            self.used = 0;
+        }
+        let at = self.used * 12;
+        self.used += 1;
+        let mut nonce = [0u8; 12];
+        nonce.copy_from_slice(&self.pool[at..at + 12]);
+        // A nonce leaves the pool once.
+        self.pool[at..at + 12].fill(0);
+        nonce
+    }
+}
+
+/// Appends records to one log file. Records are sealed as they come and
+/// written together by [`Writer::write_out`] (or [`Writer::sync`], or when
+/// the writer is dropped), so a burst of lines costs one `write`.
 pub struct Writer {
     file: File,
-    key: [u8; 32],
+    cipher: Aes256Gcm,
+    nonces: Nonces,
     rel: String,
+    /// Sealed records not yet written.
+    pending: Vec<u8>,
+    /// The index of the next record sealed.
     index: u64,
+    /// The file's length and record count as last written in full.
+    written_len: u64,
+    written_index: u64,
 }
 
 impl Writer {
@@ -95,32 +141,91 @@ impl Writer {
         }
         Ok(Self {
             file: options.open(&path)?,
-            key,
+            cipher: Aes256Gcm::new(&key.into()),
+            nonces: Nonces::new(),
             rel: rel.to_owned(),
+            pending: Vec::new(),
             index: 0,
+            written_len: 0,
+            written_index: 0,
         })
     }
 
-    /// Appends one line as one record, in one write.
+    /// Seals one line as one record; it reaches the file with the next
+    /// [`Writer::write_out`].
     pub fn append(&mut self, line: &str) -> std::io::Result<()> {
-        let sealed = seal(
-            &self.key,
+        let len = u32::try_from(12 + line.len() + 16)
+            .ok()
+            .filter(|&l| l as usize <= MAX_RECORD)
+            .ok_or_else(|| std::io::Error::other("log line too long"))?;
+        let nonce = self.nonces.next();
+        let start = self.pending.len();
+        self.pending.extend_from_slice(&len.to_be_bytes());
+        self.pending.extend_from_slice(&nonce);
+        let body = self.pending.len();
+        self.pending.extend_from_slice(line.as_bytes());
+        match self.cipher.encrypt_inout_detached(
+            &Nonce::from(nonce),
             &record_aad(&self.rel, self.index),
-            line.as_bytes(),
-        );
-        let len =
-            u32::try_from(sealed.len()).map_err(|_| std::io::Error::other("log line too long"))?;
-        let mut record = Vec::with_capacity(4 + sealed.len());
-        record.extend_from_slice(&len.to_be_bytes());
-        record.extend_from_slice(&sealed);
-        self.file.write_all(&record)?;
-        self.index += 1;
-        Ok(())
+            (&mut self.pending[body..]).into(),
+        ) {
+            Ok(tag) => {
+                self.pending.extend_from_slice(&tag);
+                self.index += 1;
+                Ok(())
+            }
+            Err(_) => {
+                self.pending.truncate(start);
+                Err(std::io::Error::other("sealing a log record failed"))
+            }
+        }
     }
 
-    /// Flushes the file to disk.
-    pub fn sync(&self) -> std::io::Result<()> {
+    /// Whether sealed records wait to be written.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Writes the sealed records in one `write`. If that fails (a full
+    /// disk), the file is cut back to its last whole record and the waiting
+    /// records are dropped, so the log stays readable and later records
+    /// follow on; the error says how many lines were lost.
+    pub fn write_out(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        match self.file.write_all(&self.pending) {
+            Ok(()) => {
+                self.written_len += self.pending.len() as u64;
+                self.written_index = self.index;
+                self.pending.clear();
+                Ok(())
+            }
+            Err(e) => {
+                let lost = self.index - self.written_index;
+                self.pending.clear();
+                self.index = self.written_index;
+                let _ = self.file.set_len(self.written_len);
+                Err(std::io::Error::new(
+                    e.kind(),
+                    format!("{lost} log line(s) not written: {e}"),
+                ))
+            }
+        }
+    }
+
+    /// Writes what is pending and flushes the file to disk.
+    pub fn sync(&mut self) -> std::io::Result<()> {
+        self.write_out()?;
         self.file.sync_data()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if let Err(e) = self.write_out() {
+            tracing::error!(error = %e, "writing a log failed");
+        }
     }
 }
 
@@ -202,6 +307,14 @@ pub fn list_files(data_dir: &Path, sub: &str) -> std::io::Result<Vec<String>> {
     Ok(out)
 }
 
+/// The most commands the log thread handles before it writes what they
+/// sealed.
+const BATCH: usize = 256;
+
+/// How long the log thread pauses after writing, so that a busy host wakes
+/// it once per pause rather than once per line.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// What the log thread is asked to do.
 enum Command {
     /// A line for the log of (`session`, `chat`), opened on first use.
@@ -277,11 +390,26 @@ impl Logger {
         std::thread::Builder::new()
             .name("securechat-logs".into())
             .spawn(move || {
-                for command in rx {
-                    if let Some(done) = worker.handle(command) {
+                // Everything queued (up to a bound) is handled, then the
+                // sealed records are written, one `write` per log. Then the
+                // thread pauses briefly: lines that come meanwhile queue up
+                // without waking it one by one, and are written together.
+                while let Ok(command) = rx.recv() {
+                    let mut stop = worker.handle(command);
+                    let mut handled = 1;
+                    while stop.is_none() && handled < BATCH {
+                        match rx.try_recv() {
+                            Ok(command) => stop = worker.handle(command),
+                            Err(_) => break,
+                        }
+                        handled += 1;
+                    }
+                    worker.write_out();
+                    if let Some(done) = stop {
                         let _ = done.send(());
                         break;
                     }
+                    std::thread::sleep(LINGER);
                 }
             })
             .map(|_| ())
@@ -349,6 +477,17 @@ impl Logger {
 }
 
 impl Worker {
+    /// Writes every log's sealed records.
+    fn write_out(&mut self) {
+        for writer in self.open.values_mut().chain(self.audit.as_mut()) {
+            if writer.has_pending()
+                && let Err(e) = writer.write_out()
+            {
+                tracing::error!(error = %e, "writing a log failed");
+            }
+        }
+    }
+
     fn handle(&mut self, command: Command) -> Option<mpsc::Sender<()>> {
         let result = match command {
             Command::Chat {
@@ -371,12 +510,15 @@ impl Worker {
             } => self.end(&session, &reason, at),
             Command::Audit { line, at } => self.audit_line(&line, at),
             Command::Flush(done) => {
+                self.write_out();
                 let _ = done.send(());
                 Ok(())
             }
             Command::Stop(done) => {
-                for writer in self.open.values().chain(self.audit.as_ref()) {
-                    let _ = writer.sync();
+                for writer in self.open.values_mut().chain(self.audit.as_mut()) {
+                    if let Err(e) = writer.sync() {
+                        tracing::error!(error = %e, "writing a log failed");
+                    }
                 }
                 self.open.clear();
                 return Some(done);
@@ -522,6 +664,55 @@ mod tests {
         let other = "logs/abc/other.txt.enc";
         std::fs::copy(&path, dir.path().join(other)).unwrap();
         assert!(read(dir.path(), other, &key).unwrap().damage.is_some());
+    }
+
+    #[test]
+    fn records_wait_for_one_write_and_a_failed_write_loses_only_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = [7u8; 32];
+        let rel = "logs/abc/20260101T000000Z_s2.txt.enc";
+        let path = dir.path().join(rel);
+        let mut w = Writer::create(dir.path(), rel, key).unwrap();
+        w.append("kept 0").unwrap();
+        w.append("kept 1").unwrap();
+        assert!(w.has_pending());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        w.write_out().unwrap();
+        assert!(!w.has_pending());
+        let written = std::fs::metadata(&path).unwrap().len();
+
+        // A write that fails (here: a handle that cannot write) drops only
+        // the lines it carried, and says so.
+        let writable = std::mem::replace(&mut w.file, File::open(&path).unwrap());
+        w.append("lost").unwrap();
+        let err = w.write_out().unwrap_err();
+        assert!(
+            err.to_string().contains("1 log line(s) not written"),
+            "{err}"
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), written);
+
+        // Later lines follow on, and a dropped writer writes what it holds.
+        w.file = writable;
+        w.append("kept 2").unwrap();
+        drop(w);
+        let contents = read(dir.path(), rel, &key).unwrap();
+        assert_eq!(contents.lines, vec!["kept 0", "kept 1", "kept 2"]);
+        assert_eq!(contents.damage, None);
+
+        // A line too long for the reader is refused, not written.
+        let mut w = Writer::create(dir.path(), "logs/abc/long.txt.enc", key).unwrap();
+        assert!(w.append(&"x".repeat(MAX_RECORD)).is_err());
+        assert!(!w.has_pending());
+    }
+
+    #[test]
+    fn record_nonces_are_never_reused() {
+        let mut nonces = Nonces::new();
+        let drawn: std::collections::HashSet<[u8; 12]> = (0..3 * NONCES_PER_DRAW + 1)
+            .map(|_| nonces.next())
+            .collect();
+        assert_eq!(drawn.len(), 3 * NONCES_PER_DRAW + 1);
     }
 
     #[test]
