@@ -97,6 +97,11 @@ pub async fn connect(target: &Target, cookie: Option<&str>) -> Result<Ws, Error>
 pub struct Collector {
     active: AtomicBool,
     count: AtomicU64,
+    /// Sockets whose reading ended (the server closed them, as it does a
+    /// reader that falls too far behind).
+    closed: AtomicU64,
+    /// Every message frame received, measured or not.
+    seen: AtomicU64,
     latencies_us: Mutex<Vec<u32>>,
 }
 
@@ -104,6 +109,8 @@ pub struct Collector {
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct Window {
     pub receipts: u64,
+    /// Sockets closed so far (not only in this window).
+    pub closed: u64,
     pub p50_ms: f64,
     pub p95_ms: f64,
     pub p99_ms: f64,
@@ -133,13 +140,29 @@ impl Collector {
         };
         Window {
             receipts: self.count.load(Ordering::Relaxed),
+            closed: self.closed.load(Ordering::Relaxed),
             p50_ms: q(0.50),
             p95_ms: q(0.95),
             p99_ms: q(0.99),
         }
     }
 
+    /// Returns once no message has arrived for a while (the server's queues
+    /// have drained), or after 30 s.
+    pub async fn quiet(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let before = self.seen.load(Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if self.seen.load(Ordering::Relaxed) == before || tokio::time::Instant::now() > deadline
+            {
+                return;
+            }
+        }
+    }
+
     fn record(&self, frame: &str) {
+        self.seen.fetch_add(1, Ordering::Relaxed);
         if !self.active.load(Ordering::Acquire) {
             return;
         }
@@ -166,6 +189,7 @@ pub fn spawn_reader(mut stream: SplitStream<Ws>, kind: Kind, collector: Arc<Coll
                 }
             }
         }
+        collector.closed.fetch_add(1, Ordering::Relaxed);
     });
 }
 
@@ -189,8 +213,8 @@ impl Template {
     }
 }
 
-/// Sends `template` frames at the rate (frames/s) in `rate`, until the rate
-/// channel closes.
+/// Sends `template` frames at the rate (frames/s) in `rate`; when the rate
+/// channel closes, closes the socket.
 pub fn spawn_sender(
     mut sink: SplitSink<Ws, Message>,
     template: Template,
@@ -232,9 +256,10 @@ pub fn spawn_sender(
                 template.suffix
             );
             if sink.send(Message::text(frame)).await.is_err() {
-                break;
+                return;
             }
         }
+        let _ = sink.close().await;
     });
 }
 
