@@ -11,6 +11,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use futures_util::SinkExt;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::auth::{check_session, session_from_headers};
@@ -68,6 +69,8 @@ pub async fn upgrade(
 
 /// How long one write to a socket may take before the socket is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most queued frames sent with one flush.
+const SEND_BATCH: usize = 64;
 
 /// What a socket keeps of its user: not the keys nor the password hash,
 /// which are kilobytes that an idle socket has no use for.
@@ -212,12 +215,19 @@ impl Connection {
                     }
                 }
                 Some(out) = rx.recv(), if self.hello => {
-                    if let Some((chat, seq)) = &out.chat_seq
-                        && self.replayed.get(chat).is_some_and(|&max| *seq <= max)
+                    // What else is queued goes out with it, in one flush.
+                    let mut batch = vec![out];
+                    while batch.len() < SEND_BATCH
+                        && let Ok(more) = rx.try_recv()
                     {
-                        continue;
+                        batch.push(more);
                     }
-                    if !self.send_outbound(&out).await {
+                    batch.retain(|out| {
+                        !out.chat_seq.as_ref().is_some_and(|(chat, seq)| {
+                            self.replayed.get(chat).is_some_and(|&max| *seq <= max)
+                        })
+                    });
+                    if !batch.is_empty() && !Box::pin(self.send_outbounds(&batch)).await {
                         break None;
                     }
                 }
@@ -297,28 +307,38 @@ impl Connection {
         self.write(Message::Text(encode(frame).text)).await;
     }
 
-    /// Sends a queued frame and, once it is out, logs what it means for
-    /// this chat session.
-    async fn send_outbound(&mut self, out: &Outbound) -> bool {
-        if !self.write(Message::Text(out.text.clone())).await {
+    /// Sends queued frames with one flush and, once they are out, logs what
+    /// each means for this chat session.
+    async fn send_outbounds(&mut self, outs: &[Arc<Outbound>]) -> bool {
+        let socket = &mut self.socket;
+        let sent = tokio::time::timeout(WRITE_TIMEOUT, async {
+            for out in outs {
+                socket.feed(Message::Text(out.text.clone())).await?;
+            }
+            socket.flush().await
+        })
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
             return false;
         }
         let now = self.app.clock.now_ms();
         let logger = &self.app.logger;
-        match &out.log {
-            Some(LogEvent::Chat { chat, line }) => {
-                logger.chat(
-                    &self.log_session,
-                    &self.user.username,
-                    chat,
-                    line.to_string(),
-                    now,
-                );
+        for out in outs {
+            match &out.log {
+                Some(LogEvent::Chat { chat, line }) => {
+                    logger.chat(
+                        &self.log_session,
+                        &self.user.username,
+                        chat,
+                        line.to_string(),
+                        now,
+                    );
+                }
+                Some(LogEvent::Presence { user, online }) => {
+                    logger.presence(&self.log_session, user, *online, now);
+                }
+                None => {}
             }
-            Some(LogEvent::Presence { user, online }) => {
-                logger.presence(&self.log_session, user, *online, now);
-            }
-            None => {}
         }
         true
     }
@@ -488,15 +508,21 @@ impl Connection {
             },
         };
         self.send(&welcome).await;
-        for row in replay {
+        let mut batch = Vec::with_capacity(replay.len().min(SEND_BATCH));
+        let mut rows = replay.into_iter().peekable();
+        while let Some(row) = rows.next() {
             let out = encode(&ServerFrame::Message {
                 message: message_record(row),
             });
             if let Some((chat, seq)) = &out.chat_seq {
                 self.replayed.insert(chat.clone(), *seq);
             }
-            if !self.send_outbound(&out).await {
-                return Flow::Close(1011, "send failed");
+            batch.push(Arc::new(out));
+            if batch.len() == SEND_BATCH || rows.peek().is_none() {
+                if !self.send_outbounds(&batch).await {
+                    return Flow::Close(1011, "send failed");
+                }
+                batch.clear();
             }
         }
         self.send(&ServerFrame::Synced {}).await;

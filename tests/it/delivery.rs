@@ -93,12 +93,13 @@ async fn dropped_sockets_and_a_restart_lose_nothing_and_repeat_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn live_messages_during_a_replay_are_not_doubled() {
-    let mut server = TestServer::start_with(|l| l.frame_burst = 100.0).await;
+    let mut server = TestServer::start_with(|l| l.frame_burst = 300.0).await;
     let mut alice = server.user("alice").await;
     let bob = server.user("bob").await;
     let chat = alice.open_direct("bob").await.unwrap();
     let (mut sa, _) = online(&alice).await;
-    for i in 0..30 {
+    // More than one batch of replayed frames (64 go out per flush).
+    for i in 0..100 {
         send_text(&mut alice, &mut sa, &chat, &format!("m{i}")).await;
     }
     // Bob connects and, while his replay is under way, alice keeps sending.
@@ -108,14 +109,14 @@ async fn live_messages_during_a_replay_are_not_doubled() {
     })
     .await
     .unwrap();
-    for i in 30..40 {
+    for i in 100..110 {
         send_text(&mut alice, &mut sa, &chat, &format!("m{i}")).await;
     }
     let mut seqs = Vec::new();
-    while seqs.len() < 40 {
+    while seqs.len() < 110 {
         seqs.push(expect_message(&mut sb).await.seq);
     }
-    assert_eq!(seqs, (1..=40).collect::<Vec<u64>>());
+    assert_eq!(seqs, (1..=110).collect::<Vec<u64>>());
     super::harness::expect_nothing_queued(&mut sb).await;
     server.stop().await;
 }
