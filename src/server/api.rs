@@ -24,7 +24,7 @@ use crate::protocol::{
 };
 use crate::server::App;
 use crate::store::{
-    Admission, ChatRow, MessageRow, NewCredentials, NewUser, StoreError, Throttle, UserRow,
+    Admission, ChatRow, MessageRow, NewCredentials, NewUser, SignIn, StoreError, Throttle, UserRow,
 };
 
 /// The query-string extractor, with errors in the API's own shape.
@@ -261,17 +261,60 @@ async fn open_session(
     app.db
         .call(move |s| s.create_session(&hash, user_id, now, &ip))
         .await?;
+    Ok(session_response(app, user, &token, status))
+}
+
+/// Settles a successful sign-in (or reset) attempt of `name` from `ip`,
+/// records `event` in the audit log and opens a session, with one commit;
+/// answers with the session's cookie.
+async fn signed_in(
+    app: &App,
+    user: &UserRow,
+    name: String,
+    ip: &str,
+    (ip_before, ip_after): (Throttle, Throttle),
+    event: &'static str,
+) -> Result<Response, ApiError> {
+    let (token, hash) = auth::new_session_token();
+    let now = app.clock.now_ms();
+    let detail = format!("ip={ip}");
+    let (user_id, actor, ip_key, record) = (
+        user.id,
+        user.username.clone(),
+        ip.to_owned(),
+        detail.clone(),
+    );
+    app.db
+        .call(move |s| {
+            let sign_in = SignIn {
+                now,
+                event,
+                actor: &actor,
+                detail: &record,
+                token_hash: &hash,
+                user_id,
+            };
+            s.settle_success(&name, &ip_key, ip_before, ip_after, &sign_in)
+        })
+        .await?;
+    app.audit_file(event, &user.username, &detail, now);
+    Ok(session_response(app, user, &token, StatusCode::OK))
+}
+
+/// The answer to a sign-in: the account and its keys, and the session
+/// cookie.
+fn session_response(app: &App, user: &UserRow, token: &str, status: StatusCode) -> Response {
     let max_age = app.config.limits.session_absolute.as_secs();
     let body = LoginResponse {
         user: me_of(user),
         keys: account_keys(user),
     };
-    Ok((
+    (
         status,
-        [(header::SET_COOKIE, auth::session_cookie(&token, max_age))],
+        [(header::SET_COOKIE, auth::session_cookie(token, max_age))],
         Json(body),
     )
-        .into_response())
+        .into_response()
 }
 
 /// `POST /api/prelogin`: the salt and iteration count to derive keys with.
@@ -386,12 +429,7 @@ pub async fn login(
     let verified = req.auth_key.len() == 32 && app.passwords.verify(hash, req.auth_key.0).await?;
     match (user, name) {
         (Some(user), Some(name)) if verified && !user.disabled => {
-            let i = ip.clone();
-            app.db
-                .call(move |s| s.settle_success(&name, &i, ip_before, ip_after))
-                .await?;
-            app.audit("login", &user.username, format!("ip={ip}")).await;
-            open_session(&app, &user, &ip, StatusCode::OK).await
+            signed_in(&app, &user, name, &ip, (ip_before, ip_after), "login").await
         }
         _ => {
             let failures = user_after.map_or(0, |t| t.failures);
@@ -453,14 +491,16 @@ pub async fn complete_reset(
         app.audit("reset_failed", &name, format!("ip={ip}")).await;
         return Err(failed());
     };
-    let (n, i) = (name.clone(), ip.clone());
-    app.db
-        .call(move |s| s.settle_success(&n, &i, ip_before, ip_after))
-        .await?;
     announce_user(&app, &user);
-    app.audit("reset_completed", &user.username, format!("ip={ip}"))
-        .await;
-    open_session(&app, &user, &ip, StatusCode::OK).await
+    signed_in(
+        &app,
+        &user,
+        name,
+        &ip,
+        (ip_before, ip_after),
+        "reset_completed",
+    )
+    .await
 }
 
 /// `POST /api/logout`: ends this session and closes its sockets.

@@ -76,16 +76,22 @@ impl AppState {
             .unwrap_or(RegistrationMode::Open))
     }
 
-    /// Appends to the audit log; a failure to write is logged, not fatal to
-    /// the request that caused it.
-    pub async fn audit(&self, event: &'static str, actor: &str, detail: String) {
-        let now = self.clock.now_ms();
-        let actor = actor.to_owned();
+    /// The audit event's line in the encrypted audit log file (and its
+    /// name in the process log); its database record is the caller's.
+    pub fn audit_file(&self, event: &'static str, actor: &str, detail: &str, now: i64) {
         // Only the event's name goes to the process log: its details
         // (names, addresses) belong in the encrypted audit log alone.
         tracing::info!(event, "audit");
         self.logger
             .audit(format!("{event} actor={actor} {detail}"), now);
+    }
+
+    /// Appends to the audit log; a failure to write is logged, not fatal to
+    /// the request that caused it.
+    pub async fn audit(&self, event: &'static str, actor: &str, detail: String) {
+        let now = self.clock.now_ms();
+        let actor = actor.to_owned();
+        self.audit_file(event, &actor, &detail, now);
         if let Err(e) = self
             .db
             .call(move |s| s.audit(now, event, &actor, &detail))

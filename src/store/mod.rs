@@ -395,6 +395,41 @@ fn kind_str(kind: ChatKind) -> &'static str {
     }
 }
 
+/// A successful sign-in, stored with the settling of its attempt
+/// ([`Store::settle_success`]): its audit record and its new session.
+#[derive(Debug, Clone, Copy)]
+pub struct SignIn<'a> {
+    pub now: i64,
+    /// The audit event (`login`, `reset_completed`).
+    pub event: &'a str,
+    pub actor: &'a str,
+    pub detail: &'a str,
+    pub token_hash: &'a [u8; 32],
+    pub user_id: i64,
+}
+
+fn insert_audit(conn: &Connection, now: i64, event: &str, actor: &str, detail: &str) -> Result<()> {
+    conn.execute(
+        "INSERT INTO audit (ts, event, actor, detail) VALUES (?1, ?2, ?3, ?4)",
+        params![now, event, actor, detail],
+    )?;
+    Ok(())
+}
+
+fn insert_session(
+    conn: &Connection,
+    token_hash: &[u8; 32],
+    user_id: i64,
+    now: i64,
+    ip: &str,
+) -> Result<()> {
+    conn.execute(
+        "INSERT INTO sessions (token_hash, user_id, created_at, last_seen, ip) VALUES (?1, ?2, ?3, ?3, ?4)",
+        params![token_hash.as_slice(), user_id, now, ip],
+    )?;
+    Ok(())
+}
+
 impl Store {
     /// Opens (creating if needed) the SQLCipher database at `path`, keyed
     /// with `key` (the `db` subkey), and applies any migrations not yet
@@ -722,11 +757,7 @@ impl Store {
         now: i64,
         ip: &str,
     ) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO sessions (token_hash, user_id, created_at, last_seen, ip) VALUES (?1, ?2, ?3, ?3, ?4)",
-            params![token_hash.as_slice(), user_id, now, ip],
-        )?;
-        Ok(())
+        insert_session(&self.conn, token_hash, user_id, now, ip)
     }
 
     /// The session with this token hash, with its user.
@@ -888,13 +919,15 @@ impl Store {
     /// Undoes a counted attempt that succeeded: the username's counter is
     /// cleared, and the address's goes back by one. Its lock goes back to
     /// `ip_before`'s only if it is still the one this attempt set (a lock
-    /// from other failures in the meantime stays).
+    /// from other failures in the meantime stays). In the same transaction
+    /// (one commit), the sign-in's audit record and its session are stored.
     pub fn settle_success(
         &mut self,
         user: &str,
         ip: &str,
         ip_before: Throttle,
         ip_after: Throttle,
+        sign_in: &SignIn<'_>,
     ) -> Result<()> {
         let tx = self
             .conn
@@ -915,6 +948,14 @@ impl Store {
             ..current
         };
         Self::write_throttle(&tx, "ip", ip, restored)?;
+        insert_audit(
+            &tx,
+            sign_in.now,
+            sign_in.event,
+            sign_in.actor,
+            sign_in.detail,
+        )?;
+        insert_session(&tx, sign_in.token_hash, sign_in.user_id, sign_in.now, ip)?;
         tx.commit()?;
         Ok(())
     }
@@ -1683,11 +1724,7 @@ impl Store {
 
     /// Appends a security event to the audit log.
     pub fn audit(&self, now: i64, event: &str, actor: &str, detail: &str) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO audit (ts, event, actor, detail) VALUES (?1, ?2, ?3, ?4)",
-            params![now, event, actor, detail],
-        )?;
-        Ok(())
+        insert_audit(&self.conn, now, event, actor, detail)
     }
 
     /// The newest `limit` audit records, newest first.
@@ -1975,10 +2012,27 @@ mod tests {
         );
         assert_eq!(s.throttle("user", "alice").unwrap().failures, 2);
         // A success clears the name and takes the attempt back from the address.
-        s.settle_success("alice", "1.2.3.4", second[0].0, second[0].1)
+        let alice = s.create_user(user("alice"), Admission::Open, 1).unwrap();
+        let token_hash = [9u8; 32];
+        let sign_in = SignIn {
+            now: 20,
+            event: "login",
+            actor: "alice",
+            detail: "ip=1.2.3.4",
+            token_hash: &token_hash,
+            user_id: alice.id,
+        };
+        s.settle_success("alice", "1.2.3.4", second[0].0, second[0].1, &sign_in)
             .unwrap();
         assert_eq!(s.throttle("user", "alice").unwrap(), Throttle::default());
         let ip = s.throttle("ip", "1.2.3.4").unwrap();
         assert_eq!((ip.failures, ip.locked_until), (1, 0));
+        // The sign-in's audit record and session were stored with it.
+        let audit = &s.audit_log(1).unwrap()[0];
+        assert_eq!(
+            (audit.event.as_str(), audit.actor.as_str()),
+            ("login", "alice")
+        );
+        assert_eq!(s.session(&token_hash).unwrap().unwrap().user.id, alice.id);
     }
 }
