@@ -113,6 +113,7 @@ impl Nonces {
 /// the writer is dropped), so a burst of lines costs one `write`.
 pub struct Writer {
     file: File,
+    path: PathBuf,
     cipher: Aes256Gcm,
     nonces: Nonces,
     rel: String,
@@ -123,6 +124,10 @@ pub struct Writer {
     /// The file's length and record count as last written in full.
     written_len: u64,
     written_index: u64,
+    /// A failed write could not be cut back: the file ends in a torn
+    /// record, after which nothing would be readable, so nothing more is
+    /// written to it.
+    broken: bool,
 }
 
 impl Writer {
@@ -141,6 +146,7 @@ impl Writer {
         }
         Ok(Self {
             file: options.open(&path)?,
+            path,
             cipher: Aes256Gcm::new(&key.into()),
             nonces: Nonces::new(),
             rel: rel.to_owned(),
@@ -148,6 +154,7 @@ impl Writer {
             index: 0,
             written_len: 0,
             written_index: 0,
+            broken: false,
         })
     }
 
@@ -189,23 +196,45 @@ impl Writer {
     /// Writes the sealed records in one `write`. If that fails (a full
     /// disk), the file is cut back to its last whole record and the waiting
     /// records are dropped, so the log stays readable and later records
-    /// follow on; the error says how many lines were lost.
+    /// follow on; the error says how many lines were lost. If even the cut
+    /// fails, the log takes no more lines.
     pub fn write_out(&mut self) -> std::io::Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        match self.file.write_all(&self.pending) {
+        let result = if self.broken {
+            Err(std::io::Error::other(
+                "the log ends in a torn record that could not be cut off",
+            ))
+        } else {
+            self.file.write_all(&self.pending)
+        };
+        let (lost, bytes) = (self.index - self.written_index, self.pending.len() as u64);
+        self.pending.clear();
+        match result {
             Ok(()) => {
-                self.written_len += self.pending.len() as u64;
+                self.written_len += bytes;
                 self.written_index = self.index;
-                self.pending.clear();
                 Ok(())
             }
             Err(e) => {
-                let lost = self.index - self.written_index;
-                self.pending.clear();
                 self.index = self.written_index;
-                let _ = self.file.set_len(self.written_len);
+                // Appending handles cannot truncate on Windows: a plain
+                // write handle does.
+                if !self.broken
+                    && let Err(cut) = OpenOptions::new()
+                        .write(true)
+                        .open(&self.path)
+                        .and_then(|f| f.set_len(self.written_len))
+                {
+                    self.broken = true;
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "{lost} log line(s) not written: {e}; cutting off the torn record failed too ({cut}), so this log takes no more lines"
+                        ),
+                    ));
+                }
                 Err(std::io::Error::new(
                     e.kind(),
                     format!("{lost} log line(s) not written: {e}"),
@@ -409,7 +438,10 @@ impl Logger {
                         let _ = done.send(());
                         break;
                     }
-                    std::thread::sleep(LINGER);
+                    // A full batch means more is waiting: no pause then.
+                    if handled < BATCH {
+                        std::thread::sleep(LINGER);
+                    }
                 }
             })
             .map(|_| ())
@@ -681,9 +713,16 @@ mod tests {
         assert!(!w.has_pending());
         let written = std::fs::metadata(&path).unwrap().len();
 
-        // A write that fails (here: a handle that cannot write) drops only
-        // the lines it carried, and says so.
+        // A write that fails part-way (here: a handle that cannot write,
+        // after a torn piece reached the file) drops only the lines it
+        // carried, says so, and cuts the torn piece off.
         let writable = std::mem::replace(&mut w.file, File::open(&path).unwrap());
+        OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(&[0, 0, 1])
+            .unwrap();
         w.append("lost").unwrap();
         let err = w.write_out().unwrap_err();
         assert!(
@@ -699,6 +738,26 @@ mod tests {
         let contents = read(dir.path(), rel, &key).unwrap();
         assert_eq!(contents.lines, vec!["kept 0", "kept 1", "kept 2"]);
         assert_eq!(contents.damage, None);
+
+        // If the torn piece cannot be cut off, the log takes no more lines.
+        let rel = "logs/abc/20260101T000000Z_s3.txt.enc";
+        let mut w = Writer::create(dir.path(), rel, key).unwrap();
+        w.append("kept").unwrap();
+        w.write_out().unwrap();
+        let writable = std::mem::replace(&mut w.file, File::open(dir.path().join(rel)).unwrap());
+        w.path = dir.path().join("no such folder/log");
+        w.append("lost").unwrap();
+        assert!(
+            w.write_out()
+                .unwrap_err()
+                .to_string()
+                .contains("takes no more lines")
+        );
+        w.file = writable;
+        w.append("refused").unwrap();
+        assert!(w.write_out().is_err());
+        drop(w);
+        assert_eq!(read(dir.path(), rel, &key).unwrap().lines, vec!["kept"]);
 
         // A line too long for the reader is refused, not written.
         let mut w = Writer::create(dir.path(), "logs/abc/long.txt.enc", key).unwrap();
