@@ -492,7 +492,7 @@ pub async fn complete_reset(
         return Err(failed());
     };
     announce_user(&app, &user);
-    signed_in(
+    let answer = signed_in(
         &app,
         &user,
         name,
@@ -500,7 +500,13 @@ pub async fn complete_reset(
         (ip_before, ip_after),
         "reset_completed",
     )
-    .await
+    .await;
+    if answer.is_err() {
+        // The reset itself is stored: its audit record must be too.
+        app.audit("reset_completed", &user.username, format!("ip={ip}"))
+            .await;
+    }
+    answer
 }
 
 /// `POST /api/logout`: ends this session and closes its sockets.

@@ -67,7 +67,8 @@ pub async fn upgrade(
         }))
 }
 
-/// How long one write to a socket may take before the socket is dropped.
+/// How long one write to a socket (a frame, or a flush) may take before the
+/// socket is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most queued frames sent with one flush.
 const SEND_BATCH: usize = 64;
@@ -310,15 +311,22 @@ impl Connection {
     /// Sends queued frames with one flush and, once they are out, logs what
     /// each means for this chat session.
     async fn send_outbounds(&mut self, outs: &[Arc<Outbound>]) -> bool {
-        let socket = &mut self.socket;
-        let sent = tokio::time::timeout(WRITE_TIMEOUT, async {
-            for out in outs {
-                socket.feed(Message::Text(out.text.clone())).await?;
+        // Each frame, and the flush, gets its own time limit, as a frame
+        // sent alone does: a slow reader is not dropped for a burst.
+        for out in outs {
+            let fed = tokio::time::timeout(
+                WRITE_TIMEOUT,
+                self.socket.feed(Message::Text(out.text.clone())),
+            )
+            .await;
+            if !matches!(fed, Ok(Ok(()))) {
+                return false;
             }
-            socket.flush().await
-        })
-        .await;
-        if !matches!(sent, Ok(Ok(()))) {
+        }
+        if !matches!(
+            tokio::time::timeout(WRITE_TIMEOUT, self.socket.flush()).await,
+            Ok(Ok(()))
+        ) {
             return false;
         }
         let now = self.app.clock.now_ms();
