@@ -21,12 +21,11 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
-use aes_gcm::aead::AeadInOut;
-use aes_gcm::{Aes256Gcm, Nonce};
+use aes_gcm::Aes256Gcm;
 use hmac::{KeyInit, Mac};
 use sha2::Sha256;
 
-use crate::secrets::open;
+use crate::secrets::{open, seal_append, sealed_len};
 use crate::store::Db;
 
 /// Largest record the reader accepts; anything larger is damage.
@@ -78,8 +77,8 @@ pub fn opaque_chat(names_key: &[u8; 32], chat_id: &str) -> String {
 const NONCES_PER_DRAW: usize = 32;
 
 /// Random 96-bit nonces from the OS random source, drawn [`NONCES_PER_DRAW`]
-/// at a time: each is used once, as [`crate::secrets::seal`] would draw it, without one
-/// system call per record.
+/// at a time: each is used once, as [`crate::secrets::seal`] would draw it,
+/// without one system call per record.
 struct Nonces {
     pool: [u8; 12 * NONCES_PER_DRAW],
     used: usize,
@@ -102,8 +101,6 @@ impl Nonces {
         self.used += 1;
         let mut nonce = [0u8; 12];
         nonce.copy_from_slice(&self.pool[at..at + 12]);
-        // A nonce leaves the pool once.
-        self.pool[at..at + 12].fill(0);
         nonce
     }
 }
@@ -161,36 +158,27 @@ impl Writer {
     /// Seals one line as one record; it reaches the file with the next
     /// [`Writer::write_out`].
     pub fn append(&mut self, line: &str) -> std::io::Result<()> {
-        let len = u32::try_from(12 + line.len() + 16)
+        let len = u32::try_from(sealed_len(line.len()))
             .ok()
             .filter(|&l| l as usize <= MAX_RECORD)
             .ok_or_else(|| std::io::Error::other("log line too long"))?;
-        let nonce = self.nonces.next();
         let start = self.pending.len();
         self.pending.extend_from_slice(&len.to_be_bytes());
-        self.pending.extend_from_slice(&nonce);
-        let body = self.pending.len();
-        self.pending.extend_from_slice(line.as_bytes());
-        match self.cipher.encrypt_inout_detached(
-            &Nonce::from(nonce),
-            &record_aad(&self.rel, self.index),
-            (&mut self.pending[body..]).into(),
-        ) {
-            Ok(tag) => {
-                self.pending.extend_from_slice(&tag);
-                self.index += 1;
-                Ok(())
-            }
-            Err(_) => {
-                self.pending.truncate(start);
-                Err(std::io::Error::other("sealing a log record failed"))
-            }
+        let aad = record_aad(&self.rel, self.index);
+        if seal_append(
+            &self.cipher,
+            self.nonces.next(),
+            &aad,
+            line.as_bytes(),
+            &mut self.pending,
+        )
+        .is_err()
+        {
+            self.pending.truncate(start);
+            return Err(std::io::Error::other("sealing a log record failed"));
         }
-    }
-
-    /// Whether sealed records wait to be written.
-    pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
+        self.index += 1;
+        Ok(())
     }
 
     /// Writes the sealed records in one `write`. If that fails (a full
@@ -512,9 +500,7 @@ impl Worker {
     /// Writes every log's sealed records.
     fn write_out(&mut self) {
         for writer in self.open.values_mut().chain(self.audit.as_mut()) {
-            if writer.has_pending()
-                && let Err(e) = writer.write_out()
-            {
+            if let Err(e) = writer.write_out() {
                 tracing::error!(error = %e, "writing a log failed");
             }
         }
@@ -707,10 +693,10 @@ mod tests {
         let mut w = Writer::create(dir.path(), rel, key).unwrap();
         w.append("kept 0").unwrap();
         w.append("kept 1").unwrap();
-        assert!(w.has_pending());
+        assert!(!w.pending.is_empty());
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
         w.write_out().unwrap();
-        assert!(!w.has_pending());
+        assert!(w.pending.is_empty());
         let written = std::fs::metadata(&path).unwrap().len();
 
         // A write that fails part-way (here: a handle that cannot write,
@@ -762,7 +748,7 @@ mod tests {
         // A line too long for the reader is refused, not written.
         let mut w = Writer::create(dir.path(), "logs/abc/long.txt.enc", key).unwrap();
         assert!(w.append(&"x".repeat(MAX_RECORD)).is_err());
-        assert!(!w.has_pending());
+        assert!(w.pending.is_empty());
     }
 
     #[test]

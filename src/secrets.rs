@@ -25,7 +25,10 @@ use base64::Engine;
 use hkdf::Hkdf;
 use sha2::Sha256;
 
-use crate::client::crypto::{aes_gcm_decrypt, aes_gcm_encrypt};
+use aes_gcm::aead::{AeadInOut, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce};
+
+use crate::client::crypto::aes_gcm_decrypt;
 
 /// The environment variable that supplies the master key.
 pub const MASTER_KEY_ENV: &str = "SECURECHAT_MASTER_KEY";
@@ -124,15 +127,51 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SecretsError + '_ {
     move |e| SecretsError::Io(path.to_owned(), e)
 }
 
+/// The length of what [`seal`] makes of `plaintext_len` bytes: the nonce,
+/// the ciphertext and the tag.
+pub const fn sealed_len(plaintext_len: usize) -> usize {
+    12 + plaintext_len + 16
+}
+
 /// Seals `plaintext` with AES-256-GCM under `key`: a random 12-byte nonce
 /// followed by the ciphertext and tag.
 pub fn seal(key: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
-    let nonce = crate::auth::random_bytes::<12>();
+    let mut out = Vec::with_capacity(sealed_len(plaintext.len()));
     // Encryption with a valid key and nonce does not fail.
-    let ct = aes_gcm_encrypt(key, &nonce, aad, plaintext).unwrap_or_default();
-    let mut out = nonce.to_vec();
-    out.extend_from_slice(&ct);
+    let _ = seal_append(
+        &Aes256Gcm::new(key.into()),
+        crate::auth::random_bytes(),
+        aad,
+        plaintext,
+        &mut out,
+    );
     out
+}
+
+/// Appends to `out` what [`seal`] makes, with a cipher whose key schedule
+/// is made once for many seals and a random `nonce` the caller drew (never
+/// one used before under this key). On failure `out` is as it was.
+pub fn seal_append(
+    cipher: &Aes256Gcm,
+    nonce: [u8; 12],
+    aad: &[u8],
+    plaintext: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), aes_gcm::Error> {
+    let start = out.len();
+    out.extend_from_slice(&nonce);
+    let body = out.len();
+    out.extend_from_slice(plaintext);
+    match cipher.encrypt_inout_detached(&Nonce::from(nonce), aad, (&mut out[body..]).into()) {
+        Ok(tag) => {
+            out.extend_from_slice(&tag);
+            Ok(())
+        }
+        Err(e) => {
+            out.truncate(start);
+            Err(e)
+        }
+    }
 }
 
 /// Opens what [`seal`] made; `None` if the key, AAD or bytes are wrong.
