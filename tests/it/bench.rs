@@ -4,13 +4,15 @@
 
 use std::process::Stdio;
 
-const KEYS: [&str; 12] = [
+const KEYS: [&str; 14] = [
     "fanout_msgs_per_s",
     "fanout_direct_msgs_per_s",
     "fanout_ratio_vs_bare",
     "fanout_ratio_vs_python",
     "fanout_ratio_vs_node",
     "fanout_p99_ms",
+    "fanout_p999_ms",
+    "fanout_max_ms",
     "idle_bytes_per_socket",
     "login_per_s",
     "login_ratio_vs_limit",

@@ -114,6 +114,9 @@ pub struct Window {
     pub p50_ms: f64,
     pub p95_ms: f64,
     pub p99_ms: f64,
+    /// The tail: one message in a thousand, and the slowest.
+    pub p999_ms: f64,
+    pub max_ms: f64,
 }
 
 impl Collector {
@@ -144,6 +147,8 @@ impl Collector {
             p50_ms: q(0.50),
             p95_ms: q(0.95),
             p99_ms: q(0.99),
+            p999_ms: q(0.999),
+            max_ms: q(1.0),
         }
     }
 

@@ -420,6 +420,8 @@ struct Step {
     p50_ms: f64,
     p95_ms: f64,
     p99_ms: f64,
+    p999_ms: f64,
+    max_ms: f64,
     server_cpu: f64,
     load_cpu: f64,
     /// Sockets the server had closed by the end of the step.
@@ -508,6 +510,8 @@ impl Fanout {
             p50_ms: w.p50_ms,
             p95_ms: w.p95_ms,
             p99_ms: w.p99_ms,
+            p999_ms: w.p999_ms,
+            max_ms: w.max_ms,
             server_cpu: (server.map_or(0.0, Server::cpu) - cpu0) / secs,
             load_cpu: (servers::cpu_of("self") - load0) / secs,
             closed: w.closed,
@@ -560,10 +564,12 @@ async fn rising(
 ) -> Result<(f64, Step, Vec<Step>), Error> {
     let report = |label: &str, step: &Step| {
         say(&format!(
-            "{what}{label}: offered {:.0}/s, delivered {:.0}/s, p99 {:.1} ms, server CPU {:.0} %, load CPU {:.0} %, sockets closed {}",
+            "{what}{label}: offered {:.0}/s, delivered {:.0}/s, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms, server CPU {:.0} %, load CPU {:.0} %, sockets closed {}",
             step.offered,
             step.delivered,
             step.p99_ms,
+            step.p999_ms,
+            step.max_ms,
             step.server_cpu * 100.0,
             step.load_cpu * 100.0,
             step.closed
@@ -705,6 +711,8 @@ async fn fanout_all(
     report.insert("fanout_p50_ms".into(), json!(half.p50_ms));
     report.insert("fanout_p95_ms".into(), json!(half.p95_ms));
     report.insert("fanout_p99_ms".into(), json!(half.p99_ms));
+    report.insert("fanout_p999_ms".into(), json!(half.p999_ms));
+    report.insert("fanout_max_ms".into(), json!(half.max_ms));
     if let Some(path) = &cli.svg {
         std::fs::write(path, chart(&curves))?;
     }
