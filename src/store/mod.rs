@@ -267,18 +267,63 @@ fn raw_key(key: &[u8; 32]) -> String {
     format!("x'{hex}'")
 }
 
+/// SQLCipher's page size for a new database. SQLCipher encrypts,
+/// authenticates and writes whole pages: with its default 4 KiB, a direct
+/// chat's envelope (about 2.5 KB) takes a page of its own and one to a
+/// group of 8 (about 6.6 KB) two; in 8 KiB pages three direct envelopes
+/// share a page and the group's fits in one (docs/BENCHMARKS.md).
+pub const PAGE_SIZE: u32 = 8_192;
+
+/// The page sizes a database may have, tried in this order: [`PAGE_SIZE`],
+/// then SQLCipher's default, which databases made by 0.5.0 and earlier use.
+const PAGE_SIZES: [u32; 2] = [PAGE_SIZE, 4_096];
+
+/// Opens the SQLCipher database at `path` with `key`. The page size is not
+/// written anywhere readable (the header is encrypted too), so each known
+/// size is tried until the first read succeeds; a new database gets
+/// [`PAGE_SIZE`]. A failed try changes nothing on disk: it only reads, and
+/// does not checkpoint when it closes.
+fn open_keyed(path: &Path, key: &[u8; 32], flags: rusqlite::OpenFlags) -> Result<Connection> {
+    for (i, size) in PAGE_SIZES.into_iter().enumerate() {
+        let conn = Connection::open_with_flags(path, flags)?;
+        // SQLCipher logs a failed decryption as an error; only the last try's
+        // failure is one (a wrong key). The level is SQLCipher's, for the
+        // whole process, and is put back below.
+        let quiet = i + 1 < PAGE_SIZES.len();
+        let level: String = conn.query_row("PRAGMA cipher_log_level", [], |r| r.get(0))?;
+        if quiet {
+            conn.execute_batch("PRAGMA cipher_log_level = NONE;")?;
+        }
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )?;
+        conn.execute_batch(&format!(
+            "PRAGMA key = \"{}\"; PRAGMA cipher_page_size = {size};",
+            raw_key(key)
+        ))?;
+        // SQLCipher reports a wrong key (or size) as "file is not a database".
+        let opened = conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
+            .is_ok();
+        if quiet {
+            conn.execute_batch(&format!("PRAGMA cipher_log_level = {level};"))?;
+        }
+        if opened {
+            conn.set_db_config(
+                rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                false,
+            )?;
+            return Ok(conn);
+        }
+    }
+    Err(StoreError::WrongKey)
+}
+
 /// True if and only if `key` decrypts the SQLCipher database at `path`.
 /// Opens it read-only and changes nothing.
 pub fn key_opens(path: &Path, key: &[u8; 32]) -> bool {
-    let Ok(conn) = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-    else {
-        return false;
-    };
-    conn.execute_batch(&format!("PRAGMA key = \"{}\";", raw_key(key)))
-        .is_ok()
-        && conn
-            .query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
-            .is_ok()
+    open_keyed(path, key, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).is_ok()
 }
 
 /// True if and only if `path` exists and starts with the plaintext SQLite
@@ -443,13 +488,7 @@ impl Store {
             // removing it is plaintext: it must not linger.
             let _ = std::fs::remove_file(path.with_extension("db.plaintext-backup"));
         }
-        let conn = Connection::open(path)?;
-        conn.execute_batch(&format!("PRAGMA key = \"{}\";", raw_key(key)))?;
-        // The first read proves the key; SQLCipher reports a wrong one as
-        // "file is not a database".
-        conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
-            .map_err(|_| StoreError::WrongKey)?;
-        Self::init(conn)
+        Self::init(open_keyed(path, key, rusqlite::OpenFlags::default())?)
     }
 
     /// An in-memory store, for unit tests.
@@ -1860,6 +1899,79 @@ mod tests {
         ));
         let again = Store::open(&path, &key).unwrap();
         assert_eq!(again.number("admin_epoch").unwrap(), 0);
+    }
+
+    /// The page size SQLCipher uses for an open store (it answers
+    /// `page_size` as text).
+    fn page_size(store: &Store) -> u32 {
+        let size: String = store
+            .conn
+            .pragma_query_value(None, "page_size", |r| r.get(0))
+            .unwrap();
+        size.parse().unwrap()
+    }
+
+    /// The page size in the header of a database's write-ahead log (the
+    /// log's header is not encrypted).
+    fn wal_page_size(db: &Path) -> u32 {
+        let wal = std::fs::read(db.with_extension("db-wal")).unwrap();
+        u32::from_be_bytes(wal[8..12].try_into().unwrap())
+    }
+
+    #[test]
+    fn a_new_database_has_8_kib_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.db");
+        let key = [3u8; 32];
+        let store = Store::open(&path, &key).unwrap();
+        assert_eq!(page_size(&store), PAGE_SIZE);
+        assert_eq!(wal_page_size(&path), PAGE_SIZE);
+        drop(store);
+        assert!(key_opens(&path, &key));
+        assert!(!key_opens(&path, &[4u8; 32]));
+        assert!(matches!(
+            Store::open(&path, &[4u8; 32]),
+            Err(StoreError::WrongKey)
+        ));
+    }
+
+    #[test]
+    fn a_database_with_4_kib_pages_opens_as_it_is_even_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let key = [5u8; 32];
+        // A database as 0.5.0 made it: SQLCipher's default page size.
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(&format!("PRAGMA key = \"{}\";", raw_key(&key)))
+            .unwrap();
+        let old = Store::init(old).unwrap();
+        old.set_setting("registration_mode", b"invite").unwrap();
+        assert_eq!(wal_page_size(&path), 4_096);
+        // A crash: copies of the file and its log while it is still open,
+        // the last commit only in the log.
+        let crashed = dir.path().join("crashed.db");
+        std::fs::copy(&path, &crashed).unwrap();
+        std::fs::copy(
+            path.with_extension("db-wal"),
+            crashed.with_extension("db-wal"),
+        )
+        .unwrap();
+        drop(old);
+
+        for path in [&path, &crashed] {
+            assert!(key_opens(path, &key));
+            assert!(!key_opens(path, &[6u8; 32]));
+            assert!(matches!(
+                Store::open(path, &[6u8; 32]),
+                Err(StoreError::WrongKey)
+            ));
+            let store = Store::open(path, &key).unwrap();
+            assert_eq!(
+                store.setting("registration_mode").unwrap().unwrap(),
+                b"invite"
+            );
+            assert_eq!(page_size(&store), 4_096);
+        }
     }
 
     #[test]
