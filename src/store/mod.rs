@@ -278,43 +278,74 @@ pub const PAGE_SIZE: u32 = 8_192;
 /// then SQLCipher's default, which databases made by 0.5.0 and earlier use.
 const PAGE_SIZES: [u32; 2] = [PAGE_SIZE, 4_096];
 
+/// Serializes the tries of [`open_keyed`]: SQLCipher's log level, which a
+/// try turns down, is one for the whole process.
+static LOG_LEVEL: Mutex<()> = Mutex::new(());
+
+/// SQLCipher's log level turned off until dropped, then put back.
+struct Quiet<'a> {
+    conn: &'a Connection,
+    level: String,
+}
+
+impl<'a> Quiet<'a> {
+    fn new(conn: &'a Connection) -> Result<Self> {
+        // One of SQLCipher's own names (ERROR, WARN, ...), so safe to put back.
+        let level: String = conn.query_row("PRAGMA cipher_log_level", [], |r| r.get(0))?;
+        conn.execute_batch("PRAGMA cipher_log_level = NONE;")?;
+        Ok(Self { conn, level })
+    }
+}
+
+impl Drop for Quiet<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .conn
+            .execute_batch(&format!("PRAGMA cipher_log_level = {};", self.level));
+    }
+}
+
 /// Opens the SQLCipher database at `path` with `key`. The page size is not
 /// written anywhere readable (the header is encrypted too), so each known
 /// size is tried until the first read succeeds; a new database gets
-/// [`PAGE_SIZE`]. A failed try changes nothing on disk: it only reads, and
-/// does not checkpoint when it closes.
+/// [`PAGE_SIZE`]. A try that fails writes nothing to the database or its
+/// log: it only reads (at most it rebuilds the log's index, `-shm`, as any
+/// reader would) and does not checkpoint when it closes. Only "not a
+/// database" (a wrong key or size) moves on to the next size; any other
+/// failure is returned as it is.
 fn open_keyed(path: &Path, key: &[u8; 32], flags: rusqlite::OpenFlags) -> Result<Connection> {
+    let _serial = LOG_LEVEL.lock().unwrap_or_else(|p| p.into_inner());
     for (i, size) in PAGE_SIZES.into_iter().enumerate() {
         let conn = Connection::open_with_flags(path, flags)?;
-        // SQLCipher logs a failed decryption as an error; only the last try's
-        // failure is one (a wrong key). The level is SQLCipher's, for the
-        // whole process, and is put back below.
-        let quiet = i + 1 < PAGE_SIZES.len();
-        let level: String = conn.query_row("PRAGMA cipher_log_level", [], |r| r.get(0))?;
-        if quiet {
-            conn.execute_batch("PRAGMA cipher_log_level = NONE;")?;
-        }
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.set_db_config(
             rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
             true,
         )?;
+        // SQLCipher logs a failed decryption as an error; only the last
+        // try's failure is one (a wrong key).
+        let quiet = if i + 1 < PAGE_SIZES.len() {
+            Some(Quiet::new(&conn)?)
+        } else {
+            None
+        };
         conn.execute_batch(&format!(
             "PRAGMA key = \"{}\"; PRAGMA cipher_page_size = {size};",
             raw_key(key)
         ))?;
-        // SQLCipher reports a wrong key (or size) as "file is not a database".
-        let opened = conn
-            .query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
-            .is_ok();
-        if quiet {
-            conn.execute_batch(&format!("PRAGMA cipher_log_level = {level};"))?;
-        }
-        if opened {
-            conn.set_db_config(
-                rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
-                false,
-            )?;
-            return Ok(conn);
+        let read = conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()));
+        drop(quiet);
+        match read {
+            Ok(()) => {
+                conn.set_db_config(
+                    rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                    false,
+                )?;
+                return Ok(conn);
+            }
+            // SQLCipher reports a wrong key (or size) as "file is not a database".
+            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Err(StoreError::WrongKey)
@@ -374,6 +405,7 @@ pub fn encrypt_plaintext(path: &Path, key: &[u8; 32]) -> Result<()> {
             "ATTACH DATABASE ?1 AS encrypted KEY ?2",
             params![fresh.to_string_lossy(), raw_key(key)],
         )?;
+        conn.execute_batch(&format!("PRAGMA encrypted.cipher_page_size = {PAGE_SIZE};"))?;
         conn.query_row("SELECT sqlcipher_export('encrypted')", [], |_| Ok(()))?;
         conn.execute_batch(&format!(
             "PRAGMA encrypted.user_version = {version}; DETACH DATABASE encrypted;"
@@ -1885,6 +1917,7 @@ mod tests {
             store.setting("registration_mode").unwrap().unwrap(),
             b"invite"
         );
+        assert_eq!(wal_page_size(&path), PAGE_SIZE);
         drop(store);
         assert!(!is_plaintext(&path).unwrap(), "the file is encrypted now");
         assert!(
@@ -1957,6 +1990,27 @@ mod tests {
         )
         .unwrap();
         drop(old);
+
+        // Wrong keys, and the 8 KiB try before each open, leave the
+        // database and its log as they were, and SQLCipher's log level too.
+        let files = |p: &Path| {
+            (
+                std::fs::read(p).unwrap(),
+                std::fs::read(p.with_extension("db-wal")).unwrap(),
+            )
+        };
+        let level = |p: &Path| -> String {
+            Connection::open(p)
+                .unwrap()
+                .query_row("PRAGMA cipher_log_level", [], |r| r.get(0))
+                .unwrap()
+        };
+        let (before, level_before) = (files(&crashed), level(&crashed));
+        assert!(!key_opens(&crashed, &[6u8; 32]));
+        assert!(Store::open(&crashed, &[6u8; 32]).is_err());
+        assert!(key_opens(&crashed, &key));
+        assert!(files(&crashed) == before, "a try changed the files");
+        assert_eq!(level(&crashed), level_before);
 
         for path in [&path, &crashed] {
             assert!(key_opens(path, &key));
