@@ -1,8 +1,8 @@
 //! The load: WebSocket clients over real TLS that send pre-built frames at a
-//! set rate and time every frame that comes back. The send time travels in
-//! the message id itself (a valid UUID v4 whose last 48 bits are the
-//! microseconds since the run began), so receivers need no shared table and
-//! read only the id, never the envelope.
+//! set rate and time every frame that comes back. The send time (the
+//! microseconds since the run began) travels in the message id itself, so
+//! receivers need no shared table and read only the id, never the envelope.
+//! Ids are shaped as SecureChat's clients make them ([`Ids`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,22 +29,64 @@ fn now_micros() -> u64 {
     epoch().elapsed().as_micros() as u64
 }
 
-/// A message id: user, sequence and send time in a UUID v4.
-pub fn message_id(user: u32, seq: u64) -> String {
+/// How the load's message ids are laid out. Where an id falls in the host's
+/// index of ids decides how many pages storing a message touches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Ids {
+    /// Time-ordered, as a UUID version 7: the send time in the first 48
+    /// bits, then random bits. What SecureChat's clients send since 0.6.0.
+    V7,
+    /// Random UUID version 4 (what the browser sent up to 0.5.0), with the
+    /// send time in the last 48 bits.
+    V4,
+}
+
+static IDS: std::sync::OnceLock<Ids> = std::sync::OnceLock::new();
+
+/// Chooses the id layout for this run (once, before any message is sent).
+pub fn set_ids(ids: Ids) {
+    let _ = IDS.set(ids);
+}
+
+/// A fresh message id carrying the send time, in this run's layout.
+pub fn message_id() -> String {
+    make_id(IDS.get().copied().unwrap_or(Ids::V7))
+}
+
+fn make_id(ids: Ids) -> String {
     let ts = now_micros() & 0xffff_ffff_ffff;
-    format!(
-        "{user:08x}-{:04x}-4{:03x}-8{:03x}-{ts:012x}",
-        (seq >> 24) & 0xffff,
-        (seq >> 12) & 0xfff,
-        seq & 0xfff
-    )
+    let r = uuid::Uuid::new_v4().as_u128();
+    let (a, b, c) = ((r >> 64) as u32, (r >> 48) as u16, r as u64);
+    match ids {
+        Ids::V7 => format!(
+            "{:08x}-{:04x}-7{:03x}-{:04x}-{:012x}",
+            ts >> 16,
+            ts & 0xffff,
+            a & 0xfff,
+            0x8000 | (b & 0x3fff),
+            c & 0xffff_ffff_ffff
+        ),
+        Ids::V4 => format!(
+            "{a:08x}-{:04x}-4{:03x}-{:04x}-{ts:012x}",
+            b,
+            (c >> 48) & 0xfff,
+            0x8000 | ((c >> 32) as u16 & 0x3fff),
+        ),
+    }
 }
 
 /// The send time in an id this tool made (the first `"id":"` of a frame).
 fn sent_at(frame: &str) -> Option<u64> {
     let start = frame.find("\"id\":\"")? + 6;
     let id = frame.get(start..start + 36)?;
-    u64::from_str_radix(&id[24..], 16).ok()
+    match id.as_bytes()[14] {
+        b'7' => {
+            let high = u64::from_str_radix(&id[..8], 16).ok()?;
+            let low = u64::from_str_radix(&id[9..13], 16).ok()?;
+            Some(high << 16 | low)
+        }
+        _ => u64::from_str_radix(&id[24..], 16).ok(),
+    }
 }
 
 /// Where and how to connect.
@@ -223,11 +265,9 @@ impl Template {
 pub fn spawn_sender(
     mut sink: SplitSink<Ws, Message>,
     template: Template,
-    user: u32,
     mut rate: tokio::sync::watch::Receiver<f64>,
 ) {
     tokio::spawn(async move {
-        let mut seq = 0u64;
         let mut next = tokio::time::Instant::now();
         loop {
             let r = *rate.borrow_and_update();
@@ -253,13 +293,7 @@ pub fn spawn_sender(
                     continue;
                 }
             }
-            seq += 1;
-            let frame = format!(
-                "{}{}{}",
-                template.prefix,
-                message_id(user, seq),
-                template.suffix
-            );
+            let frame = format!("{}{}{}", template.prefix, message_id(), template.suffix);
             if sink.send(Message::text(frame)).await.is_err() {
                 return;
             }
@@ -273,12 +307,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_are_uuid_v4_and_carry_the_send_time() {
-        let id = message_id(7, 0x12_3456_789a);
-        let parsed = uuid::Uuid::parse_str(&id).unwrap();
-        assert_eq!(parsed.get_version_num(), 4);
-        let frame = format!(r#"{{"type":"message","message":{{"id":"{id}","chat":"x"}}}}"#);
-        let sent = sent_at(&frame).unwrap();
-        assert!(sent <= now_micros());
+    fn ids_are_uuids_of_either_layout_and_carry_the_send_time() {
+        for (ids, version) in [(Ids::V7, 7), (Ids::V4, 4)] {
+            let before = now_micros();
+            let id = make_id(ids);
+            let parsed = uuid::Uuid::parse_str(&id).unwrap();
+            assert_eq!(parsed.get_version_num(), version, "{id}");
+            assert_eq!(parsed.get_variant(), uuid::Variant::RFC4122, "{id}");
+            assert_eq!(id, id.to_lowercase());
+            let frame = format!(r#"{{"type":"message","message":{{"id":"{id}","chat":"x"}}}}"#);
+            let sent = sent_at(&frame).unwrap();
+            assert!(
+                before <= sent && sent <= now_micros(),
+                "{id}: {before} {sent}"
+            );
+            assert_ne!(make_id(ids), make_id(ids));
+        }
     }
 }

@@ -62,6 +62,11 @@ struct Cli {
     /// The CA certificate (PEM) of `--url`'s host: its data folder's tls/ca.pem.
     #[arg(long, global = true, requires = "url")]
     ca: Option<PathBuf>,
+    /// The layout of the load's message ids: time-ordered (v7, as
+    /// SecureChat's clients send them) or random (v4, as browsers sent them
+    /// up to 0.5.0).
+    #[arg(long, global = true, value_enum, default_value = "v7")]
+    ids: load::Ids,
 }
 
 #[derive(Subcommand, Clone, Copy, PartialEq, Eq)]
@@ -153,6 +158,7 @@ fn main() -> std::process::ExitCode {
         return serve();
     }
     let cli = Cli::parse();
+    load::set_ids(cli.ids);
     servers::pin_load();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -456,7 +462,7 @@ impl Fanout {
             load::spawn_reader(stream, target.kind, collector.clone());
             let (tx, rx) = tokio::sync::watch::channel(0.0);
             let template = templates.get(i).unwrap_or(&templates[0]).clone();
-            load::spawn_sender(sink, template, i as u32, rx);
+            load::spawn_sender(sink, template, rx);
             rates.push(tx);
         }
         Ok(Self {
