@@ -65,3 +65,41 @@ test('an administrator reset: the code sets a new password and keys in the brows
   await expect(friend.page.getByRole('alert').filter({ hasText: 'keys of forgetful changed' })).toBeVisible();
   for (const u of [friend, forgetful]) await u.context.close();
 });
+
+test('the browser sends time-ordered UUID version 7 message ids', async ({ browser }) => {
+  const a = await newUser(browser, 'clocky');
+  const b = await newUser(browser, 'ticky');
+  try {
+    await openChat(a.page, 'ticky');
+    // Record the frames the page sends from now on.
+    await a.page.evaluate(() => {
+      const original = WebSocket.prototype.send;
+      window.sentFrames = [];
+      WebSocket.prototype.send = function (data) {
+        window.sentFrames.push(String(data));
+        return original.call(this, data);
+      };
+    });
+    const before = Date.now();
+    await send(a.page, 'one tick');
+    await send(a.page, 'two ticks');
+    await openChat(b.page, 'clocky');
+    await expect(messages(b.page)).toContainText('two ticks');
+    const after = Date.now();
+    const ids = (await a.page.evaluate(() => window.sentFrames))
+      .map((f) => JSON.parse(f))
+      .filter((f) => f.type === 'send')
+      .map((f) => f.id);
+    expect(ids).toHaveLength(2);
+    const times = ids.map((id) => {
+      expect(id).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+      return parseInt(id.slice(0, 8) + id.slice(9, 13), 16);
+    });
+    expect(times[0]).toBeGreaterThanOrEqual(before);
+    expect(times[1]).toBeGreaterThanOrEqual(times[0]);
+    expect(times[1]).toBeLessThanOrEqual(after);
+    expect(ids[0]).not.toBe(ids[1]);
+  } finally {
+    for (const u of [a, b]) await u.context.close();
+  }
+});

@@ -598,7 +598,7 @@ async function sendFiles(list) {
   const chat = activeChat();
   if (!chat) return;
   for (const file of list) {
-    const id = crypto.randomUUID();
+    const id = e2e.messageId();
     const controller = new AbortController();
     /** @type {Shown} */
     const shown = {
@@ -838,7 +838,7 @@ async function send(text) {
     drawHeader();
     return;
   }
-  const id = crypto.randomUUID();
+  const id = e2e.messageId();
   /** @type {Shown} */
   const shown = { id, sender: state.me.username, ts: Date.now(), seq: null, text, state: 'sending' };
   chat.shown.set(id, shown);

@@ -102,6 +102,26 @@ export async function importPublic(encB64, sigB64) {
   return { enc, sig, encSpki, sigSpki, fingerprint: new Uint8Array(fp) };
 }
 
+/**
+ * A fresh message id: a lowercase UUID version 7 (RFC 9562), the time in
+ * milliseconds then 74 random bits. Ids that follow the clock land at the end
+ * of the host's index of ids, so storing a message rewrites one page of that
+ * index per batch instead of one per message (docs/BENCHMARKS.md).
+ * @returns {string}
+ */
+export function messageId() {
+  const b = randomBytes(16);
+  let ms = Date.now();
+  for (let i = 5; i >= 0; i--) {
+    b[i] = ms % 256;
+    ms = Math.floor(ms / 256);
+  }
+  b[6] = 0x70 | (b[6] & 0x0f);
+  b[8] = 0x80 | (b[8] & 0x3f);
+  const h = Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
+
 /** @param {string} id @param {string} sender @param {string} chat */
 function msgAad(id, sender, chat) {
   return text.encode(`securechat/v1/msg/${id}/${sender}/${chat}`);
