@@ -66,6 +66,49 @@ impl<'de> Deserialize<'de> for B64 {
     }
 }
 
+/// Unpadded base64url checked while parsing exactly as [`B64`] is, but kept
+/// as the text it came as, with the length of the bytes it encodes. The
+/// decoder refuses padding and stray trailing bits, so a byte string has one
+/// such text only: this text is what encoding the bytes again would give.
+#[derive(Clone, PartialEq, Eq)]
+struct B64Text {
+    text: String,
+    len: usize,
+}
+
+impl<'de> Deserialize<'de> for B64Text {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        thread_local! {
+            // Decoding only checks the text; its bytes are not kept.
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        let len = SCRATCH.with_borrow_mut(|bytes| {
+            bytes.clear();
+            let len = URL_SAFE_NO_PAD
+                .decode_vec(s.as_bytes(), bytes)
+                .ok()
+                .map(|()| bytes.len());
+            // Keep at most 64 KiB per thread between frames.
+            if bytes.capacity() > 64 * 1024 {
+                *bytes = Vec::new();
+            }
+            len
+        });
+        let len = len.ok_or_else(|| serde::de::Error::custom("invalid unpadded base64url"))?;
+        Ok(Self {
+            text: s.into_owned(),
+            len,
+        })
+    }
+}
+
+impl Serialize for B64Text {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
 /// A private key encrypted by its owner's client (AES-256-GCM under the
 /// password-derived wrap key). The server stores it and cannot open it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -243,16 +286,67 @@ pub struct Envelope {
     pub sig: B64,
 }
 
+/// [`Envelope`] with its binary parts kept as their base64url text: what the
+/// server parses a `send` frame's envelope into (same fields, same order,
+/// same checks), so it never decodes and encodes the base64 again.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvelopeText {
+    v: u8,
+    iv: B64Text,
+    ct: B64Text,
+    keys: BTreeMap<String, B64Text>,
+    sig: B64Text,
+}
+
+/// An envelope's version and the lengths in bytes of its parts: what the
+/// server checks of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnvelopeSizes {
+    pub v: u8,
+    pub iv: usize,
+    pub ct: usize,
+    pub sig: usize,
+    /// How many wrapped keys it has.
+    pub keys: usize,
+    /// The shortest and the longest wrapped key (0 when there are none).
+    pub shortest_key: usize,
+    pub longest_key: usize,
+}
+
+impl EnvelopeSizes {
+    fn of(v: u8, iv: usize, ct: usize, sig: usize, keys: impl Iterator<Item = usize>) -> Self {
+        let (mut keys_n, mut shortest_key, mut longest_key) = (0, usize::MAX, 0);
+        for len in keys {
+            keys_n += 1;
+            shortest_key = shortest_key.min(len);
+            longest_key = longest_key.max(len);
+        }
+        Self {
+            v,
+            iv,
+            ct,
+            sig,
+            keys: keys_n,
+            shortest_key: if keys_n == 0 { 0 } else { shortest_key },
+            longest_key,
+        }
+    }
+}
+
 /// An envelope serialised once, when it is accepted: the same JSON text is
 /// stored in the database and placed verbatim in every `message` frame, so
-/// the host never encodes a message's base64 twice.
+/// the host never encodes a message's base64 twice. The server parses a
+/// `send` frame's envelope straight into it (see [`ClientFrame`]): the text
+/// is then the envelope written out again in [`Envelope`]'s own form, with
+/// the base64 kept as it came, which gives the same text as
+/// [`SerializedEnvelope::new`] of the decoded envelope.
 #[derive(Debug)]
 pub struct SerializedEnvelope {
     json: Box<serde_json::value::RawValue>,
     /// The usernames it wraps a key for, sorted (the key map's order).
     recipients: Vec<String>,
-    /// The ciphertext's length in bytes, for the chat logs.
-    ct_len: usize,
+    sizes: EnvelopeSizes,
 }
 
 impl SerializedEnvelope {
@@ -265,7 +359,13 @@ impl SerializedEnvelope {
         Ok(Self {
             json: serde_json::value::to_raw_value(envelope)?,
             recipients: envelope.keys.keys().cloned().collect(),
-            ct_len: envelope.ct.len(),
+            sizes: EnvelopeSizes::of(
+                envelope.v,
+                envelope.iv.len(),
+                envelope.ct.len(),
+                envelope.sig.len(),
+                envelope.keys.values().map(B64::len),
+            ),
         })
     }
 
@@ -286,9 +386,33 @@ impl SerializedEnvelope {
             .is_ok()
     }
 
+    /// Its version and the lengths of its parts.
+    pub fn sizes(&self) -> &EnvelopeSizes {
+        &self.sizes
+    }
+
     /// The ciphertext's length in bytes.
     pub fn ct_len(&self) -> usize {
-        self.ct_len
+        self.sizes.ct
+    }
+}
+
+impl<'de> Deserialize<'de> for SerializedEnvelope {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = EnvelopeText::deserialize(d)?;
+        let json = serde_json::value::to_raw_value(&text).map_err(serde::de::Error::custom)?;
+        let sizes = EnvelopeSizes::of(
+            text.v,
+            text.iv.len,
+            text.ct.len,
+            text.sig.len,
+            text.keys.values().map(|k| k.len),
+        );
+        Ok(Self {
+            json,
+            recipients: text.keys.into_keys().collect(),
+            sizes,
+        })
     }
 }
 
@@ -316,10 +440,12 @@ pub struct HistoryPage {
     pub more: bool,
 }
 
-/// A frame a client sends on `/ws`.
+/// A frame a client sends on `/ws`. Clients write `send` envelopes as
+/// [`Envelope`]; the server reads them as [`SerializedEnvelope`], the same
+/// JSON checked the same way, kept as text to store and relay.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-pub enum ClientFrame {
+pub enum ClientFrame<E = Envelope> {
     /// Must be the first frame. `since` maps chat id → the last sequence
     /// number the client holds; the server replays what follows.
     Hello {
@@ -331,7 +457,7 @@ pub enum ClientFrame {
     Send {
         id: String,
         chat: String,
-        envelope: Envelope,
+        envelope: E,
     },
     /// The user is typing in `chat`.
     Typing { chat: String },
@@ -430,4 +556,127 @@ pub mod close {
     pub const SESSION_ENDED: u16 = 4001;
     /// The socket was silent for longer than the idle timeout.
     pub const IDLE: u16 = 4002;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(n: usize, seed: u8) -> B64 {
+        B64((0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect())
+    }
+
+    fn envelope(ct: usize, members: &[&str]) -> Envelope {
+        Envelope {
+            v: 1,
+            iv: bytes(12, 1),
+            ct: bytes(ct, 2),
+            keys: members
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (m.to_string(), bytes(512, i as u8)))
+                .collect(),
+            sig: bytes(512, 9),
+        }
+    }
+
+    fn same(a: &SerializedEnvelope, b: &SerializedEnvelope) {
+        assert_eq!(a.json().get(), b.json().get());
+        assert_eq!(a.recipients(), b.recipients());
+        assert_eq!(a.sizes(), b.sizes());
+    }
+
+    #[test]
+    fn the_server_reads_an_envelope_as_the_text_it_would_write() {
+        // Every length modulo 3 (base64's tails), no keys, one, several, and
+        // names that JSON escapes.
+        for ct in [0, 16, 17, 18, 1000, 16_368] {
+            for members in [&[][..], &["alice"], &["zoë", "bob", "a\"b\\c", "ünï"]] {
+                let e = envelope(ct, members);
+                let written = SerializedEnvelope::new(&e).unwrap();
+                let text = serde_json::to_string(&e).unwrap();
+                same(&serde_json::from_str(&text).unwrap(), &written);
+                // Inside a frame, parsed straight or through a Value.
+                let frame = serde_json::to_string(&ClientFrame::Send {
+                    id: "x".into(),
+                    chat: "c".into(),
+                    envelope: e.clone(),
+                })
+                .unwrap();
+                for parsed in [
+                    serde_json::from_str::<ClientFrame<SerializedEnvelope>>(&frame).unwrap(),
+                    serde_json::from_value(serde_json::from_str(&frame).unwrap()).unwrap(),
+                ] {
+                    let ClientFrame::Send { envelope, .. } = parsed else {
+                        panic!("not a send frame");
+                    };
+                    same(&envelope, &written);
+                }
+                let sizes = written.sizes();
+                assert_eq!((sizes.v, sizes.iv, sizes.ct, sizes.sig), (1, 12, ct, 512));
+                assert_eq!(sizes.keys, members.len());
+                let key = if members.is_empty() { 0 } else { 512 };
+                assert_eq!((sizes.shortest_key, sizes.longest_key), (key, key));
+            }
+        }
+    }
+
+    #[test]
+    fn an_envelope_written_another_way_is_stored_in_the_one_form() {
+        let e = envelope(40, &["bob", "alice"]);
+        let canonical = SerializedEnvelope::new(&e).unwrap();
+        let b = |v: &B64| B64::encode(&v.0);
+        // Other key order, whitespace, and a JSON escape inside base64.
+        let iv = b(&e.iv);
+        let escaped_iv = format!("\\u{:04x}{}", iv.as_bytes()[0], &iv[1..]);
+        let text = format!(
+            r#" {{ "sig" : "{}", "keys": {{"bob": "{}", "alice": "{}"}},
+                "ct":"{}", "iv": "{escaped_iv}", "v": 1 }} "#,
+            b(&e.sig),
+            b(&e.keys["bob"]),
+            b(&e.keys["alice"]),
+            b(&e.ct),
+        );
+        same(&serde_json::from_str(&text).unwrap(), &canonical);
+    }
+
+    #[test]
+    fn the_server_refuses_what_envelope_refuses() {
+        let good = serde_json::to_value(envelope(20, &["alice"])).unwrap();
+        let with = |field: &str, value: serde_json::Value| {
+            let mut v = good.clone();
+            v[field] = value;
+            v.to_string()
+        };
+        let mut missing = good.clone();
+        missing.as_object_mut().unwrap().remove("sig");
+        let bad = [
+            with("iv", "AAAAAAAAAAAAAAAA=".into()), // padded
+            with("iv", "AB".into()),                // stray trailing bits
+            with("iv", "AA+A".into()),              // not base64url
+            with("iv", "AA/A".into()),
+            with("iv", "A".into()), // no whole byte
+            with("iv", 12.into()),
+            with("v", 256.into()),
+            with("v", (-1).into()),
+            with("v", 1.5.into()),
+            with("keys", serde_json::json!(["alice"])),
+            with("keys", serde_json::json!({"alice": "AB"})),
+            with("extra", 1.into()),
+            missing.to_string(),
+            "[]".into(),
+        ];
+        for text in bad {
+            assert!(serde_json::from_str::<Envelope>(&text).is_err(), "{text}");
+            assert!(
+                serde_json::from_str::<SerializedEnvelope>(&text).is_err(),
+                "{text}"
+            );
+        }
+        // The good one passes both.
+        serde_json::from_str::<Envelope>(&good.to_string()).unwrap();
+        serde_json::from_str::<SerializedEnvelope>(&good.to_string()).unwrap();
+    }
 }

@@ -18,7 +18,13 @@ use crate::auth::{check_session, session_from_headers};
 use crate::chat::{LogEvent, Outbound, Refused, encode};
 use crate::client::crypto::{IV_LEN, SIGNATURE_LEN, WRAPPED_KEY_LEN};
 use crate::error::ApiError;
-use crate::protocol::{ClientFrame, Envelope, SerializedEnvelope, ServerFrame, WireLimits, close};
+use crate::protocol::{
+    ClientFrame, EnvelopeSizes, SerializedEnvelope, ServerFrame, WireLimits, close,
+};
+
+/// A client frame as the server reads it: a `send` frame's envelope kept as
+/// checked JSON text.
+type Frame = ClientFrame<SerializedEnvelope>;
 use crate::server::api::{chat_info, message_record};
 use crate::server::{App, origin_allowed};
 use crate::store::UserRow;
@@ -384,6 +390,29 @@ impl Connection {
     }
 
     async fn handle_text(&mut self, text: &str) -> Flow {
+        // A well-formed frame (nearly every one) is parsed once, straight
+        // into its type. Any other is parsed again loosely, to say what is
+        // wrong with it.
+        let Ok(frame) = serde_json::from_str::<Frame>(text) else {
+            return self.handle_loose(text).await;
+        };
+        let first_hello = !self.hello && matches!(frame, ClientFrame::Hello { .. });
+        let id = match &frame {
+            ClientFrame::Send { id, .. } => Some(id.clone()),
+            _ => None,
+        };
+        if !first_hello && let Err(flow) = self.admit(id).await {
+            return flow;
+        }
+        self.handle_frame(frame).await
+    }
+
+    /// A frame that did not parse into a [`Frame`]: parsed loosely, as a
+    /// [`serde_json::Value`], to find its type and id; counted by the rate
+    /// limit like any other, and refused with the reason. (A frame with a
+    /// repeated key fails the strict parse but passes this one, where the
+    /// last value wins, as all frames did before the strict parse.)
+    async fn handle_loose(&mut self, text: &str) -> Flow {
         let parsed = serde_json::from_str::<serde_json::Value>(text);
         let field = |name: &str| {
             parsed
@@ -424,7 +453,7 @@ impl Connection {
             return Flow::Continue;
         }
         let id = value.get("id").and_then(|v| v.as_str()).map(str::to_owned);
-        let frame: ClientFrame = match serde_json::from_value(value) {
+        let frame: Frame = match serde_json::from_value(value) {
             Ok(f) => f,
             Err(e) => {
                 let mut err =
@@ -436,6 +465,10 @@ impl Connection {
                 return Flow::Continue;
             }
         };
+        self.handle_frame(frame).await
+    }
+
+    async fn handle_frame(&mut self, frame: Frame) -> Flow {
         match frame {
             ClientFrame::Hello { since } => self.hello(since).await,
             ClientFrame::Ping { nonce } => {
@@ -538,7 +571,7 @@ impl Connection {
         Flow::Continue
     }
 
-    fn check_envelope(&self, id: &str, chat: &str, e: &Envelope) -> Result<(), String> {
+    fn check_envelope(&self, id: &str, chat: &str, e: &EnvelopeSizes) -> Result<(), String> {
         let limits = &self.app.config.limits;
         if uuid::Uuid::parse_str(id).is_err() || id.len() != 36 {
             return Err("id must be a UUID in its 36-character form.".into());
@@ -549,29 +582,34 @@ impl Connection {
         if e.v != crate::protocol::PROTOCOL_VERSION {
             return Err(format!("envelope version {} is not supported.", e.v));
         }
-        if e.iv.len() != IV_LEN {
+        if e.iv != IV_LEN {
             return Err(format!("iv must be {IV_LEN} bytes."));
         }
-        if e.sig.len() != SIGNATURE_LEN {
+        if e.sig != SIGNATURE_LEN {
             return Err(format!("sig must be {SIGNATURE_LEN} bytes."));
         }
-        if e.ct.len() < 16 || e.ct.len() > limits.max_ciphertext_bytes {
+        if e.ct < 16 || e.ct > limits.max_ciphertext_bytes {
             return Err(format!(
                 "ct must be 16 to {} bytes.",
                 limits.max_ciphertext_bytes
             ));
         }
-        if e.keys.is_empty() || e.keys.len() > limits.max_group_members {
+        if e.keys == 0 || e.keys > limits.max_group_members {
             return Err("keys must name every member of the chat.".into());
         }
-        if e.keys.values().any(|k| k.len() != WRAPPED_KEY_LEN) {
+        if e.shortest_key != WRAPPED_KEY_LEN || e.longest_key != WRAPPED_KEY_LEN {
             return Err(format!("each wrapped key must be {WRAPPED_KEY_LEN} bytes."));
         }
         Ok(())
     }
 
-    async fn send_message(&mut self, id: String, chat: String, envelope: Envelope) -> Flow {
-        if let Err(why) = self.check_envelope(&id, &chat, &envelope) {
+    async fn send_message(
+        &mut self,
+        id: String,
+        chat: String,
+        envelope: SerializedEnvelope,
+    ) -> Flow {
+        if let Err(why) = self.check_envelope(&id, &chat, envelope.sizes()) {
             self.send(&crate::server::writer::refusal(
                 &id,
                 "bad_envelope",
@@ -587,10 +625,6 @@ impl Connection {
         // writer's queue is full (more arrives than the disk takes), the
         // message is refused with a retry hint instead of stalling this
         // socket, whose own queue would overflow meanwhile.
-        let Ok(envelope) = SerializedEnvelope::new(&envelope) else {
-            self.send(&crate::server::writer::store_failed(&id)).await;
-            return Flow::Continue;
-        };
         let pending = crate::server::writer::Pending {
             chat,
             id: id.clone(),

@@ -133,6 +133,28 @@ async fn bad_frames_get_clear_errors_and_everyone_else_is_served() {
     envelope.iv.0.truncate(8);
     send_envelope(&mut sa, id, &chat.id, envelope).await;
     assert_eq!(expect_error(&mut sa).await.0, "bad_envelope");
+    // Base64 with stray trailing bits: refused while parsing, as before.
+    let id = uuid::Uuid::new_v4().to_string();
+    let envelope = alice.seal_text(&chat, &id, "x").await.unwrap();
+    let mut frame = serde_json::to_value(ClientFrame::Send {
+        id,
+        chat: chat.id.clone(),
+        envelope,
+    })
+    .unwrap();
+    frame["envelope"]["iv"] = "AAAAAAAAAAAAAAB".into();
+    sa.send_text(&frame.to_string()).await.unwrap();
+    assert_eq!(expect_error(&mut sa).await.0, "bad_frame");
+    // A repeated key fails the strict parse; the loose one takes the last.
+    sa.send_text(r#"{"type":"ping","nonce":"a","nonce":"b"}"#)
+        .await
+        .unwrap();
+    let nonce = expect(&mut sa, "a pong", |f| match f {
+        ServerFrame::Pong { nonce } => Some(nonce.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(nonce.as_deref(), Some("b"));
     // A chat that does not exist.
     let id = uuid::Uuid::new_v4().to_string();
     let envelope = alice.seal_text(&chat, &id, "x").await.unwrap();
