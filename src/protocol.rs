@@ -290,7 +290,7 @@ pub struct Envelope {
 /// server parses a `send` frame's envelope into (same fields, same order,
 /// same checks), so it never decodes and encodes the base64 again.
 #[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(rename = "Envelope", deny_unknown_fields)]
 struct EnvelopeText {
     v: u8,
     iv: B64Text,
@@ -341,7 +341,6 @@ impl EnvelopeSizes {
 /// is then the envelope written out again in [`Envelope`]'s own form, with
 /// the base64 kept as it came, which gives the same text as
 /// [`SerializedEnvelope::new`] of the decoded envelope.
-#[derive(Debug)]
 pub struct SerializedEnvelope {
     json: Box<serde_json::value::RawValue>,
     /// The usernames it wraps a key for, sorted (the key map's order).
@@ -394,6 +393,17 @@ impl SerializedEnvelope {
     /// The ciphertext's length in bytes.
     pub fn ct_len(&self) -> usize {
         self.sizes.ct
+    }
+}
+
+/// Sizes only, as [`B64`]'s `Debug` shows lengths only: a log line never
+/// carries an envelope's ciphertext or keys.
+impl std::fmt::Debug for SerializedEnvelope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SerializedEnvelope")
+            .field("recipients", &self.recipients)
+            .field("sizes", &self.sizes)
+            .finish()
     }
 }
 
@@ -640,6 +650,18 @@ mod tests {
             b(&e.ct),
         );
         same(&serde_json::from_str(&text).unwrap(), &canonical);
+        // serde also takes a struct as an array of its fields, in order;
+        // both types do, and the stored form is still the object.
+        let array = format!(
+            r#"[1, "{}", "{}", {{"alice": "{}", "bob": "{}"}}, "{}"]"#,
+            iv,
+            b(&e.ct),
+            b(&e.keys["alice"]),
+            b(&e.keys["bob"]),
+            b(&e.sig),
+        );
+        assert_eq!(serde_json::from_str::<Envelope>(&array).unwrap(), e);
+        same(&serde_json::from_str(&array).unwrap(), &canonical);
     }
 
     #[test]
@@ -653,9 +675,10 @@ mod tests {
         let mut missing = good.clone();
         missing.as_object_mut().unwrap().remove("sig");
         let bad = [
-            with("iv", "AAAAAAAAAAAAAAAA=".into()), // padded
-            with("iv", "AB".into()),                // stray trailing bits
-            with("iv", "AA+A".into()),              // not base64url
+            with("iv", "AAAAAAAAAAAAAAA=".into()), // padded
+            with("iv", "AA==".into()),
+            with("iv", "AB".into()),   // stray trailing bits
+            with("iv", "AA+A".into()), // not base64url
             with("iv", "AA/A".into()),
             with("iv", "A".into()), // no whole byte
             with("iv", 12.into()),
@@ -675,6 +698,14 @@ mod tests {
                 "{text}"
             );
         }
+        // A repeated field fails both.
+        let text = good.to_string();
+        let repeated = text.replacen("{", r#"{"v":1,"#, 1);
+        assert!(serde_json::from_str::<Envelope>(&repeated).is_err());
+        assert!(serde_json::from_str::<SerializedEnvelope>(&repeated).is_err());
+        // Errors name the type as the protocol does.
+        let err = serde_json::from_str::<SerializedEnvelope>("\"x\"").unwrap_err();
+        assert!(err.to_string().contains("struct Envelope"), "{err}");
         // The good one passes both.
         serde_json::from_str::<Envelope>(&good.to_string()).unwrap();
         serde_json::from_str::<SerializedEnvelope>(&good.to_string()).unwrap();

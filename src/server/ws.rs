@@ -21,13 +21,20 @@ use crate::error::ApiError;
 use crate::protocol::{
     ClientFrame, EnvelopeSizes, SerializedEnvelope, ServerFrame, WireLimits, close,
 };
+use crate::server::api::{chat_info, message_record};
+use crate::server::{App, origin_allowed};
+use crate::store::UserRow;
 
 /// A client frame as the server reads it: a `send` frame's envelope kept as
 /// checked JSON text.
 type Frame = ClientFrame<SerializedEnvelope>;
-use crate::server::api::{chat_info, message_record};
-use crate::server::{App, origin_allowed};
-use crate::store::UserRow;
+
+/// A frame's `"id"`, if it is a JSON object with a string there: what a
+/// refusal by the rate limit names.
+fn loose_id(text: &str) -> Option<String> {
+    let value = serde_json::from_str::<serde_json::Value>(text).ok()?;
+    value.get("id")?.as_str().map(str::to_owned)
+}
 
 /// `GET /ws`: upgrades only with a valid session and an allowed `Origin`.
 pub async fn upgrade(
@@ -267,7 +274,7 @@ impl Connection {
 
     /// A binary frame: counted like any other frame, then refused.
     async fn refuse_binary(&mut self) -> Flow {
-        if let Err(flow) = self.admit(None).await {
+        if let Err(flow) = self.admit(|| None).await {
             return flow;
         }
         self.send(&error_frame(
@@ -361,7 +368,9 @@ impl Connection {
     /// connection's first `hello`, so neither garbage nor errors can be
     /// flooded. On refusal the client gets `rate_limited` (with the message
     /// id, for `send`); too many refusals in a row close the socket (1008).
-    async fn admit(&mut self, id: Option<String>) -> Result<(), Flow> {
+    /// Counts a frame against the user's rate limit; a refusal names the
+    /// frame's id (`id` is only called then).
+    async fn admit(&mut self, id: impl FnOnce() -> Option<String>) -> Result<(), Flow> {
         match self
             .app
             .frame_limiter
@@ -379,7 +388,7 @@ impl Connection {
                 self.send(&ServerFrame::Error {
                     code: "rate_limited".into(),
                     message: "You are sending too fast; this frame was not delivered.".into(),
-                    id,
+                    id: id(),
                     retry_after_ms: Some(wait),
                     members: None,
                 })
@@ -390,29 +399,35 @@ impl Connection {
     }
 
     async fn handle_text(&mut self, text: &str) -> Flow {
-        // A well-formed frame (nearly every one) is parsed once, straight
-        // into its type. Any other is parsed again loosely, to say what is
-        // wrong with it.
-        let Ok(frame) = serde_json::from_str::<Frame>(text) else {
-            return self.handle_loose(text).await;
-        };
-        let first_hello = !self.hello && matches!(frame, ClientFrame::Hello { .. });
-        let id = match &frame {
-            ClientFrame::Send { id, .. } => Some(id.clone()),
-            _ => None,
-        };
-        if !first_hello && let Err(flow) = self.admit(id).await {
+        // Before hello (once per connection) a frame takes the loose parse,
+        // which knows that the first hello is not counted.
+        if !self.hello {
+            return self.handle_loose(text, false).await;
+        }
+        // After hello every frame counts against the rate limit before it is
+        // parsed, so a refused frame costs no more than finding its id.
+        if let Err(flow) = self.admit(|| loose_id(text)).await {
             return flow;
         }
-        self.handle_frame(frame).await
+        // A well-formed frame (nearly every one) is a JSON object, parsed
+        // straight into its type. Any other text is parsed again loosely,
+        // to say what is wrong with it.
+        let object = text
+            .trim_start_matches([' ', '\t', '\n', '\r'])
+            .starts_with('{');
+        match object.then(|| serde_json::from_str::<Frame>(text).ok()) {
+            Some(Some(frame)) => self.handle_frame(frame).await,
+            _ => self.handle_loose(text, true).await,
+        }
     }
 
-    /// A frame that did not parse into a [`Frame`]: parsed loosely, as a
-    /// [`serde_json::Value`], to find its type and id; counted by the rate
-    /// limit like any other, and refused with the reason. (A frame with a
+    /// A frame that is not a well-formed [`Frame`], or any frame before
+    /// hello: parsed loosely, as a [`serde_json::Value`], to find its type
+    /// and id; counted by the rate limit (unless `admitted` already, or it is
+    /// the first hello), and refused with the reason. (A frame with a
     /// repeated key fails the strict parse but passes this one, where the
-    /// last value wins, as all frames did before the strict parse.)
-    async fn handle_loose(&mut self, text: &str) -> Flow {
+    /// last value wins, as it always has.)
+    async fn handle_loose(&mut self, text: &str, admitted: bool) -> Flow {
         let parsed = serde_json::from_str::<serde_json::Value>(text);
         let field = |name: &str| {
             parsed
@@ -423,7 +438,10 @@ impl Connection {
                 .map(str::to_owned)
         };
         let first_hello = !self.hello && field("type").as_deref() == Some("hello");
-        if !first_hello && let Err(flow) = self.admit(field("id")).await {
+        if !admitted
+            && !first_hello
+            && let Err(flow) = self.admit(|| field("id")).await
+        {
             return flow;
         }
         let value: serde_json::Value = match parsed {

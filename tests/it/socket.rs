@@ -116,6 +116,10 @@ async fn bad_frames_get_clear_errors_and_everyone_else_is_served() {
         .await
         .unwrap();
     assert_eq!(expect_error(&mut sa).await.0, "unknown_type");
+    // A frame is an object: serde would take a struct as an array of its
+    // fields, but the host does not.
+    sa.send_text(r#"["ping","x"]"#).await.unwrap();
+    assert_eq!(expect_error(&mut sa).await.0, "unknown_type");
     sa.send_text(r#"{"type":"send","id":"x"}"#).await.unwrap();
     assert_eq!(expect_error(&mut sa).await.0, "bad_frame");
 
@@ -215,16 +219,19 @@ async fn a_burst_past_the_bucket_is_refused_and_not_delivered() {
             ServerFrame::Error {
                 code,
                 retry_after_ms,
+                id,
                 ..
-            } => Some(Err((code.clone(), *retry_after_ms))),
+            } => Some(Err((code.clone(), *retry_after_ms, id.clone()))),
             _ => None,
         })
         .await
         {
             Ok(()) => acked += 1,
-            Err((code, retry)) => {
+            Err((code, retry, id)) => {
                 assert_eq!(code, "rate_limited");
                 assert!(retry.unwrap() > 0);
+                // The refusal names the message it refused.
+                assert!(ids[20..].contains(&id.unwrap()));
                 limited += 1;
             }
         }
