@@ -29,11 +29,15 @@ use crate::store::UserRow;
 /// checked JSON text.
 type Frame = ClientFrame<SerializedEnvelope>;
 
-/// A frame's `"id"`, if it is a JSON object with a string there: what a
-/// refusal by the rate limit names.
+/// The string `name` of a loosely parsed frame, if it is an object with a
+/// string there.
+fn str_field(value: &serde_json::Value, name: &str) -> Option<String> {
+    value.get(name)?.as_str().map(str::to_owned)
+}
+
+/// A frame's `"id"`: what a refusal by the rate limit names.
 fn loose_id(text: &str) -> Option<String> {
-    let value = serde_json::from_str::<serde_json::Value>(text).ok()?;
-    value.get("id")?.as_str().map(str::to_owned)
+    str_field(&serde_json::from_str(text).ok()?, "id")
 }
 
 /// `GET /ws`: upgrades only with a valid session and an allowed `Origin`.
@@ -429,14 +433,7 @@ impl Connection {
     /// last value wins, as it always has.)
     async fn handle_loose(&mut self, text: &str, admitted: bool) -> Flow {
         let parsed = serde_json::from_str::<serde_json::Value>(text);
-        let field = |name: &str| {
-            parsed
-                .as_ref()
-                .ok()
-                .and_then(|v| v.get(name))
-                .and_then(|v| v.as_str())
-                .map(str::to_owned)
-        };
+        let field = |name: &str| parsed.as_ref().ok().and_then(|v| str_field(v, name));
         let first_hello = !self.hello && field("type").as_deref() == Some("hello");
         if !admitted
             && !first_hello
@@ -470,7 +467,7 @@ impl Connection {
             self.send(&error_frame("unknown_type", message)).await;
             return Flow::Continue;
         }
-        let id = value.get("id").and_then(|v| v.as_str()).map(str::to_owned);
+        let id = str_field(&value, "id");
         let frame: Frame = match serde_json::from_value(value) {
             Ok(f) => f,
             Err(e) => {
