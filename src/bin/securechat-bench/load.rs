@@ -262,34 +262,72 @@ impl Template {
 
 /// Sends `template` frames at the rate (frames/s) in `rate`; when the rate
 /// channel closes, closes the socket.
+/// When a sender's next frame is due. Each sender starts at its own phase
+/// of the interval, so that the senders of a load take turns instead of all
+/// sending at the same instant (which would measure the burst's queue, not
+/// the server's latency at that rate).
+#[derive(Debug, Clone, Copy)]
+struct Schedule {
+    /// Where in each interval this sender sends, in `[0, 1)`.
+    phase: f64,
+    /// The last frame's due time; `None` (re)starts at the phase.
+    last: Option<tokio::time::Instant>,
+}
+
+impl Schedule {
+    fn new(phase: f64) -> Self {
+        Self {
+            phase: phase.rem_euclid(1.0),
+            last: None,
+        }
+    }
+
+    /// Starts afresh at the phase (the rate changed).
+    fn restart(&mut self) {
+        self.last = None;
+    }
+
+    /// The next frame's due time, `gap` after the last one.
+    fn next(&mut self, gap: Duration, now: tokio::time::Instant) -> tokio::time::Instant {
+        let due = match self.last {
+            None => now + gap.mul_f64(self.phase),
+            // Far behind (the server pushes back): do not burst to catch up.
+            Some(last) if last + gap + Duration::from_millis(500) < now => now,
+            Some(last) => last + gap,
+        };
+        self.last = Some(due);
+        due
+    }
+}
+
+/// Sends `template` with fresh ids at the rate `rate` holds (frames/s; 0
+/// pauses), at `phase` (in `[0, 1)`) of each interval.
 pub fn spawn_sender(
     mut sink: SplitSink<Ws, Message>,
     template: Template,
+    phase: f64,
     mut rate: tokio::sync::watch::Receiver<f64>,
 ) {
     tokio::spawn(async move {
-        let mut next = tokio::time::Instant::now();
+        let mut schedule = Schedule::new(phase);
         loop {
             let r = *rate.borrow_and_update();
             if r <= 0.0 {
                 if rate.changed().await.is_err() {
                     break;
                 }
-                next = tokio::time::Instant::now();
+                schedule.restart();
                 continue;
             }
-            let gap = Duration::from_secs_f64(1.0 / r);
-            next += gap;
-            let now = tokio::time::Instant::now();
-            if next + Duration::from_millis(500) < now {
-                // Far behind (the server pushes back): do not burst to catch up.
-                next = now;
-            }
+            let due = schedule.next(
+                Duration::from_secs_f64(1.0 / r),
+                tokio::time::Instant::now(),
+            );
             tokio::select! {
-                _ = tokio::time::sleep_until(next) => {}
+                _ = tokio::time::sleep_until(due) => {}
                 changed = rate.changed() => {
                     if changed.is_err() { break; }
-                    next = tokio::time::Instant::now();
+                    schedule.restart();
                     continue;
                 }
             }
@@ -305,6 +343,27 @@ pub fn spawn_sender(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn senders_keep_their_phase_and_do_not_burst_to_catch_up() {
+        let t0 = tokio::time::Instant::now();
+        let ms = Duration::from_millis;
+        let (mut a, mut b) = (Schedule::new(0.0), Schedule::new(0.5));
+        // 10 frames/s: a at 0, 100, 200 ms; b halfway between.
+        assert_eq!(a.next(ms(100), t0), t0);
+        assert_eq!(b.next(ms(100), t0), t0 + ms(50));
+        assert_eq!(a.next(ms(100), t0 + ms(1)), t0 + ms(100));
+        assert_eq!(b.next(ms(100), t0 + ms(51)), t0 + ms(150));
+        // A new rate starts again at the phase, from when it is set.
+        b.restart();
+        assert_eq!(b.next(ms(10), t0 + ms(300)), t0 + ms(305));
+        assert_eq!(b.next(ms(10), t0 + ms(306)), t0 + ms(315));
+        // Late by less than half a second: catch up; by more: start from now.
+        assert_eq!(a.next(ms(100), t0 + ms(400)), t0 + ms(200));
+        assert_eq!(a.next(ms(100), t0 + ms(900)), t0 + ms(900));
+        assert_eq!(a.next(ms(100), t0 + ms(901)), t0 + ms(1000));
+        assert_eq!(Schedule::new(1.25).phase, 0.25);
+    }
 
     #[test]
     fn ids_are_uuids_of_either_layout_and_carry_the_send_time() {

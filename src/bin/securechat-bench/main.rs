@@ -462,7 +462,8 @@ impl Fanout {
             load::spawn_reader(stream, target.kind, collector.clone());
             let (tx, rx) = tokio::sync::watch::channel(0.0);
             let template = templates.get(i).unwrap_or(&templates[0]).clone();
-            load::spawn_sender(sink, template, rx);
+            // Senders take turns: socket i sends at i/n of each interval.
+            load::spawn_sender(sink, template, i as f64 / tokens.len() as f64, rx);
             rates.push(tx);
         }
         Ok(Self {
