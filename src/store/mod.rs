@@ -530,6 +530,18 @@ impl Store {
 
     fn init(conn: Connection) -> Result<Self> {
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // Plans that do not depend on the values bound to them. Without
+        // this, SQLite marks a statement whose plan looked at a bound value
+        // (such as `chat_id = ?1` in a join) to be compiled again once the
+        // binding is cleared, and the statement cache clears every
+        // statement it takes back: so the members of a chat were read by
+        // parsing and planning their query anew for every batch. None of
+        // our queries gains from value-dependent plans (no LIKE, no
+        // partial indexes, no ANALYZE statistics).
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+            true,
+        )?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -1060,11 +1072,12 @@ impl Store {
 
     // ---- chats ------------------------------------------------------------
 
+    /// The members of chat `?1`, in the order they joined.
+    const MEMBERS_SQL: &str = "SELECT m.user_id, u.username, m.role, m.read_seq FROM members m
+             JOIN users u ON u.id = m.user_id WHERE m.chat_id = ?1 ORDER BY m.joined_at, u.username";
+
     fn load_members(conn: &Connection, chat_id: &str) -> Result<Vec<MemberRow>> {
-        let mut stmt = conn.prepare_cached(
-            "SELECT m.user_id, u.username, m.role, m.read_seq FROM members m
-             JOIN users u ON u.id = m.user_id WHERE m.chat_id = ?1 ORDER BY m.joined_at, u.username",
-        )?;
+        let mut stmt = conn.prepare_cached(Self::MEMBERS_SQL)?;
         let rows = stmt.query_map([chat_id], |r| {
             Ok(MemberRow {
                 user_id: r.get(0)?,
@@ -2099,6 +2112,41 @@ mod tests {
         assert_eq!(
             stored.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
             ["m1", "m4"]
+        );
+    }
+
+    #[test]
+    fn cached_statements_are_not_compiled_again_for_new_values() {
+        let mut s = Store::open_in_memory().unwrap();
+        let a = s.create_user(user("alice"), Admission::Open, 1).unwrap();
+        let b = s.create_user(user("bob"), Admission::Open, 1).unwrap();
+        let c = s.create_user(user("carol"), Admission::Open, 1).unwrap();
+        let (ab, _) = s.direct_chat(a.id, b.id, "chat-ab", 1).unwrap();
+        let (ac, _) = s.direct_chat(a.id, c.id, "chat-ac", 1).unwrap();
+        // Batches to either chat, one after another: each reads its chat's
+        // members with the cached statement and another value bound.
+        for i in 0..6 {
+            let (chat, to) = if i % 2 == 0 {
+                (&ab, "bob")
+            } else {
+                (&ac, "carol")
+            };
+            let stored = s
+                .insert_messages(&[NewMessage {
+                    chat_id: chat.id.clone(),
+                    id: format!("m{i}"),
+                    sender_id: a.id,
+                    envelope: SerializedEnvelope::new(&envelope(&["alice", to])).unwrap(),
+                    now: 10 + i,
+                }])
+                .unwrap();
+            assert!(matches!(stored[0], Ok(Insert::Stored { .. })), "{stored:?}");
+        }
+        let stmt = s.conn.prepare_cached(Store::MEMBERS_SQL).unwrap();
+        assert_eq!(
+            stmt.get_status(rusqlite::StatementStatus::RePrepare),
+            0,
+            "the members' query was compiled again"
         );
     }
 
