@@ -537,7 +537,9 @@ impl Store {
         // statement it takes back: so the members of a chat were read by
         // parsing and planning their query anew for every batch. None of
         // our queries gains from value-dependent plans (no LIKE, no
-        // partial indexes, no ANALYZE statistics).
+        // partial indexes, no ANALYZE statistics); `LIMIT ?` was marked the
+        // same way. Should ANALYZE or `PRAGMA optimize` ever be run, its
+        // statistics will not be used for bound values.
         conn.set_db_config(
             rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
             true,
@@ -1468,20 +1470,18 @@ impl Store {
 
     /// Up to `limit` messages of `chat_id` with sequence numbers above `after`,
     /// oldest first.
+    const MESSAGES_AFTER_SQL: &str =
+        "SELECT m.id, u.username, m.seq, m.ts, m.envelope FROM messages m
+             JOIN users u ON u.id = m.sender_id
+             WHERE m.chat_id = ?1 AND m.seq > ?2 ORDER BY m.seq ASC LIMIT ?3";
+
     pub fn messages_after(
         &self,
         chat_id: &str,
         after: u64,
         limit: usize,
     ) -> Result<Vec<MessageRow>> {
-        self.message_rows(
-            "SELECT m.id, u.username, m.seq, m.ts, m.envelope FROM messages m
-             JOIN users u ON u.id = m.sender_id
-             WHERE m.chat_id = ?1 AND m.seq > ?2 ORDER BY m.seq ASC LIMIT ?3",
-            chat_id,
-            after,
-            limit,
-        )
+        self.message_rows(Self::MESSAGES_AFTER_SQL, chat_id, after, limit)
     }
 
     /// Up to `limit` messages of `chat_id` with sequence numbers below
@@ -2142,12 +2142,25 @@ mod tests {
                 .unwrap();
             assert!(matches!(stored[0], Ok(Insert::Stored { .. })), "{stored:?}");
         }
-        let stmt = s.conn.prepare_cached(Store::MEMBERS_SQL).unwrap();
-        assert_eq!(
-            stmt.get_status(rusqlite::StatementStatus::RePrepare),
-            0,
-            "the members' query was compiled again"
-        );
+        // Reading each chat's messages with another chat id and limit.
+        for i in 0..6 {
+            let chat = if i % 2 == 0 { &ab } else { &ac };
+            assert_eq!(s.messages_after(&chat.id, 0, 10 + i).unwrap().len(), 3);
+        }
+        for (sql, runs) in [(Store::MEMBERS_SQL, 6), (Store::MESSAGES_AFTER_SQL, 6)] {
+            // The statement that ran (not one prepared afresh) ran each time
+            // without being compiled again.
+            let stmt = s.conn.prepare_cached(sql).unwrap();
+            assert!(
+                stmt.get_status(rusqlite::StatementStatus::Run) >= runs,
+                "{sql}"
+            );
+            assert_eq!(
+                stmt.get_status(rusqlite::StatementStatus::RePrepare),
+                0,
+                "compiled again: {sql}"
+            );
+        }
     }
 
     #[test]
