@@ -260,21 +260,24 @@ impl Template {
     }
 }
 
-/// Sends `template` frames at the rate (frames/s) in `rate`; when the rate
-/// channel closes, closes the socket.
-/// When a sender's next frame is due. Each sender starts at its own phase
-/// of the interval, so that the senders of a load take turns instead of all
+/// When a sender's next frame is due. Each sender keeps its own phase of
+/// the interval, so that the senders of a load take turns instead of all
 /// sending at the same instant (which would measure the burst's queue, not
 /// the server's latency at that rate).
 #[derive(Debug, Clone, Copy)]
 struct Schedule {
     /// Where in each interval this sender sends, in `[0, 1)`.
     phase: f64,
-    /// The last frame's due time; `None` (re)starts at the phase.
-    last: Option<tokio::time::Instant>,
+    /// The last frame's due time and the interval it was due at; `None`
+    /// (re)starts at the phase.
+    last: Option<(tokio::time::Instant, Duration)>,
 }
 
 impl Schedule {
+    /// How late a sender may fall (the server pushing back) before it skips
+    /// the frames it missed instead of sending them in a burst.
+    const SLACK: Duration = Duration::from_millis(500);
+
     fn new(phase: f64) -> Self {
         Self {
             phase: phase.rem_euclid(1.0),
@@ -282,26 +285,35 @@ impl Schedule {
         }
     }
 
-    /// Starts afresh at the phase (the rate changed).
+    /// Starts afresh at the phase.
     fn restart(&mut self) {
         self.last = None;
     }
 
-    /// The next frame's due time, `gap` after the last one.
+    /// The next frame's due time at one frame every `gap`: a new rate
+    /// starts at the phase from `now`; a sender more than [`Self::SLACK`]
+    /// behind skips to the first due time of its own that is not past.
     fn next(&mut self, gap: Duration, now: tokio::time::Instant) -> tokio::time::Instant {
         let due = match self.last {
-            None => now + gap.mul_f64(self.phase),
-            // Far behind (the server pushes back): do not burst to catch up.
-            Some(last) if last + gap + Duration::from_millis(500) < now => now,
-            Some(last) => last + gap,
+            Some((last, was)) if was == gap => {
+                let due = last + gap;
+                if due + Self::SLACK < now {
+                    let missed = (now - last).as_secs_f64() / gap.as_secs_f64();
+                    last + gap.mul_f64(missed.ceil())
+                } else {
+                    due
+                }
+            }
+            _ => now + gap.mul_f64(self.phase),
         };
-        self.last = Some(due);
+        self.last = Some((due, gap));
         due
     }
 }
 
 /// Sends `template` with fresh ids at the rate `rate` holds (frames/s; 0
-/// pauses), at `phase` (in `[0, 1)`) of each interval.
+/// pauses), at `phase` (in `[0, 1)`) of each interval. When the rate
+/// channel closes, closes the socket.
 pub fn spawn_sender(
     mut sink: SplitSink<Ws, Message>,
     template: Template,
@@ -313,12 +325,14 @@ pub fn spawn_sender(
         loop {
             let r = *rate.borrow_and_update();
             if r <= 0.0 {
+                schedule.restart();
                 if rate.changed().await.is_err() {
                     break;
                 }
-                schedule.restart();
                 continue;
             }
+            // A new rate restarts the schedule at the phase, however it is
+            // seen (here or while waiting below).
             let due = schedule.next(
                 Duration::from_secs_f64(1.0 / r),
                 tokio::time::Instant::now(),
@@ -354,14 +368,23 @@ mod tests {
         assert_eq!(b.next(ms(100), t0), t0 + ms(50));
         assert_eq!(a.next(ms(100), t0 + ms(1)), t0 + ms(100));
         assert_eq!(b.next(ms(100), t0 + ms(51)), t0 + ms(150));
-        // A new rate starts again at the phase, from when it is set.
+        // A new rate starts again at the phase, from when it is set, with
+        // or without an explicit restart.
         b.restart();
         assert_eq!(b.next(ms(10), t0 + ms(300)), t0 + ms(305));
         assert_eq!(b.next(ms(10), t0 + ms(306)), t0 + ms(315));
-        // Late by less than half a second: catch up; by more: start from now.
-        assert_eq!(a.next(ms(100), t0 + ms(400)), t0 + ms(200));
-        assert_eq!(a.next(ms(100), t0 + ms(900)), t0 + ms(900));
+        assert_eq!(b.next(ms(20), t0 + ms(316)), t0 + ms(326));
+        // Up to half a second late: catch up frame by frame.
+        assert_eq!(a.next(ms(100), t0 + ms(700)), t0 + ms(200));
+        assert_eq!(a.next(ms(100), t0 + ms(800)), t0 + ms(300));
+        // Later than that: skip to the first own due time not past.
         assert_eq!(a.next(ms(100), t0 + ms(901)), t0 + ms(1000));
+        assert_eq!(a.next(ms(100), t0 + ms(1001)), t0 + ms(1100));
+        // ...at the sender's own phase: b's frames stay halfway between a's.
+        let mut b = Schedule::new(0.5);
+        assert_eq!(b.next(ms(100), t0), t0 + ms(50));
+        assert_eq!(b.next(ms(100), t0 + ms(900)), t0 + ms(950));
+        assert_eq!(b.next(ms(100), t0 + ms(951)), t0 + ms(1050));
         assert_eq!(Schedule::new(1.25).phase, 0.25);
     }
 
