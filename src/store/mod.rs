@@ -1894,6 +1894,14 @@ mod tests {
         }
     }
 
+    /// An in-memory store with three accounts.
+    fn alice_bob_and_carol() -> (Store, UserRow, UserRow, UserRow) {
+        let mut s = Store::open_in_memory().unwrap();
+        let [a, b, c] = ["alice", "bob", "carol"]
+            .map(|name| s.create_user(user(name), Admission::Open, 1).unwrap());
+        (s, a, b, c)
+    }
+
     fn envelope(keys: &[&str]) -> Envelope {
         Envelope {
             v: 1,
@@ -2078,10 +2086,7 @@ mod tests {
 
     #[test]
     fn a_batch_is_checked_message_by_message_and_committed_once() {
-        let mut s = Store::open_in_memory().unwrap();
-        let a = s.create_user(user("alice"), Admission::Open, 1).unwrap();
-        let b = s.create_user(user("bob"), Admission::Open, 1).unwrap();
-        let c = s.create_user(user("carol"), Admission::Open, 1).unwrap();
+        let (mut s, a, b, c) = alice_bob_and_carol();
         let (chat, _) = s.direct_chat(a.id, b.id, "chat-1", 1).unwrap();
         let m = |id: &str, sender: i64, members: &[&str], now: i64| NewMessage {
             chat_id: chat.id.clone(),
@@ -2117,10 +2122,7 @@ mod tests {
 
     #[test]
     fn cached_statements_are_not_compiled_again_for_new_values() {
-        let mut s = Store::open_in_memory().unwrap();
-        let a = s.create_user(user("alice"), Admission::Open, 1).unwrap();
-        let b = s.create_user(user("bob"), Admission::Open, 1).unwrap();
-        let c = s.create_user(user("carol"), Admission::Open, 1).unwrap();
+        let (mut s, a, b, c) = alice_bob_and_carol();
         let (ab, _) = s.direct_chat(a.id, b.id, "chat-ab", 1).unwrap();
         let (ac, _) = s.direct_chat(a.id, c.id, "chat-ac", 1).unwrap();
         // Batches to either chat, one after another: each reads its chat's
@@ -2165,10 +2167,7 @@ mod tests {
 
     #[test]
     fn messages_are_sequenced_idempotent_and_member_checked() {
-        let mut s = Store::open_in_memory().unwrap();
-        let a = s.create_user(user("alice"), Admission::Open, 1).unwrap();
-        let b = s.create_user(user("bob"), Admission::Open, 1).unwrap();
-        let c = s.create_user(user("carol"), Admission::Open, 1).unwrap();
+        let (mut s, a, b, c) = alice_bob_and_carol();
         let (chat, created) = s.direct_chat(a.id, b.id, "chat-1", 1).unwrap();
         assert!(created);
         let (again, created) = s.direct_chat(b.id, a.id, "chat-2", 1).unwrap();
