@@ -1468,13 +1468,15 @@ impl Store {
         Ok(out)
     }
 
-    /// Up to `limit` messages of `chat_id` with sequence numbers above `after`,
-    /// oldest first.
+    /// The messages of chat `?1` with sequence numbers above `?2`, oldest
+    /// first, at most `?3`.
     const MESSAGES_AFTER_SQL: &str =
         "SELECT m.id, u.username, m.seq, m.ts, m.envelope FROM messages m
              JOIN users u ON u.id = m.sender_id
              WHERE m.chat_id = ?1 AND m.seq > ?2 ORDER BY m.seq ASC LIMIT ?3";
 
+    /// Up to `limit` messages of `chat_id` with sequence numbers above `after`,
+    /// oldest first.
     pub fn messages_after(
         &self,
         chat_id: &str,
