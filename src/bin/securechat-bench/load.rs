@@ -161,6 +161,29 @@ pub struct Window {
     pub max_ms: f64,
 }
 
+impl Window {
+    /// The quantiles of `latencies_us` (microseconds, in any order).
+    pub fn of(mut latencies_us: Vec<u32>, receipts: u64, closed: u64) -> Self {
+        latencies_us.sort_unstable();
+        let q = |p: f64| -> f64 {
+            if latencies_us.is_empty() {
+                return 0.0;
+            }
+            let i = ((latencies_us.len() as f64 - 1.0) * p).round() as usize;
+            f64::from(latencies_us[i]) / 1000.0
+        };
+        Self {
+            receipts,
+            closed,
+            p50_ms: q(0.50),
+            p95_ms: q(0.95),
+            p99_ms: q(0.99),
+            p999_ms: q(0.999),
+            max_ms: q(1.0),
+        }
+    }
+}
+
 impl Collector {
     pub fn start(&self) {
         self.latencies_us
@@ -171,27 +194,20 @@ impl Collector {
         self.active.store(true, Ordering::Release);
     }
 
-    pub fn stop(&self) -> Window {
+    /// Ends the measurement and returns its latencies (microseconds,
+    /// unsorted), for windows pooled with [`Window::of`].
+    pub fn take(&self) -> Vec<u32> {
         self.active.store(false, Ordering::Release);
-        let mut lat =
-            std::mem::take(&mut *self.latencies_us.lock().unwrap_or_else(|p| p.into_inner()));
-        lat.sort_unstable();
-        let q = |p: f64| -> f64 {
-            if lat.is_empty() {
-                return 0.0;
-            }
-            let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
-            f64::from(lat[i]) / 1000.0
-        };
-        Window {
-            receipts: self.count.load(Ordering::Relaxed),
-            closed: self.closed.load(Ordering::Relaxed),
-            p50_ms: q(0.50),
-            p95_ms: q(0.95),
-            p99_ms: q(0.99),
-            p999_ms: q(0.999),
-            max_ms: q(1.0),
-        }
+        std::mem::take(&mut *self.latencies_us.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn stop(&self) -> Window {
+        let lat = self.take();
+        Window::of(
+            lat,
+            self.count.load(Ordering::Relaxed),
+            self.closed.load(Ordering::Relaxed),
+        )
     }
 
     /// Returns once no message has arrived for a while (the server's queues
@@ -386,6 +402,24 @@ mod tests {
         assert_eq!(b.next(ms(100), t0 + ms(900)), t0 + ms(950));
         assert_eq!(b.next(ms(100), t0 + ms(951)), t0 + ms(1050));
         assert_eq!(Schedule::new(1.25).phase, 0.25);
+    }
+
+    #[test]
+    fn windows_pool_their_latencies_before_taking_quantiles() {
+        // Two windows in turns: 1..=500 µs and 501..=1000 µs, unsorted.
+        let first: Vec<u32> = (1..=500).rev().collect();
+        let second: Vec<u32> = (501..=1000).collect();
+        let alone = Window::of(second.clone(), 500, 0);
+        assert_eq!((alone.p50_ms, alone.max_ms), (0.751, 1.0));
+        let pooled = Window::of([first, second].concat(), 1000, 2);
+        assert_eq!((pooled.receipts, pooled.closed), (1000, 2));
+        assert_eq!(pooled.p50_ms, 0.501);
+        assert_eq!(pooled.p99_ms, 0.99);
+        assert_eq!(pooled.p999_ms, 0.999);
+        assert_eq!(pooled.max_ms, 1.0);
+        let collector = Collector::default();
+        collector.start();
+        assert_eq!(Window::of(collector.take(), 0, 0).p99_ms, 0.0);
     }
 
     #[test]
