@@ -203,11 +203,12 @@ impl Collector {
 
     pub fn stop(&self) -> Window {
         let lat = self.take();
-        Window::of(
-            lat,
-            self.count.load(Ordering::Relaxed),
-            self.closed.load(Ordering::Relaxed),
-        )
+        Window::of(lat, self.count.load(Ordering::Relaxed), self.closed())
+    }
+
+    /// Sockets whose reading has ended so far.
+    pub fn closed(&self) -> u64 {
+        self.closed.load(Ordering::Relaxed)
     }
 
     /// Returns once no message has arrived for a while (the server's queues
@@ -406,20 +407,46 @@ mod tests {
 
     #[test]
     fn windows_pool_their_latencies_before_taking_quantiles() {
-        // Two windows in turns: 1..=500 µs and 501..=1000 µs, unsorted.
-        let first: Vec<u32> = (1..=500).rev().collect();
-        let second: Vec<u32> = (501..=1000).collect();
-        let alone = Window::of(second.clone(), 500, 0);
-        assert_eq!((alone.p50_ms, alone.max_ms), (0.751, 1.0));
+        // 1..=1000 µs in a scrambled order (7919 is prime to 1000), split
+        // into two windows taken in turns.
+        let all: Vec<u32> = (0..1000u32).map(|i| i * 7919 % 1000 + 1).collect();
+        let (first, second) = all.split_at(500);
         let pooled = Window::of([first, second].concat(), 1000, 2);
         assert_eq!((pooled.receipts, pooled.closed), (1000, 2));
         assert_eq!(pooled.p50_ms, 0.501);
+        assert_eq!(pooled.p95_ms, 0.95);
         assert_eq!(pooled.p99_ms, 0.99);
         assert_eq!(pooled.p999_ms, 0.999);
         assert_eq!(pooled.max_ms, 1.0);
+        let alone = Window::of(second.to_vec(), 500, 0);
+        assert_ne!(alone.p99_ms, pooled.p99_ms);
+        assert_eq!(Window::of(Vec::new(), 0, 0).p99_ms, 0.0);
+    }
+
+    #[test]
+    fn a_collector_keeps_only_what_arrives_between_start_and_take() {
+        let frame = || {
+            format!(
+                r#"{{"type":"message","message":{{"id":"{}","chat":"x"}}}}"#,
+                make_id(Ids::V7)
+            )
+        };
         let collector = Collector::default();
+        collector.record(&frame());
         collector.start();
-        assert_eq!(Window::of(collector.take(), 0, 0).p99_ms, 0.0);
+        collector.record(&frame());
+        collector.record(&frame());
+        assert_eq!(collector.take().len(), 2);
+        // Taken: no longer measuring.
+        collector.record(&frame());
+        assert!(collector.take().is_empty());
+        // A new start forgets what an unfinished window held.
+        collector.start();
+        collector.record(&frame());
+        collector.start();
+        collector.record(&frame());
+        assert_eq!(collector.take().len(), 1);
+        assert_eq!(collector.seen.load(Ordering::Relaxed), 6);
     }
 
     #[test]

@@ -826,6 +826,10 @@ async fn argon2_seconds() -> Result<f64, Error> {
     Ok(first.elapsed().as_secs_f64() / f64::from(n))
 }
 
+/// The pause after each part of the login storm before the next calm
+/// window opens.
+const LOGIN_SETTLE: Duration = Duration::from_millis(200);
+
 /// Signs in users `part` (taken in turn from `keys`), `concurrency` at a
 /// time, each as a fresh client with its own TLS connection, as a real
 /// user's would be.
@@ -911,7 +915,7 @@ async fn login(bench: &Bench, report: &mut serde_json::Map<String, Value>) -> Re
         .enable_all()
         .build()?;
     let (mut calm, mut storm) = (Vec::new(), Vec::new());
-    let (mut elapsed, mut server_cpu) = (0.0, 0.0);
+    let (mut elapsed, mut server_cpu, mut load_cpu) = (0.0, 0.0, 0.0);
     let mut results = Vec::with_capacity(s.logins);
     for round in 0..=rounds {
         fan.collector.start();
@@ -921,7 +925,7 @@ async fn login(bench: &Bench, report: &mut serde_json::Map<String, Value>) -> Re
             break;
         }
         let part = (round * s.logins / rounds)..((round + 1) * s.logins / rounds);
-        let (cpu0, t0) = (server.cpu(), Instant::now());
+        let (cpu0, load0, t0) = (server.cpu(), servers::cpu_of("self"), Instant::now());
         fan.collector.start();
         let part = storm_clients.spawn(sign_ins(
             part,
@@ -936,13 +940,23 @@ async fn login(bench: &Bench, report: &mut serde_json::Map<String, Value>) -> Re
         storm.extend(fan.collector.take());
         elapsed += t0.elapsed().as_secs_f64();
         server_cpu += server.cpu() - cpu0;
+        load_cpu += servers::cpu_of("self") - load0;
+        // Messages sent during the storm and still on their way are
+        // counted on neither side.
+        tokio::time::sleep(LOGIN_SETTLE).await;
     }
     fan.set(0.0);
     storm_clients.shutdown_background();
-    let server_cpu = server_cpu / elapsed;
+    let closed = fan.collector.closed();
+    if closed > 0 {
+        return Err(
+            format!("the host closed {closed} of the chat's sockets during the storm").into(),
+        );
+    }
+    let (server_cpu, load_cpu) = (server_cpu / elapsed, load_cpu / elapsed);
     let (calm_n, storm_n) = (calm.len() as u64, storm.len() as u64);
-    let calm = Window::of(calm, calm_n, 0);
-    let storm = Window::of(storm, storm_n, 0);
+    let calm = Window::of(calm, calm_n, closed);
+    let storm = Window::of(storm, storm_n, closed);
     let ok = results.iter().filter(|r| r.is_ok()).count();
     if let Some(Err(first)) = results.iter().find(|r| r.is_err()) {
         return Err(format!(
@@ -990,6 +1004,9 @@ async fn login(bench: &Bench, report: &mut serde_json::Map<String, Value>) -> Re
     report.insert("login_chat_p99_ms_storm".into(), json!(storm.p99_ms));
     report.insert("login_chat_p99_ratio".into(), json!(p99_ratio));
     report.insert("login_server_cpu".into(), json!(server_cpu));
+    report.insert("login_load_cpu".into(), json!(load_cpu));
+    report.insert("login_chat_samples_calm".into(), json!(calm.receipts));
+    report.insert("login_chat_samples_storm".into(), json!(storm.receipts));
     Ok(())
 }
 
