@@ -949,9 +949,10 @@ async fn login(bench: &Bench, report: &mut serde_json::Map<String, Value>) -> Re
     storm_clients.shutdown_background();
     let closed = fan.collector.closed();
     if closed > 0 {
-        return Err(
-            format!("the host closed {closed} of the chat's sockets during the storm").into(),
-        );
+        return Err(format!(
+            "the host closed {closed} of the chat's sockets during the login scenario"
+        )
+        .into());
     }
     let (server_cpu, load_cpu) = (server_cpu / elapsed, load_cpu / elapsed);
     let (calm_n, storm_n) = (calm.len() as u64, storm.len() as u64);
