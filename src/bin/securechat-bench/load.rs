@@ -138,7 +138,6 @@ pub async fn connect(target: &Target, cookie: Option<&str>) -> Result<Ws, Error>
 #[derive(Default)]
 pub struct Collector {
     active: AtomicBool,
-    count: AtomicU64,
     /// Sockets whose reading ended (the server closed them, as it does a
     /// reader that falls too far behind).
     closed: AtomicU64,
@@ -162,8 +161,9 @@ pub struct Window {
 }
 
 impl Window {
-    /// The quantiles of `latencies_us` (microseconds, in any order).
-    pub fn of(mut latencies_us: Vec<u32>, receipts: u64, closed: u64) -> Self {
+    /// The quantiles of `latencies_us` (microseconds, in any order), one
+    /// per message received.
+    pub fn of(mut latencies_us: Vec<u32>, closed: u64) -> Self {
         latencies_us.sort_unstable();
         let q = |p: f64| -> f64 {
             if latencies_us.is_empty() {
@@ -173,7 +173,7 @@ impl Window {
             f64::from(latencies_us[i]) / 1000.0
         };
         Self {
-            receipts,
+            receipts: latencies_us.len() as u64,
             closed,
             p50_ms: q(0.50),
             p95_ms: q(0.95),
@@ -190,7 +190,6 @@ impl Collector {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-        self.count.store(0, Ordering::Relaxed);
         self.active.store(true, Ordering::Release);
     }
 
@@ -203,7 +202,7 @@ impl Collector {
 
     pub fn stop(&self) -> Window {
         let lat = self.take();
-        Window::of(lat, self.count.load(Ordering::Relaxed), self.closed())
+        Window::of(lat, self.closed())
     }
 
     /// Sockets whose reading has ended so far.
@@ -232,7 +231,6 @@ impl Collector {
         }
         if let Some(sent) = sent_at(frame) {
             let lat = now_micros().saturating_sub(sent).min(u64::from(u32::MAX)) as u32;
-            self.count.fetch_add(1, Ordering::Relaxed);
             self.latencies_us
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -411,16 +409,16 @@ mod tests {
         // into two windows taken in turns.
         let all: Vec<u32> = (0..1000u32).map(|i| i * 7919 % 1000 + 1).collect();
         let (first, second) = all.split_at(500);
-        let pooled = Window::of([first, second].concat(), 1000, 2);
+        let pooled = Window::of([first, second].concat(), 2);
         assert_eq!((pooled.receipts, pooled.closed), (1000, 2));
         assert_eq!(pooled.p50_ms, 0.501);
         assert_eq!(pooled.p95_ms, 0.95);
         assert_eq!(pooled.p99_ms, 0.99);
         assert_eq!(pooled.p999_ms, 0.999);
         assert_eq!(pooled.max_ms, 1.0);
-        let alone = Window::of(second.to_vec(), 500, 0);
+        let alone = Window::of(second.to_vec(), 0);
         assert_ne!(alone.p99_ms, pooled.p99_ms);
-        assert_eq!(Window::of(Vec::new(), 0, 0).p99_ms, 0.0);
+        assert_eq!(Window::of(Vec::new(), 0).p99_ms, 0.0);
     }
 
     #[test]

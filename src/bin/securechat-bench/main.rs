@@ -955,9 +955,7 @@ async fn login(bench: &Bench, report: &mut serde_json::Map<String, Value>) -> Re
         .into());
     }
     let (server_cpu, load_cpu) = (server_cpu / elapsed, load_cpu / elapsed);
-    let (calm_n, storm_n) = (calm.len() as u64, storm.len() as u64);
-    let calm = Window::of(calm, calm_n, closed);
-    let storm = Window::of(storm, storm_n, closed);
+    let (calm, storm) = (Window::of(calm, closed), Window::of(storm, closed));
     let ok = results.iter().filter(|r| r.is_ok()).count();
     if let Some(Err(first)) = results.iter().find(|r| r.is_err()) {
         return Err(format!(
