@@ -143,6 +143,12 @@ pub struct Collector {
     closed: AtomicU64,
     /// Every message frame received, measured or not.
     seen: AtomicU64,
+    /// Every frame the senders have begun to write.
+    sent: AtomicU64,
+    /// Frames the server refused (SecureChat's `error` answers to a `send`,
+    /// such as `rate_limited` when its writer's queue is full): the sender
+    /// is told, and the frame is owed to no one.
+    refused: AtomicU64,
     latencies_us: Mutex<Vec<u32>>,
 }
 
@@ -210,18 +216,45 @@ impl Collector {
         self.closed.load(Ordering::Relaxed)
     }
 
-    /// Returns once no message has arrived for a while (the server's queues
-    /// have drained), or after 30 s.
-    pub async fn quiet(&self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    /// Waits until every frame sent so far has reached its `receivers`
+    /// sockets, so that no backlog spills into the next measurement. Gives
+    /// up only when nothing has arrived for `stalled` (a server that
+    /// dropped frames, or closed sockets), and returns the receipts still
+    /// missing then, since the collector began (0 when the host drained).
+    pub async fn drain(&self, receivers: usize, stalled: Duration) -> u64 {
+        let mut last = (
+            self.seen.load(Ordering::Relaxed),
+            tokio::time::Instant::now(),
+        );
         loop {
-            let before = self.seen.load(Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            if self.seen.load(Ordering::Relaxed) == before || tokio::time::Instant::now() > deadline
-            {
-                return;
+            let missing = self.missing(receivers);
+            if missing == 0 {
+                return 0;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let seen = self.seen.load(Ordering::Relaxed);
+            if seen != last.0 {
+                last = (seen, tokio::time::Instant::now());
+            } else if last.1.elapsed() >= stalled {
+                return self.missing(receivers);
             }
         }
+    }
+
+    /// Receipts owed for the frames sent and not refused so far, when each
+    /// frame reaches `receivers` sockets.
+    pub fn missing(&self, receivers: usize) -> u64 {
+        let accepted = self
+            .sent
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.refused());
+        let owed = accepted * receivers as u64;
+        owed.saturating_sub(self.seen.load(Ordering::Relaxed))
+    }
+
+    /// Frames refused so far.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     fn record(&self, frame: &str) {
@@ -245,9 +278,12 @@ pub fn spawn_reader(mut stream: SplitStream<Ws>, kind: Kind, collector: Arc<Coll
         while let Some(Ok(message)) = stream.next().await {
             if let Message::Text(text) = message {
                 let text = text.as_str();
-                // SecureChat also sends acks, presence and typing notices.
+                // SecureChat also sends acks, presence and typing notices,
+                // and refusals.
                 if kind != Kind::SecureChat || text.starts_with(r#"{"type":"message""#) {
                     collector.record(text);
+                } else if text.starts_with(r#"{"type":"error""#) {
+                    collector.refused.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -327,13 +363,15 @@ impl Schedule {
 }
 
 /// Sends `template` with fresh ids at the rate `rate` holds (frames/s; 0
-/// pauses), at `phase` (in `[0, 1)`) of each interval. When the rate
-/// channel closes, closes the socket.
+/// pauses), at `phase` (in `[0, 1)`) of each interval, counting each frame
+/// in `collector` before it is written. When the rate channel closes,
+/// closes the socket.
 pub fn spawn_sender(
     mut sink: SplitSink<Ws, Message>,
     template: Template,
     phase: f64,
     mut rate: tokio::sync::watch::Receiver<f64>,
+    collector: Arc<Collector>,
 ) {
     tokio::spawn(async move {
         let mut schedule = Schedule::new(phase);
@@ -361,6 +399,9 @@ pub fn spawn_sender(
                 }
             }
             let frame = format!("{}{}{}", template.prefix, message_id(), template.suffix);
+            // Counted first: a receiver may see the frame before this
+            // task runs again.
+            collector.sent.fetch_add(1, Ordering::Relaxed);
             if sink.send(Message::text(frame)).await.is_err() {
                 return;
             }
@@ -445,6 +486,30 @@ mod tests {
         collector.record(&frame());
         assert_eq!(collector.take().len(), 1);
         assert_eq!(collector.seen.load(Ordering::Relaxed), 6);
+    }
+
+    #[tokio::test]
+    async fn a_drain_waits_for_every_receipt_owed_and_reports_what_never_came() {
+        let collector = Arc::new(Collector::default());
+        let frame = r#"{"type":"message","message":{"id":"x","chat":"x"}}"#;
+        // Two frames sent, each owed to two sockets; three receipts so far.
+        collector.sent.fetch_add(2, Ordering::Relaxed);
+        for _ in 0..3 {
+            collector.record(frame);
+        }
+        assert_eq!(collector.drain(2, Duration::from_millis(50)).await, 1);
+        // A refused frame is owed to no one.
+        collector.sent.fetch_add(1, Ordering::Relaxed);
+        collector.refused.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(collector.missing(2), 1);
+        // The last receipt arrives while the drain waits: nothing missing.
+        let late = collector.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            late.record(frame);
+        });
+        assert_eq!(collector.drain(2, Duration::from_secs(60)).await, 0);
+        assert_eq!(collector.drain(2, Duration::ZERO).await, 0);
     }
 
     #[test]

@@ -154,6 +154,9 @@ impl Sizes {
     }
 }
 
+/// How long a step's drain waits without a single receipt before it
+/// counts the rest as never delivered.
+const DRAIN_STALLED: Duration = Duration::from_secs(3);
 const PASSWORD: &str = "benchmark password, long enough";
 const PLACEHOLDER: &str = "00000000-0000-4000-8000-000000000000";
 
@@ -437,6 +440,15 @@ struct Step {
     load_cpu: f64,
     /// Sockets the server had closed by the end of the step.
     closed: u64,
+    /// Frames the server refused during the step and its drain (the
+    /// sender is told; SecureChat's `rate_limited` when its writer's queue
+    /// is full).
+    refused: u64,
+    /// Receipts of accepted frames lost during the step and its drain
+    /// (frames dropped, or sent to closed sockets): still missing when the
+    /// host stopped delivering. 0 when every accepted frame reached every
+    /// receiver.
+    undelivered: u64,
 }
 
 /// Connected senders and receivers of one fan-out.
@@ -468,7 +480,13 @@ impl Fanout {
             let (tx, rx) = tokio::sync::watch::channel(0.0);
             let template = templates.get(i).unwrap_or(&templates[0]).clone();
             // Senders take turns: socket i sends at i/n of each interval.
-            load::spawn_sender(sink, template, i as f64 / tokens.len() as f64, rx);
+            load::spawn_sender(
+                sink,
+                template,
+                i as f64 / tokens.len() as f64,
+                rx,
+                collector.clone(),
+            );
             rates.push(tx);
         }
         Ok(Self {
@@ -505,6 +523,10 @@ impl Fanout {
 
     /// Offers `sends_per_s` for `length` and measures.
     async fn step(&self, server: Option<&Server>, sends_per_s: f64, length: Duration) -> Step {
+        let (refused0, missing0) = (
+            self.collector.refused(),
+            self.collector.missing(self.receivers),
+        );
         self.set(sends_per_s);
         tokio::time::sleep(length / 4).await;
         let (cpu0, load0, t0) = (
@@ -516,7 +538,7 @@ impl Fanout {
         tokio::time::sleep(length).await;
         let w: Window = self.collector.stop();
         let secs = t0.elapsed().as_secs_f64();
-        let step = Step {
+        let mut step = Step {
             offered: sends_per_s * self.receivers as f64,
             delivered: w.receipts as f64 / secs,
             p50_ms: w.p50_ms,
@@ -527,10 +549,15 @@ impl Fanout {
             server_cpu: (server.map_or(0.0, Server::cpu) - cpu0) / secs,
             load_cpu: (servers::cpu_of("self") - load0) / secs,
             closed: w.closed,
+            refused: 0,
+            undelivered: 0,
         };
         self.set(0.0);
-        // Let queues drain before the next step.
-        self.collector.quiet().await;
+        // Every frame delivered before the next step, so that none of this
+        // step's backlog is counted as the next one's delivery.
+        let missing = self.collector.drain(self.receivers, DRAIN_STALLED).await;
+        step.undelivered = missing.saturating_sub(missing0);
+        step.refused = self.collector.refused() - refused0;
         step
     }
 }
@@ -576,7 +603,7 @@ async fn rising(
 ) -> Result<(f64, Step, Vec<Step>), Error> {
     let report = |label: &str, step: &Step| {
         say(&format!(
-            "{what}{label}: offered {:.0}/s, delivered {:.0}/s, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms, server CPU {:.0} %, load CPU {:.0} %, sockets closed {}",
+            "{what}{label}: offered {:.0}/s, delivered {:.0}/s, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms, server CPU {:.0} %, load CPU {:.0} %, sockets closed {}, refused {}, lost {}",
             step.offered,
             step.delivered,
             step.p99_ms,
@@ -584,7 +611,9 @@ async fn rising(
             step.max_ms,
             step.server_cpu * 100.0,
             step.load_cpu * 100.0,
-            step.closed
+            step.closed,
+            step.refused,
+            step.undelivered
         ));
     };
     let saturated = |step: &Step| step.delivered < 0.9 * step.offered || step.p99_ms > 1000.0;
@@ -634,6 +663,12 @@ async fn rising(
     report(" at half the maximum", &half);
     if half.closed > 0 {
         return Err(format!("{what}: sockets were closed at half the maximum: {half:?}").into());
+    }
+    if half.refused > 0 || half.undelivered > 0 {
+        say(&format!(
+            "{what}: warning: at half the maximum, {} frames were refused and {} receipts lost",
+            half.refused, half.undelivered
+        ));
     }
     if half.delivered < 0.9 * half.offered {
         say(&format!(
