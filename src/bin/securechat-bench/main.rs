@@ -587,19 +587,22 @@ async fn fanout(
         (vec![None; s.users], template)
     };
     let fan = Fanout::connect(&target, &tokens, &[template], s.users - 1).await?;
-    let result = rising(fan, &server, kind.name(), s).await;
+    let result = rising(fan, &server, kind.name(), s, kind == Kind::SecureChat).await;
     server.stop().await;
     result
 }
 
 /// Raises the offered load until delivery saturates, then measures at half
 /// the maximum on fresh sockets (the overload may have closed some):
-/// (maximum delivered/s, the half-load step, every step).
+/// (maximum delivered/s, the half-load step, every step). With
+/// `keeps_all`, a receipt lost while no socket was closed is an error: the
+/// server promises that every frame it accepts reaches every member.
 async fn rising(
     mut fan: Fanout,
     server: &Server,
     what: &str,
     s: Sizes,
+    keeps_all: bool,
 ) -> Result<(f64, Step, Vec<Step>), Error> {
     let report = |label: &str, step: &Step| {
         say(&format!(
@@ -616,6 +619,16 @@ async fn rising(
             step.undelivered
         ));
     };
+    let lost = |step: &Step| -> Result<(), Error> {
+        if keeps_all && step.closed == 0 && step.undelivered > 0 {
+            return Err(format!(
+                "{what}: {} receipts of accepted messages never arrived: {step:?}",
+                step.undelivered
+            )
+            .into());
+        }
+        Ok(())
+    };
     let saturated = |step: &Step| step.delivered < 0.9 * step.offered || step.p99_ms > 1000.0;
     let mut steps = Vec::new();
     let mut sends = s.first_rate;
@@ -623,6 +636,7 @@ async fn rising(
     for _ in 0..s.max_steps {
         let step = fan.step(Some(server), sends, s.step).await;
         report("", &step);
+        lost(&step)?;
         steps.push(step);
         if saturated(&step) {
             break;
@@ -645,6 +659,7 @@ async fn rising(
             let mid = f64::midpoint(ok, over);
             let step = fan.step(Some(server), mid, s.step).await;
             report("", &step);
+            lost(&step)?;
             steps.push(step);
             if saturated(&step) {
                 over = mid;
@@ -661,6 +676,7 @@ async fn rising(
         .step(Some(server), 0.5 * max / fan.receivers as f64, s.step)
         .await;
     report(" at half the maximum", &half);
+    lost(&half)?;
     if half.closed > 0 {
         return Err(format!("{what}: sockets were closed at half the maximum: {half:?}").into());
     }
@@ -711,7 +727,7 @@ async fn direct(bench: &Bench) -> Result<(f64, Step, Vec<Step>), Error> {
         kind: Kind::SecureChat,
     };
     let fan = Fanout::connect(&target, &tokens, &templates, 1).await?;
-    let result = rising(fan, &server, "securechat direct", s).await;
+    let result = rising(fan, &server, "securechat direct", s, true).await;
     server.stop().await;
     result
 }
