@@ -290,8 +290,8 @@ struct Layout {
 
 /// The layouts a database may have, tried in this order: a new database's
 /// ([`PAGE_SIZE`], [`PAGE_HMAC`]); 8 KiB pages with HMAC-SHA512, as builds
-/// between 0.5.0 and 0.6.0 made them; and SQLCipher's defaults, which 0.5.0
-/// and earlier use.
+/// after 0.5.0 made them until pages were authenticated with HMAC-SHA256;
+/// and SQLCipher's defaults, which 0.5.0 and earlier use.
 const LAYOUTS: [Layout; 3] = [
     Layout {
         page_size: PAGE_SIZE,
@@ -2127,7 +2127,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("between.db");
         let key = [7u8; 32];
-        // As builds between 0.5.0 and 0.6.0 made it.
+        // As builds after 0.5.0 made it, before HMAC-SHA256 pages.
         let made = Connection::open(&path).unwrap();
         made.execute_batch(&format!(
             "PRAGMA key = \"{}\"; PRAGMA cipher_page_size = 8192;",
