@@ -155,8 +155,10 @@ impl Sizes {
 }
 
 /// How long a step's drain waits without a single receipt before it
-/// counts the rest as never delivered.
-const DRAIN_STALLED: Duration = Duration::from_secs(3);
+/// counts the rest as never delivered: long enough that a host stalled by
+/// a slow disk or a busy machine is not taken for one that lost messages
+/// (it is only waited out when receipts are missing).
+const DRAIN_STALLED: Duration = Duration::from_secs(10);
 const PASSWORD: &str = "benchmark password, long enough";
 const PLACEHOLDER: &str = "00000000-0000-4000-8000-000000000000";
 
@@ -438,7 +440,9 @@ struct Step {
     max_ms: f64,
     server_cpu: f64,
     load_cpu: f64,
-    /// Sockets the server had closed by the end of the step.
+    /// Sockets the server had closed by the end of the step's drain (a
+    /// close the server signalled during the step may reach the load only
+    /// after the frames already on their way).
     closed: u64,
     /// Frames the server refused during the step and its drain (the
     /// sender is told; SecureChat's `rate_limited` when its writer's queue
@@ -548,7 +552,8 @@ impl Fanout {
             max_ms: w.max_ms,
             server_cpu: (server.map_or(0.0, Server::cpu) - cpu0) / secs,
             load_cpu: (servers::cpu_of("self") - load0) / secs,
-            closed: w.closed,
+            // Filled in after the drain.
+            closed: 0,
             refused: 0,
             undelivered: 0,
         };
@@ -557,6 +562,7 @@ impl Fanout {
         // step's backlog is counted as the next one's delivery.
         let missing = self.collector.drain(self.receivers, DRAIN_STALLED).await;
         step.undelivered = missing.saturating_sub(missing0);
+        step.closed = self.collector.closed();
         step.refused = self.collector.refused() - refused0;
         step
     }
