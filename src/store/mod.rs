@@ -2092,7 +2092,10 @@ mod tests {
                 std::fs::read(p.with_extension("db-wal")).unwrap(),
             )
         };
+        // Read between tries: other tests open stores at the same time,
+        // and a try turns the process's log level down while it runs.
         let level = |p: &Path| -> String {
+            let _serial = LOG_LEVEL.lock().unwrap_or_else(|e| e.into_inner());
             Connection::open(p)
                 .unwrap()
                 .query_row("PRAGMA cipher_log_level", [], |r| r.get(0))
@@ -2136,8 +2139,35 @@ mod tests {
         .unwrap();
         let made = Store::init(made).unwrap();
         made.set_setting("registration_mode", b"invite").unwrap();
+        // A crash: a copy taken while it is open, the last commit only in
+        // the log.
+        let crashed = dir.path().join("crashed.db");
+        std::fs::copy(&path, &crashed).unwrap();
+        std::fs::copy(
+            path.with_extension("db-wal"),
+            crashed.with_extension("db-wal"),
+        )
+        .unwrap();
         drop(made);
         assert_eq!(readable_as(&path, &key), Some(LAYOUTS[1]));
+        // The failed tries (all three with a wrong key; the new layout's
+        // with the right one) leave the database and its log as they were.
+        let files = || {
+            (
+                std::fs::read(&crashed).unwrap(),
+                std::fs::read(crashed.with_extension("db-wal")).unwrap(),
+            )
+        };
+        let before = files();
+        assert!(!key_opens(&crashed, &[6u8; 32]));
+        assert!(key_opens(&crashed, &key));
+        assert!(files() == before, "a try changed the files");
+        let store = Store::open(&crashed, &key).unwrap();
+        assert_eq!(
+            store.setting("registration_mode").unwrap().unwrap(),
+            b"invite"
+        );
+        assert_eq!(page_hmac(&store), "HMAC_SHA512");
         assert!(!key_opens(&path, &[6u8; 32]));
         let store = Store::open(&path, &key).unwrap();
         assert_eq!(
