@@ -2033,6 +2033,28 @@ mod tests {
         }
     }
 
+    /// A copy of the database at `path` and its log, taken while it is open
+    /// (as a crash leaves them: the last commit only in the log), next to it
+    /// as `crashed.db`.
+    fn crash_copy(path: &Path) -> std::path::PathBuf {
+        let crashed = path.with_file_name("crashed.db");
+        std::fs::copy(path, &crashed).unwrap();
+        std::fs::copy(
+            path.with_extension("db-wal"),
+            crashed.with_extension("db-wal"),
+        )
+        .unwrap();
+        crashed
+    }
+
+    /// The bytes of a database and of its log.
+    fn files(path: &Path) -> (Vec<u8>, Vec<u8>) {
+        (
+            std::fs::read(path).unwrap(),
+            std::fs::read(path.with_extension("db-wal")).unwrap(),
+        )
+    }
+
     /// The HMAC that SQLCipher authenticates an open store's pages with.
     fn page_hmac(store: &Store) -> String {
         store
@@ -2073,25 +2095,11 @@ mod tests {
         let old = Store::init(old).unwrap();
         old.set_setting("registration_mode", b"invite").unwrap();
         assert_eq!(wal_page_size(&path), 4_096);
-        // A crash: copies of the file and its log while it is still open,
-        // the last commit only in the log.
-        let crashed = dir.path().join("crashed.db");
-        std::fs::copy(&path, &crashed).unwrap();
-        std::fs::copy(
-            path.with_extension("db-wal"),
-            crashed.with_extension("db-wal"),
-        )
-        .unwrap();
+        let crashed = crash_copy(&path);
         drop(old);
 
-        // Wrong keys, and the 8 KiB try before each open, leave the
+        // Wrong keys, and the 8 KiB tries before each open, leave the
         // database and its log as they were, and SQLCipher's log level too.
-        let files = |p: &Path| {
-            (
-                std::fs::read(p).unwrap(),
-                std::fs::read(p.with_extension("db-wal")).unwrap(),
-            )
-        };
         // Read between tries: other tests open stores at the same time,
         // and a try turns the process's log level down while it runs.
         let level = |p: &Path| -> String {
@@ -2139,29 +2147,15 @@ mod tests {
         .unwrap();
         let made = Store::init(made).unwrap();
         made.set_setting("registration_mode", b"invite").unwrap();
-        // A crash: a copy taken while it is open, the last commit only in
-        // the log.
-        let crashed = dir.path().join("crashed.db");
-        std::fs::copy(&path, &crashed).unwrap();
-        std::fs::copy(
-            path.with_extension("db-wal"),
-            crashed.with_extension("db-wal"),
-        )
-        .unwrap();
+        let crashed = crash_copy(&path);
         drop(made);
         assert_eq!(readable_as(&path, &key), Some(LAYOUTS[1]));
         // The failed tries (all three with a wrong key; the new layout's
         // with the right one) leave the database and its log as they were.
-        let files = || {
-            (
-                std::fs::read(&crashed).unwrap(),
-                std::fs::read(crashed.with_extension("db-wal")).unwrap(),
-            )
-        };
-        let before = files();
+        let before = files(&crashed);
         assert!(!key_opens(&crashed, &[6u8; 32]));
         assert!(key_opens(&crashed, &key));
-        assert!(files() == before, "a try changed the files");
+        assert!(files(&crashed) == before, "a try changed the files");
         let store = Store::open(&crashed, &key).unwrap();
         assert_eq!(
             store.setting("registration_mode").unwrap().unwrap(),
