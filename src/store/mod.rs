@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_init.sql"),
     include_str!("../../migrations/0002_logs_and_reset.sql"),
     include_str!("../../migrations/0003_files.sql"),
+    include_str!("../../migrations/0004_no_messages_ts.sql"),
 ];
 
 /// What can go wrong in the store.
@@ -1600,10 +1601,47 @@ impl Store {
     }
 
     /// Deletes messages older than `cutoff`; returns how many went.
+    ///
+    /// Messages have no index on their time: rows are appended in the order
+    /// the host stamps them, so the old ones are the first rowids. A binary
+    /// search along the rowid finds the first message stamped at or after
+    /// `cutoff`, reading a few pages instead of the whole table, and the
+    /// messages before it go. The time is checked again on every row
+    /// deleted, so a message is never deleted early, even if the host's
+    /// clock once went back. A message stored after such a step back may
+    /// then outlive the period, until the newer ones stored before it have
+    /// gone too.
     pub fn prune_messages(&self, cutoff: i64) -> Result<usize> {
-        Ok(self
+        let mut first = self.conn.prepare_cached(
+            "SELECT rowid, ts FROM messages WHERE rowid >= ?1 ORDER BY rowid LIMIT 1",
+        )?;
+        let mut at_or_after = |rowid: i64| -> Result<Option<(i64, i64)>> {
+            Ok(first
+                .query_row([rowid], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?)
+        };
+        // The cut lies in [low, high]: every row before `low` is older than
+        // `cutoff`, and the first row at or after `high` (if any) is not.
+        let Some((mut low, _)) = at_or_after(i64::MIN)? else {
+            return Ok(0);
+        };
+        let mut high = self
             .conn
-            .execute("DELETE FROM messages WHERE ts < ?1", [cutoff])?)
+            .query_row("SELECT max(rowid) FROM messages", [], |r| {
+                r.get::<_, i64>(0)
+            })?
+            .saturating_add(1);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            match at_or_after(middle)? {
+                Some((rowid, ts)) if ts < cutoff && rowid < high => low = rowid.saturating_add(1),
+                _ => high = middle,
+            }
+        }
+        Ok(self.conn.execute(
+            "DELETE FROM messages WHERE rowid < ?1 AND ts < ?2",
+            params![low, cutoff],
+        )?)
     }
 
     /// The chat logs started before `cutoff` (paths relative to the data
@@ -2327,6 +2365,78 @@ mod tests {
         );
         assert_eq!(s.set_read(&chat.id, b.id, 99).unwrap(), 2);
         assert_eq!(s.set_read(&chat.id, b.id, 1).unwrap(), 2);
+    }
+
+    /// The ids of the messages left in `chat`, in order.
+    fn ids_in(s: &Store, chat: &str) -> Vec<String> {
+        let left = s.messages_after(chat, 0, 1000).unwrap();
+        left.into_iter().map(|m| m.id).collect()
+    }
+
+    #[test]
+    fn retention_cuts_along_the_rowid_and_never_deletes_a_newer_message() {
+        let (mut s, a, b, _) = alice_bob_and_carol();
+        let (chat, _) = s.direct_chat(a.id, b.id, "chat", 1).unwrap();
+        let env = envelope(&["alice", "bob"]);
+        // No index on the time: storing a message writes no page for it.
+        let indexes: Vec<String> = s
+            .conn
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'messages'",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<std::result::Result<_, _>>()
+            .unwrap();
+        assert!(!indexes.iter().any(|i| i == "messages_ts"), "{indexes:?}");
+        // The sweep deletes by a range of rowids, not by reading every row.
+        let plan: String = s
+            .conn
+            .query_row(
+                "EXPLAIN QUERY PLAN DELETE FROM messages WHERE rowid < ?1 AND ts < ?2",
+                [0, 0],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(
+            plan.contains("USING INTEGER PRIMARY KEY (rowid<?)"),
+            "{plan}"
+        );
+
+        // Stamped 10, 20, ..., 1000, in order.
+        for i in 1..=100 {
+            let stored = s
+                .insert_message(&chat.id, &format!("m{i:03}"), a.id, &env, 10 * i)
+                .unwrap();
+            assert!(matches!(stored, Insert::Stored { .. }));
+        }
+        let all = ids_in(&s, &chat.id);
+        // Each cut is exact, gaps left by earlier sweeps included.
+        for (cutoff, gone) in [(5, 0), (10, 0), (11, 1), (255, 25), (255, 25), (600, 59)] {
+            s.prune_messages(cutoff).unwrap();
+            assert_eq!(ids_in(&s, &chat.id), all[gone..], "cutoff {cutoff}");
+        }
+        assert_eq!(s.prune_messages(2000).unwrap(), 41);
+        assert!(ids_in(&s, &chat.id).is_empty());
+        assert_eq!(s.prune_messages(2000).unwrap(), 0);
+
+        // The clock went back after "late": no newer message goes early,
+        // whether or not the sweep reaches "back" past "late".
+        for (id, ts) in [
+            ("early", 3000),
+            ("late", 9000),
+            ("back", 3100),
+            ("then", 9100),
+        ] {
+            s.insert_message(&chat.id, id, a.id, &env, ts).unwrap();
+        }
+        s.prune_messages(5000).unwrap();
+        let left = ids_in(&s, &chat.id);
+        assert!(!left.contains(&"early".to_owned()), "{left:?}");
+        assert!(left.ends_with(&["then".to_owned()]) && left.contains(&"late".to_owned()));
+        s.prune_messages(9050).unwrap();
+        assert_eq!(ids_in(&s, &chat.id), ["then"]);
     }
 
     #[test]
