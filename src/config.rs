@@ -100,6 +100,10 @@ pub struct Limits {
     pub ws_write_buffer: usize,
     /// Frames queued for one socket before it counts as too slow and is closed.
     pub send_queue: usize,
+    /// Messages waiting to be stored; when it is full, a socket with a
+    /// message to store stops reading until there is room (at most 2 s,
+    /// then the message is refused as busy).
+    pub writer_queue: usize,
     /// Chat frames per second per user, sustained.
     pub frames_per_sec: f64,
     /// Chat frames a user may send in a burst.
@@ -167,6 +171,7 @@ impl Default for Limits {
             ws_read_buffer: 1024,
             ws_write_buffer: 8 * 1024,
             send_queue: 256,
+            writer_queue: crate::server::writer::QUEUE,
             frames_per_sec: 5.0,
             frame_burst: 20.0,
             abuse_close_after: 50,

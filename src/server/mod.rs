@@ -275,7 +275,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         .map_err(|e| StartError::Bind(config.bind, e))?;
 
     let limits = &config.limits;
-    let (writer_tx, writer_rx) = writer::channel();
+    let (writer_tx, writer_rx) = writer::channel(config.limits.writer_queue);
     let app: App = Arc::new(AppState {
         hub: Hub::new(
             limits.send_queue,

@@ -130,9 +130,13 @@ fn answer(id: String, chat: String, result: Result<Insert, StoreError>) -> Serve
 /// The writer's queue.
 pub type Writer = mpsc::Sender<Pending>;
 
-/// A queue for [`run`]; bounded, so a flood waits instead of growing memory.
-pub fn channel() -> (Writer, mpsc::Receiver<Pending>) {
-    mpsc::channel(4 * MAX_BATCH)
+/// The messages the writer's queue holds by default: four full batches.
+pub const QUEUE: usize = 4 * MAX_BATCH;
+
+/// A queue of `capacity` messages for [`run`]; bounded, so a flood waits
+/// instead of growing memory.
+pub fn channel(capacity: usize) -> (Writer, mpsc::Receiver<Pending>) {
+    mpsc::channel(capacity.max(1))
 }
 
 /// Stores and fans out batches until the server shuts down.

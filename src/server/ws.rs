@@ -110,10 +110,17 @@ impl From<UserRow> for SocketUser {
     }
 }
 
+/// The frames the hub queued for one socket.
+type Outbox = tokio::sync::mpsc::Receiver<Arc<Outbound>>;
+
 /// What the loop does after handling a frame.
 enum Flow {
     Continue,
     Close(u16, &'static str),
+    /// A message the writer's queue had no room for: the loop waits for
+    /// room before it reads the socket's next frame (see
+    /// [`Connection::wait_for_writer`]).
+    Busy(Box<crate::server::writer::Pending>),
 }
 
 struct Connection {
@@ -138,6 +145,21 @@ struct Connection {
 /// How long a client waits before resending a message the busy writer
 /// refused.
 const BUSY_RETRY_MS: u64 = 250;
+/// How long a message waits for room in the writer's queue before it is
+/// refused as busy.
+const BUSY_WAIT: Duration = Duration::from_secs(2);
+
+/// The refusal of message `id` that found no room in the writer's queue
+/// within [`BUSY_WAIT`].
+fn busy(id: String) -> ServerFrame {
+    ServerFrame::Error {
+        code: "rate_limited".into(),
+        message: "The server is busy; the message is sent again shortly.".into(),
+        id: Some(id),
+        retry_after_ms: Some(BUSY_RETRY_MS),
+        members: None,
+    }
+}
 
 fn error_frame(code: &str, message: impl Into<String>) -> ServerFrame {
     ServerFrame::Error {
@@ -224,28 +246,21 @@ impl Connection {
                         Some(Ok(Message::Text(text))) => match Box::pin(self.handle_text(&text)).await {
                             Flow::Continue => {}
                             Flow::Close(code, reason) => break Some((code, reason)),
+                            Flow::Busy(pending) => {
+                                if !Box::pin(self.wait_for_writer(pending, &mut rx)).await {
+                                    break None;
+                                }
+                            }
                         },
                         Some(Ok(Message::Binary(_))) => match Box::pin(self.refuse_binary()).await {
-                            Flow::Continue => {}
+                            Flow::Continue | Flow::Busy(_) => {}
                             Flow::Close(code, reason) => break Some((code, reason)),
                         },
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                     }
                 }
                 Some(out) = rx.recv(), if self.hello => {
-                    // What else is queued goes out with it, in one flush.
-                    let mut batch = vec![out];
-                    while batch.len() < SEND_BATCH
-                        && let Ok(more) = rx.try_recv()
-                    {
-                        batch.push(more);
-                    }
-                    batch.retain(|out| {
-                        !out.chat_seq.as_ref().is_some_and(|(chat, seq)| {
-                            self.replayed.get(chat).is_some_and(|&max| *seq <= max)
-                        })
-                    });
-                    if !batch.is_empty() && !Box::pin(self.send_outbounds(&batch)).await {
+                    if !Box::pin(self.send_queued(out, &mut rx)).await {
                         break None;
                     }
                 }
@@ -323,6 +338,65 @@ impl Connection {
     /// Sends a frame; a failure shows up as the socket ending.
     async fn send(&mut self, frame: &ServerFrame) {
         self.write(Message::Text(encode(frame).text)).await;
+    }
+
+    /// Sends `first` and what else is queued for this socket (up to
+    /// [`SEND_BATCH`]) with one flush, but for what the replay already sent;
+    /// false if the socket failed.
+    async fn send_queued(&mut self, first: Arc<Outbound>, rx: &mut Outbox) -> bool {
+        let mut batch = vec![first];
+        while batch.len() < SEND_BATCH
+            && let Ok(more) = rx.try_recv()
+        {
+            batch.push(more);
+        }
+        batch.retain(|out| {
+            out.chat_seq
+                .as_ref()
+                .is_none_or(|(chat, seq)| self.replayed.get(chat).is_none_or(|&max| *seq > max))
+        });
+        batch.is_empty() || self.send_outbounds(&batch).await
+    }
+
+    /// Hands `pending` to the writer once its queue has room. Meanwhile
+    /// this socket's next frames stay unread, so a sender faster than the
+    /// disk is slowed down by TCP rather than refused, and the host spends
+    /// its time storing instead of reading and refusing frames; what is
+    /// queued for this socket still goes out. After [`BUSY_WAIT`] without
+    /// room the message is refused as busy, to be sent again. False if the
+    /// socket failed.
+    async fn wait_for_writer(
+        &mut self,
+        pending: Box<crate::server::writer::Pending>,
+        rx: &mut Outbox,
+    ) -> bool {
+        let writer = self.app.writer.clone();
+        // Pinned once, so this socket keeps its place among those waiting.
+        let room = writer.reserve();
+        tokio::pin!(room);
+        let give_up = tokio::time::sleep(BUSY_WAIT);
+        tokio::pin!(give_up);
+        loop {
+            tokio::select! {
+                biased;
+                room = &mut room => {
+                    match room {
+                        Ok(permit) => permit.send(*pending),
+                        Err(_) => self.send(&crate::server::writer::store_failed(&pending.id)).await,
+                    }
+                    return true;
+                }
+                () = &mut give_up => {
+                    self.send(&busy(pending.id)).await;
+                    return true;
+                }
+                Some(out) = rx.recv(), if self.hello => {
+                    if !self.send_queued(out, rx).await {
+                        return false;
+                    }
+                }
+            }
+        }
     }
 
     /// Sends queued frames with one flush and, once they are out, logs what
@@ -638,8 +712,7 @@ impl Connection {
         // ack (or refusal) for this socket behind what it already has, so
         // this socket goes on draining its own queue meanwhile. When the
         // writer's queue is full (more arrives than the disk takes), the
-        // message is refused with a retry hint instead of stalling this
-        // socket, whose own queue would overflow meanwhile.
+        // socket's loop waits for room (`Flow::Busy`).
         let pending = crate::server::writer::Pending {
             chat,
             id: id.clone(),
@@ -651,22 +724,15 @@ impl Connection {
             log_session: self.log_session.clone(),
         };
         match self.app.writer.try_send(pending) {
-            Ok(()) => {}
-            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
-                self.send(&ServerFrame::Error {
-                    code: "rate_limited".into(),
-                    message: "The server is busy; the message is sent again shortly.".into(),
-                    id: Some(id),
-                    retry_after_ms: Some(BUSY_RETRY_MS),
-                    members: None,
-                })
-                .await;
+            Ok(()) => Flow::Continue,
+            Err(tokio::sync::mpsc::error::TrySendError::Full(pending)) => {
+                Flow::Busy(Box::new(pending))
             }
             Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
                 self.send(&crate::server::writer::store_failed(&id)).await;
+                Flow::Continue
             }
         }
-        Flow::Continue
     }
 
     async fn member_ids(&mut self, chat: String) -> Option<Vec<i64>> {

@@ -187,6 +187,117 @@ async fn bad_frames_get_clear_errors_and_everyone_else_is_served() {
     server.stop().await;
 }
 
+/// Holds the store until the returned sender is dropped or sent to.
+async fn hold_the_store(app: &securechat::server::App) -> std::sync::mpsc::Sender<()> {
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (held, holding) = tokio::sync::oneshot::channel();
+    let db = app.db.clone();
+    tokio::spawn(async move {
+        db.call(move |_| {
+            let _ = held.send(());
+            let _ = released.recv();
+            Ok(())
+        })
+        .await
+    });
+    holding.await.unwrap();
+    release
+}
+
+/// Waits until the writer's queue has `room` free places.
+async fn writer_room(app: &securechat::server::App, room: usize) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.writer.capacity() != room {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the writer's queue never had {room} free"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_writer_queue_holds_the_sender_back_and_refuses_only_after_two_seconds() {
+    // A queue of one message, and a store held by the test, so that the
+    // writer's queue is full on cue.
+    let mut server = TestServer::start_with(|l| l.writer_queue = 1).await;
+    let app = server.running.as_ref().unwrap().app.clone();
+    let mut alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let chat = alice.open_direct("bob").await.unwrap();
+    let (mut sa, _) = online(&alice).await;
+    let (mut sb, _) = online(&bob).await;
+    let mut sealed = Vec::new();
+    for i in 0..8 {
+        let id = uuid::Uuid::new_v4().to_string();
+        let envelope = alice.seal_text(&chat, &id, &format!("m{i}")).await.unwrap();
+        sealed.push((id, envelope));
+    }
+    let send = |i: usize| (sealed[i].0.clone(), sealed[i].1.clone());
+    let ack = |f: &ServerFrame| match f {
+        ServerFrame::Ack { id, seq, .. } => Some(Ok((id.clone(), *seq))),
+        ServerFrame::Error {
+            id,
+            code,
+            retry_after_ms,
+            ..
+        } => Some(Err((id.clone(), code.clone(), *retry_after_ms))),
+        _ => None,
+    };
+
+    // The writer takes m0 and waits for the store, the queue holds m1;
+    // m2 finds no room, so alice's socket stops reading: m3 waits unread.
+    let release = hold_the_store(&app).await;
+    for i in 0..4 {
+        let (id, envelope) = send(i);
+        send_envelope(&mut sa, id, &chat.id, envelope).await;
+    }
+    // Nothing is refused while the store is held for a second...
+    let quiet = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        expect(&mut sa, "an ack or a refusal", ack),
+    )
+    .await;
+    assert!(
+        quiet.is_err(),
+        "answered while the store was held: {quiet:?}"
+    );
+    // ...and once it is free, every message is stored, in order.
+    release.send(()).unwrap();
+    for (i, seq) in (0..4).zip(1..) {
+        assert_eq!(expect(&mut sa, "an ack", ack).await, Ok((send(i).0, seq)));
+        assert_eq!(expect_message(&mut sb).await.seq, seq);
+    }
+
+    // Held longer than two seconds, the message waiting for room is
+    // refused as busy, with the time to wait before sending it again.
+    let release = hold_the_store(&app).await;
+    for i in 4..6 {
+        let (id, envelope) = send(i);
+        send_envelope(&mut sa, id, &chat.id, envelope).await;
+    }
+    // The writer has m4 and the queue m5, so m6 finds no room.
+    writer_room(&app, 0).await;
+    let (id, envelope) = send(6);
+    send_envelope(&mut sa, id.clone(), &chat.id, envelope).await;
+    let started = tokio::time::Instant::now();
+    let refused = expect(&mut sa, "the busy refusal", ack).await;
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1900));
+    assert_eq!(refused, Err((Some(id), "rate_limited".into(), Some(250))));
+    release.send(()).unwrap();
+    for (i, seq) in [(4, 5), (5, 6)] {
+        assert_eq!(expect(&mut sa, "an ack", ack).await, Ok((send(i).0, seq)));
+        assert_eq!(expect_message(&mut sb).await.seq, seq);
+    }
+    // Sent again, the refused message is stored after them.
+    let (id, envelope) = send(6);
+    send_envelope(&mut sa, id.clone(), &chat.id, envelope).await;
+    assert_eq!(expect(&mut sa, "an ack", ack).await, Ok((id, 7)));
+    assert_eq!(expect_message(&mut sb).await.seq, 7);
+    super::harness::expect_nothing_queued(&mut sb).await;
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_past_the_bucket_is_refused_and_not_delivered() {
     // No refill to speak of, so exactly the burst gets through.

@@ -146,7 +146,8 @@ pub struct Collector {
     /// Every frame the senders have begun to write.
     sent: AtomicU64,
     /// Frames the server refused (SecureChat's `error` answers to a `send`,
-    /// such as `rate_limited` when its writer's queue is full): the sender
+    /// such as `rate_limited` when its writer's queue has had no room for
+    /// 2 s): the sender
     /// is told, and the frame is owed to no one.
     refused: AtomicU64,
     latencies_us: Mutex<Vec<u32>>,

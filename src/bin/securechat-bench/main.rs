@@ -446,7 +446,7 @@ struct Step {
     closed: u64,
     /// Frames the server refused during the step and its drain (the
     /// sender is told; SecureChat's `rate_limited` when its writer's queue
-    /// is full).
+    /// has had no room for 2 s).
     refused: u64,
     /// Receipts of accepted frames lost during the step and its drain
     /// (frames dropped, or sent to closed sockets): still missing when the
