@@ -101,9 +101,11 @@ pub struct Limits {
     /// Frames queued for one socket before it counts as too slow and is closed.
     pub send_queue: usize,
     /// Messages waiting to be stored; when it is full, a socket with a
-    /// message to store stops reading until there is room (at most 2 s,
-    /// then the message is refused as busy).
+    /// message to store stops reading until there is room, for at most
+    /// `busy_wait`, then the message is refused as busy.
     pub writer_queue: usize,
+    /// How long a message waits for room in the writer's queue.
+    pub busy_wait: Duration,
     /// Chat frames per second per user, sustained.
     pub frames_per_sec: f64,
     /// Chat frames a user may send in a burst.
@@ -172,6 +174,7 @@ impl Default for Limits {
             ws_write_buffer: 8 * 1024,
             send_queue: 256,
             writer_queue: crate::server::writer::QUEUE,
+            busy_wait: Duration::from_secs(2),
             frames_per_sec: 5.0,
             frame_burst: 20.0,
             abuse_close_after: 50,

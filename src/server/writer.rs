@@ -26,7 +26,6 @@ pub struct Pending {
     pub sender_id: i64,
     pub sender: String,
     pub envelope: SerializedEnvelope,
-    pub now: i64,
     /// The sending socket (it gets the ack, not the message).
     pub conn_id: u64,
     /// The sender's chat-log session.
@@ -44,13 +43,14 @@ struct Sent {
 }
 
 impl Pending {
-    fn split(self) -> (Sent, NewMessage) {
+    /// The row to store, stamped `now`, and what the writer keeps.
+    fn split(self, now: i64) -> (Sent, NewMessage) {
         let row = NewMessage {
             chat_id: self.chat.clone(),
             id: self.id.clone(),
             sender_id: self.sender_id,
             envelope: self.envelope,
-            now: self.now,
+            now,
         };
         let sent = Sent {
             chat: self.chat,
@@ -156,9 +156,13 @@ pub async fn run(app: App, mut queue: mpsc::Receiver<Pending>) {
                 Err(_) => break,
             }
         }
-        // The envelopes move to the store's thread and back, uncopied.
+        // A batch is stamped when it is stored, so messages are stored in
+        // the order of their time (the retention sweep relies on it), even
+        // those that waited for room in the queue. The envelopes move to
+        // the store's thread and back, uncopied.
+        let now = app.clock.now_ms();
         let (batch, rows): (Vec<Sent>, Vec<NewMessage>) =
-            batch.into_iter().map(Pending::split).unzip();
+            batch.into_iter().map(|p| p.split(now)).unzip();
         let stored = app
             .db
             .call(move |s| {

@@ -13,6 +13,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use futures_util::SinkExt;
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::{check_session, session_from_headers};
 use crate::chat::{LogEvent, Outbound, Refused, encode};
@@ -145,12 +146,9 @@ struct Connection {
 /// How long a client waits before resending a message the busy writer
 /// refused.
 const BUSY_RETRY_MS: u64 = 250;
-/// How long a message waits for room in the writer's queue before it is
-/// refused as busy.
-const BUSY_WAIT: Duration = Duration::from_secs(2);
 
 /// The refusal of message `id` that found no room in the writer's queue
-/// within [`BUSY_WAIT`].
+/// in time (`Limits::busy_wait`).
 fn busy(id: String) -> ServerFrame {
     ServerFrame::Error {
         code: "rate_limited".into(),
@@ -243,20 +241,27 @@ impl Connection {
                         }
                         // Boxed: the frame handlers' state lives on the heap only
                         // while a frame is handled, not in every idle socket's task.
-                        Some(Ok(Message::Text(text))) => match Box::pin(self.handle_text(&text)).await {
-                            Flow::Continue => {}
-                            Flow::Close(code, reason) => break Some((code, reason)),
-                            Flow::Busy(pending) => {
-                                if !Box::pin(self.wait_for_writer(pending, &mut rx)).await {
-                                    break None;
+                        Some(Ok(message)) => {
+                            let flow = match message {
+                                Message::Text(text) => Box::pin(self.handle_text(&text)).await,
+                                Message::Binary(_) => Box::pin(self.refuse_binary()).await,
+                                _ => Flow::Continue,
+                            };
+                            match flow {
+                                Flow::Continue => {}
+                                Flow::Close(code, reason) => break Some((code, reason)),
+                                // If the session ends or the server stops
+                                // meanwhile, the message is dropped unacked
+                                // and the next turn of the loop closes.
+                                Flow::Busy(pending) => {
+                                    let ended = [&shutdown, &closer.token];
+                                    let wait = self.wait_for_writer(pending, &mut rx, ended);
+                                    if !Box::pin(wait).await {
+                                        break None;
+                                    }
                                 }
                             }
-                        },
-                        Some(Ok(Message::Binary(_))) => match Box::pin(self.refuse_binary()).await {
-                            Flow::Continue | Flow::Busy(_) => {}
-                            Flow::Close(code, reason) => break Some((code, reason)),
-                        },
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                        }
                     }
                 }
                 Some(out) = rx.recv(), if self.hello => {
@@ -362,23 +367,28 @@ impl Connection {
     /// this socket's next frames stay unread, so a sender faster than the
     /// disk is slowed down by TCP rather than refused, and the host spends
     /// its time storing instead of reading and refusing frames; what is
-    /// queued for this socket still goes out. After [`BUSY_WAIT`] without
-    /// room the message is refused as busy, to be sent again. False if the
+    /// queued for this socket still goes out. After `busy_wait` without
+    /// room the message is refused as busy, to be sent again; if a token of
+    /// `ended` is cancelled first, it is dropped unacked. False if the
     /// socket failed.
     async fn wait_for_writer(
         &mut self,
         pending: Box<crate::server::writer::Pending>,
         rx: &mut Outbox,
+        ended: [&CancellationToken; 2],
     ) -> bool {
         let writer = self.app.writer.clone();
         // Pinned once, so this socket keeps its place among those waiting.
         let room = writer.reserve();
         tokio::pin!(room);
-        let give_up = tokio::time::sleep(BUSY_WAIT);
+        let give_up = tokio::time::sleep(self.app.config.limits.busy_wait);
         tokio::pin!(give_up);
+        let [first, second] = ended;
         loop {
             tokio::select! {
                 biased;
+                () = first.cancelled() => return true,
+                () = second.cancelled() => return true,
                 room = &mut room => {
                     match room {
                         Ok(permit) => permit.send(*pending),
@@ -719,7 +729,6 @@ impl Connection {
             sender_id: self.user.id,
             sender: self.user.username.clone(),
             envelope,
-            now: self.app.clock.now_ms(),
             conn_id: self.conn_id,
             log_session: self.log_session.clone(),
         };

@@ -216,48 +216,89 @@ async fn writer_room(app: &securechat::server::App, room: usize) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_full_writer_queue_holds_the_sender_back_and_refuses_only_after_two_seconds() {
-    // A queue of one message, and a store held by the test, so that the
-    // writer's queue is full on cue.
-    let mut server = TestServer::start_with(|l| l.writer_queue = 1).await;
-    let app = server.running.as_ref().unwrap().app.clone();
-    let mut alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let chat = alice.open_direct("bob").await.unwrap();
-    let (mut sa, _) = online(&alice).await;
-    let (mut sb, _) = online(&bob).await;
-    let mut sealed = Vec::new();
-    for i in 0..8 {
-        let id = uuid::Uuid::new_v4().to_string();
-        let envelope = alice.seal_text(&chat, &id, &format!("m{i}")).await.unwrap();
-        sealed.push((id, envelope));
-    }
-    let send = |i: usize| (sealed[i].0.clone(), sealed[i].1.clone());
-    let ack = |f: &ServerFrame| match f {
-        ServerFrame::Ack { id, seq, .. } => Some(Ok((id.clone(), *seq))),
-        ServerFrame::Error {
-            id,
-            code,
-            retry_after_ms,
-            ..
-        } => Some(Err((id.clone(), code.clone(), *retry_after_ms))),
-        _ => None,
-    };
+/// A host whose writer's queue holds one message, so that the test fills
+/// it on cue by holding the store; alice and bob online in a direct chat,
+/// and eight messages sealed by alice.
+struct Busy {
+    server: TestServer,
+    app: securechat::server::App,
+    sa: securechat::client::Connection,
+    sb: securechat::client::Connection,
+    chat: String,
+    sealed: Vec<(String, securechat::protocol::Envelope)>,
+}
 
+impl Busy {
+    async fn start(busy_wait: std::time::Duration) -> Self {
+        let mut server = TestServer::start_with(|l| {
+            l.writer_queue = 1;
+            l.busy_wait = busy_wait;
+        })
+        .await;
+        let app = server.running.as_ref().unwrap().app.clone();
+        let mut alice = server.user("alice").await;
+        let bob = server.user("bob").await;
+        let chat = alice.open_direct("bob").await.unwrap();
+        let (sa, _) = online(&alice).await;
+        let (sb, _) = online(&bob).await;
+        let mut sealed = Vec::new();
+        for i in 0..8 {
+            let id = uuid::Uuid::new_v4().to_string();
+            let envelope = alice.seal_text(&chat, &id, &format!("m{i}")).await.unwrap();
+            sealed.push((id, envelope));
+        }
+        Self {
+            server,
+            app,
+            sa,
+            sb,
+            chat: chat.id,
+            sealed,
+        }
+    }
+
+    /// Alice sends message `i`; returns its id.
+    async fn send(&mut self, i: usize) -> String {
+        let (id, envelope) = self.sealed[i].clone();
+        send_envelope(&mut self.sa, id.clone(), &self.chat, envelope).await;
+        id
+    }
+
+    /// Alice's next ack (id, seq) or refusal (id, code, retry_after_ms).
+    async fn answer(&mut self) -> Result<(String, u64), (Option<String>, String, Option<u64>)> {
+        expect(&mut self.sa, "an ack or a refusal", |f| match f {
+            ServerFrame::Ack { id, seq, .. } => Some(Ok((id.clone(), *seq))),
+            ServerFrame::Error {
+                id,
+                code,
+                retry_after_ms,
+                ..
+            } => Some(Err((id.clone(), code.clone(), *retry_after_ms))),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Message `i` is acked as `seq`, and bob receives it.
+    async fn stored(&mut self, i: usize, seq: u64) {
+        assert_eq!(self.answer().await, Ok((self.sealed[i].0.clone(), seq)));
+        let got = expect_message(&mut self.sb).await;
+        assert_eq!((got.id, got.seq), (self.sealed[i].0.clone(), seq));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_writer_queue_holds_the_sender_back_until_there_is_room() {
+    // Room may take an hour: nothing is refused as busy in this test.
+    let mut t = Busy::start(std::time::Duration::from_secs(3600)).await;
     // The writer takes m0 and waits for the store, the queue holds m1;
     // m2 finds no room, so alice's socket stops reading: m3 waits unread.
-    let release = hold_the_store(&app).await;
+    let release = hold_the_store(&t.app).await;
     for i in 0..4 {
-        let (id, envelope) = send(i);
-        send_envelope(&mut sa, id, &chat.id, envelope).await;
+        t.send(i).await;
     }
-    // Nothing is refused while the store is held for a second...
-    let quiet = tokio::time::timeout(
-        std::time::Duration::from_secs(1),
-        expect(&mut sa, "an ack or a refusal", ack),
-    )
-    .await;
+    // Nothing is answered while the store is held...
+    let quiet = tokio::time::timeout(std::time::Duration::from_secs(1), t.answer()).await;
     assert!(
         quiet.is_err(),
         "answered while the store was held: {quiet:?}"
@@ -265,37 +306,39 @@ async fn a_full_writer_queue_holds_the_sender_back_and_refuses_only_after_two_se
     // ...and once it is free, every message is stored, in order.
     release.send(()).unwrap();
     for (i, seq) in (0..4).zip(1..) {
-        assert_eq!(expect(&mut sa, "an ack", ack).await, Ok((send(i).0, seq)));
-        assert_eq!(expect_message(&mut sb).await.seq, seq);
+        t.stored(i, seq).await;
     }
+    super::harness::expect_nothing_queued(&mut t.sb).await;
+    t.server.stop().await;
+}
 
-    // Held longer than two seconds, the message waiting for room is
-    // refused as busy, with the time to wait before sending it again.
-    let release = hold_the_store(&app).await;
-    for i in 4..6 {
-        let (id, envelope) = send(i);
-        send_envelope(&mut sa, id, &chat.id, envelope).await;
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_without_room_in_time_is_refused_as_busy() {
+    // Long enough for the writer to take m0 off the queue before m1 would
+    // be refused in its turn.
+    let wait = std::time::Duration::from_secs(1);
+    let mut t = Busy::start(wait).await;
+    let release = hold_the_store(&t.app).await;
+    for i in 0..2 {
+        t.send(i).await;
     }
-    // The writer has m4 and the queue m5, so m6 finds no room.
-    writer_room(&app, 0).await;
-    let (id, envelope) = send(6);
-    send_envelope(&mut sa, id.clone(), &chat.id, envelope).await;
+    // The writer has m0 and the queue m1, so m2 finds no room.
+    writer_room(&t.app, 0).await;
     let started = tokio::time::Instant::now();
-    let refused = expect(&mut sa, "the busy refusal", ack).await;
-    assert!(started.elapsed() >= std::time::Duration::from_millis(1900));
+    let id = t.send(2).await;
+    // Refused once the wait is over, with the time to wait before sending
+    // it again.
+    let refused = t.answer().await;
+    assert!(started.elapsed() >= wait);
     assert_eq!(refused, Err((Some(id), "rate_limited".into(), Some(250))));
     release.send(()).unwrap();
-    for (i, seq) in [(4, 5), (5, 6)] {
-        assert_eq!(expect(&mut sa, "an ack", ack).await, Ok((send(i).0, seq)));
-        assert_eq!(expect_message(&mut sb).await.seq, seq);
-    }
+    t.stored(0, 1).await;
+    t.stored(1, 2).await;
     // Sent again, the refused message is stored after them.
-    let (id, envelope) = send(6);
-    send_envelope(&mut sa, id.clone(), &chat.id, envelope).await;
-    assert_eq!(expect(&mut sa, "an ack", ack).await, Ok((id, 7)));
-    assert_eq!(expect_message(&mut sb).await.seq, 7);
-    super::harness::expect_nothing_queued(&mut sb).await;
-    server.stop().await;
+    t.send(2).await;
+    t.stored(2, 3).await;
+    super::harness::expect_nothing_queued(&mut t.sb).await;
+    t.server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
