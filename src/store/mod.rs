@@ -21,6 +21,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0002_logs_and_reset.sql"),
     include_str!("../../migrations/0003_files.sql"),
     include_str!("../../migrations/0004_no_messages_ts.sql"),
+    include_str!("../../migrations/0005_last_seq_floor.sql"),
 ];
 
 /// What can go wrong in the store.
@@ -149,6 +150,8 @@ pub struct ChatRow {
     pub name: Option<String>,
     pub created_by: i64,
     pub created_at: i64,
+    /// The sequence number of the newest message stored in the chat (0 if
+    /// none ever was), kept when the retention sweep deletes that message.
     pub last_seq: u64,
     /// (user id, username, role, read_seq), in join order.
     pub members: Vec<MemberRow>,
@@ -539,6 +542,17 @@ fn insert_session(
         params![token_hash.as_slice(), user_id, now, ip],
     )?;
     Ok(())
+}
+
+/// SQL for the last sequence number of the chat aliased `c`: its newest
+/// stored message's. Storing a message writes nothing to its chat's row
+/// (one page less in every commit); `chats.last_seq` is only a floor that
+/// the retention sweep raises before it deletes a chat's messages, so a
+/// chat whose newest messages are gone never hands out their numbers again.
+macro_rules! last_seq_of_c {
+    () => {
+        "MAX(c.last_seq, IFNULL((SELECT MAX(newest.seq) FROM messages newest WHERE newest.chat_id = c.id), 0))"
+    };
 }
 
 impl Store {
@@ -1128,7 +1142,11 @@ impl Store {
     fn load_chat(conn: &Connection, chat_id: &str) -> Result<Option<ChatRow>> {
         let row = conn
             .query_row(
-                "SELECT id, kind, name, created_by, created_at, last_seq FROM chats WHERE id = ?1",
+                concat!(
+                    "SELECT c.id, c.kind, c.name, c.created_by, c.created_at, ",
+                    last_seq_of_c!(),
+                    " FROM chats c WHERE c.id = ?1"
+                ),
                 [chat_id],
                 |r| {
                     Ok((
@@ -1310,8 +1328,11 @@ impl Store {
     pub fn set_read(&self, chat_id: &str, user_id: i64, seq: u64) -> Result<u64> {
         let seq = i64::try_from(seq).unwrap_or(i64::MAX);
         self.conn.execute(
-            "UPDATE members SET read_seq = MAX(read_seq, MIN(?3, (SELECT last_seq FROM chats WHERE id = ?1)))
-             WHERE chat_id = ?1 AND user_id = ?2",
+            concat!(
+                "UPDATE members SET read_seq = MAX(read_seq, MIN(?3, (SELECT ",
+                last_seq_of_c!(),
+                " FROM chats c WHERE c.id = ?1))) WHERE chat_id = ?1 AND user_id = ?2"
+            ),
             params![chat_id, user_id, seq],
         )?;
         Ok(self.conn.query_row(
@@ -1449,9 +1470,11 @@ impl Store {
             });
         }
         let seq: u64 = tx
-            .prepare_cached(
-                "UPDATE chats SET last_seq = last_seq + 1 WHERE id = ?1 RETURNING last_seq",
-            )?
+            .prepare_cached(concat!(
+                "SELECT ",
+                last_seq_of_c!(),
+                " + 1 FROM chats c WHERE c.id = ?1"
+            ))?
             .query_row([chat_id], |r| r.get(0))?;
         tx.prepare_cached(
             "INSERT INTO messages (chat_id, seq, id, sender_id, ts, envelope) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -1611,8 +1634,16 @@ impl Store {
     /// clock once went back. A message stored after such a step back may
     /// then outlive the period, until the newer ones stored before it have
     /// gone too.
-    pub fn prune_messages(&self, cutoff: i64) -> Result<usize> {
-        let mut first = self.conn.prepare_cached(
+    ///
+    /// In the same transaction, each chat that loses messages first has its
+    /// `last_seq` floor raised to its newest message's number (see
+    /// `last_seq_of_c!`), so its numbers keep rising after its newest
+    /// messages are gone.
+    pub fn prune_messages(&mut self, cutoff: i64) -> Result<usize> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut first = tx.prepare_cached(
             "SELECT rowid, ts FROM messages WHERE rowid >= ?1 ORDER BY rowid LIMIT 1",
         )?;
         let mut at_or_after = |rowid: i64| -> Result<Option<(i64, i64)>> {
@@ -1625,8 +1656,7 @@ impl Store {
         let Some((mut low, _)) = at_or_after(i64::MIN)? else {
             return Ok(0);
         };
-        let mut high = self
-            .conn
+        let mut high = tx
             .query_row("SELECT max(rowid) FROM messages", [], |r| {
                 r.get::<_, i64>(0)
             })?
@@ -1638,10 +1668,19 @@ impl Store {
                 _ => high = middle,
             }
         }
-        Ok(self.conn.execute(
+        drop(first);
+        tx.execute(
+            "UPDATE chats SET last_seq = MAX(last_seq,
+                 IFNULL((SELECT MAX(seq) FROM messages WHERE chat_id = chats.id), 0))
+             WHERE id IN (SELECT chat_id FROM messages WHERE rowid < ?1 AND ts < ?2)",
+            params![low, cutoff],
+        )?;
+        let deleted = tx.execute(
             "DELETE FROM messages WHERE rowid < ?1 AND ts < ?2",
             params![low, cutoff],
-        )?)
+        )?;
+        tx.commit()?;
+        Ok(deleted)
     }
 
     /// The chat logs started before `cutoff` (paths relative to the data
@@ -2437,6 +2476,135 @@ mod tests {
         assert!(left.ends_with(&["then".to_owned()]) && left.contains(&"late".to_owned()));
         s.prune_messages(9050).unwrap();
         assert_eq!(ids_in(&s, &chat.id), ["then"]);
+    }
+
+    /// A chat's seq as its row holds it (the floor), not as the store reads it.
+    fn floor_of(s: &Store, chat: &str) -> u64 {
+        s.conn
+            .query_row("SELECT last_seq FROM chats WHERE id = ?1", [chat], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    }
+
+    /// Stores `ids` in `chat` from `sender`, stamped `ts`; their sequence numbers.
+    fn store_all(
+        s: &mut Store,
+        chat: &str,
+        sender: i64,
+        env: &Envelope,
+        ids: &[&str],
+        ts: i64,
+    ) -> Vec<u64> {
+        ids.iter()
+            .map(
+                |id| match s.insert_message(chat, id, sender, env, ts).unwrap() {
+                    Insert::Stored { seq, .. } => seq,
+                    other => panic!("{id}: {other:?}"),
+                },
+            )
+            .collect()
+    }
+
+    #[test]
+    fn sequence_numbers_come_from_the_messages_and_keep_rising_after_the_sweep() {
+        let (mut s, a, b, c) = alice_bob_and_carol();
+        let (ab, _) = s.direct_chat(a.id, b.id, "ab", 1).unwrap();
+        let (ac, _) = s.direct_chat(a.id, c.id, "ac", 2).unwrap();
+        let to_b = envelope(&["alice", "bob"]);
+        let to_c = envelope(&["alice", "carol"]);
+
+        // Storing a message writes nothing to its chat's row.
+        assert_eq!(
+            store_all(&mut s, &ab.id, a.id, &to_b, &["b1", "b2", "b3"], 10),
+            [1, 2, 3]
+        );
+        assert_eq!(
+            store_all(&mut s, &ac.id, a.id, &to_c, &["c1", "c2"], 50),
+            [1, 2]
+        );
+        assert_eq!((floor_of(&s, &ab.id), floor_of(&s, &ac.id)), (0, 0));
+        assert_eq!(s.chat(&ab.id).unwrap().unwrap().last_seq, 3);
+        assert_eq!(s.chat(&ac.id).unwrap().unwrap().last_seq, 2);
+        let seqs = |s: &Store| -> Vec<u64> {
+            s.chats_of(a.id)
+                .unwrap()
+                .iter()
+                .map(|c| c.last_seq)
+                .collect()
+        };
+        // Newest chat first.
+        assert_eq!(seqs(&s), [2, 3]);
+        // Reading is clamped to the newest message.
+        assert_eq!(s.set_read(&ab.id, b.id, 99).unwrap(), 3);
+
+        // The sweep takes every message of one chat: only that chat's
+        // floor is raised, and its numbers go on from there.
+        assert_eq!(s.prune_messages(20).unwrap(), 3);
+        assert!(ids_in(&s, &ab.id).is_empty());
+        assert_eq!((floor_of(&s, &ab.id), floor_of(&s, &ac.id)), (3, 0));
+        assert_eq!(s.chat(&ab.id).unwrap().unwrap().last_seq, 3);
+        assert_eq!(store_all(&mut s, &ab.id, a.id, &to_b, &["b4"], 60), [4]);
+        assert_eq!(s.set_read(&ab.id, b.id, 99).unwrap(), 4);
+        // A batch goes on from the same numbers, one after another.
+        let batch: Vec<NewMessage> = ["b5", "c3", "b6"]
+            .into_iter()
+            .map(|id| NewMessage {
+                chat_id: if id.starts_with('b') {
+                    ab.id.clone()
+                } else {
+                    ac.id.clone()
+                },
+                id: id.to_owned(),
+                sender_id: a.id,
+                envelope: SerializedEnvelope::new(if id.starts_with('b') { &to_b } else { &to_c })
+                    .unwrap(),
+                now: 70,
+            })
+            .collect();
+        let stored: Vec<u64> = s
+            .insert_messages(&batch)
+            .unwrap()
+            .into_iter()
+            .map(|r| match r.unwrap() {
+                Insert::Stored { seq, .. } => seq,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(stored, [5, 3, 6]);
+
+        // A sweep that leaves each chat's newest messages raises the floors
+        // to them all the same.
+        assert_eq!(s.prune_messages(65).unwrap(), 3);
+        assert_eq!(ids_in(&s, &ab.id), ["b5", "b6"]);
+        assert_eq!(ids_in(&s, &ac.id), ["c3"]);
+        assert_eq!((floor_of(&s, &ab.id), floor_of(&s, &ac.id)), (6, 3));
+        // Then everything goes: each chat keeps its newest number.
+        assert_eq!(s.prune_messages(1000).unwrap(), 3);
+        assert_eq!((floor_of(&s, &ab.id), floor_of(&s, &ac.id)), (6, 3));
+        assert_eq!(seqs(&s), [3, 6]);
+        assert_eq!(s.set_read(&ab.id, b.id, 99).unwrap(), 6);
+        assert_eq!(store_all(&mut s, &ac.id, a.id, &to_c, &["c4"], 2000), [4]);
+
+        // Finding the next number reads the newest index entry only, not
+        // the chat's messages: the same steps with 1 message or 200.
+        let steps = |s: &Store| -> i32 {
+            let mut q = s
+                .conn
+                .prepare(concat!(
+                    "SELECT ",
+                    last_seq_of_c!(),
+                    " + 1 FROM chats c WHERE c.id = ?1"
+                ))
+                .unwrap();
+            q.query_row([&ac.id], |r| r.get::<_, u64>(0)).unwrap();
+            q.get_status(rusqlite::StatementStatus::VmStep)
+        };
+        let one = steps(&s);
+        let ids: Vec<String> = (0..199).map(|i| format!("more{i}")).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        store_all(&mut s, &ac.id, a.id, &to_c, &ids, 2000);
+        assert_eq!(steps(&s), one);
     }
 
     #[test]

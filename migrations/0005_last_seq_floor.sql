@@ -1,0 +1,8 @@
+-- 0.6.0: storing a message no longer writes its chat's row, which was one
+-- more page to encrypt, authenticate and sync in every commit. A chat's last
+-- sequence number is now its newest message's; chats.last_seq is only a
+-- floor, which the retention sweep raises before it deletes a chat's
+-- messages, so that their numbers are never given again. The values already
+-- stored are valid floors, so nothing changes here; the schema version rises
+-- so that a build that still counts in chats.last_seq refuses this database
+-- instead of giving numbers that are already taken.
