@@ -103,12 +103,6 @@ impl<'de> Deserialize<'de> for B64Text {
     }
 }
 
-impl Serialize for B64Text {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.text)
-    }
-}
-
 /// A private key encrypted by its owner's client (AES-256-GCM under the
 /// password-derived wrap key). The server stores it and cannot open it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -289,7 +283,7 @@ pub struct Envelope {
 /// [`Envelope`] with its binary parts kept as their base64url text: what the
 /// server parses a `send` frame's envelope into (same fields, same order,
 /// same checks), so it never decodes and encodes the base64 again.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 #[serde(rename = "Envelope", deny_unknown_fields)]
 struct EnvelopeText {
     v: u8,
@@ -297,6 +291,62 @@ struct EnvelopeText {
     ct: B64Text,
     keys: BTreeMap<String, B64Text>,
     sig: B64Text,
+}
+
+impl EnvelopeText {
+    /// The JSON text that serde_json writes for the [`Envelope`] these parts
+    /// encode: compact, its fields in order, the keys sorted by name.
+    ///
+    /// Written out here rather than by serde_json, which would look up every
+    /// character of the base64 (nearly all of an envelope) in its table of
+    /// characters to escape: base64url has none, and each part was checked to
+    /// be base64url when it was read. Only the names go through serde_json's
+    /// escaping. serde_json then parses the whole text once as it makes it a
+    /// [`RawValue`](serde_json::value::RawValue) (skipping through strings a
+    /// word at a time), so a text that is not JSON is refused, never stored.
+    /// The length is computed first, so the text is written without growing
+    /// and becomes the `RawValue` without being copied.
+    fn to_raw_value(&self) -> Result<Box<serde_json::value::RawValue>, serde_json::Error> {
+        let names = self
+            .keys
+            .keys()
+            .map(serde_json::to_string)
+            .collect::<Result<Vec<_>, _>>()?;
+        let v = self.v.to_string();
+        let parts = [&self.iv, &self.ct, &self.sig];
+        let len = r#"{"v":,"iv":"","ct":"","keys":{},"sig":""}"#.len()
+            + v.len()
+            + parts.iter().map(|p| p.text.len()).sum::<usize>()
+            + self
+                .keys
+                .values()
+                .zip(&names)
+                .map(|(key, name)| name.len() + key.text.len() + r#":"","#.len())
+                .sum::<usize>()
+            - usize::from(!names.is_empty());
+        let mut out = String::with_capacity(len);
+        out.push_str(r#"{"v":"#);
+        out.push_str(&v);
+        out.push_str(r#","iv":""#);
+        out.push_str(&self.iv.text);
+        out.push_str(r#"","ct":""#);
+        out.push_str(&self.ct.text);
+        out.push_str(r#"","keys":{"#);
+        for (i, (name, key)) in names.iter().zip(self.keys.values()).enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(name);
+            out.push_str(r#":""#);
+            out.push_str(&key.text);
+            out.push('"');
+        }
+        out.push_str(r#"},"sig":""#);
+        out.push_str(&self.sig.text);
+        out.push_str(r#""}"#);
+        debug_assert_eq!(out.len(), len);
+        serde_json::value::RawValue::from_string(out)
+    }
 }
 
 /// An envelope's version and the lengths in bytes of its parts: what the
@@ -410,7 +460,7 @@ impl std::fmt::Debug for SerializedEnvelope {
 impl<'de> Deserialize<'de> for SerializedEnvelope {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = EnvelopeText::deserialize(d)?;
-        let json = serde_json::value::to_raw_value(&text).map_err(serde::de::Error::custom)?;
+        let json = text.to_raw_value().map_err(serde::de::Error::custom)?;
         let sizes = EnvelopeSizes::of(
             text.v,
             text.iv.len,
@@ -631,6 +681,52 @@ mod tests {
                 assert_eq!((sizes.shortest_key, sizes.longest_key), (key, key));
             }
         }
+    }
+
+    #[test]
+    fn the_text_is_serde_json_s_for_any_version_names_and_lengths() {
+        let names = [
+            "a\nb", "\u{1}", "\u{1f}", "a/b", "\u{7f}", "\u{2028}", "😀", "q\"", "b\\",
+        ];
+        for v in [0, 1, 9, 10, 99, 100, 255] {
+            for members in [&[][..], &names[..1], &names[..]] {
+                for (iv, sig) in [(0, 0), (1, 2), (12, 512)] {
+                    let mut e = envelope(17, members);
+                    e.v = v;
+                    e.iv = bytes(iv, 1);
+                    e.sig = bytes(sig, 9);
+                    // Keys of several lengths.
+                    for (i, key) in e.keys.values_mut().enumerate() {
+                        *key = bytes(i * 7, 3);
+                    }
+                    let text = serde_json::to_string(&e).unwrap();
+                    let read: SerializedEnvelope = serde_json::from_str(&text).unwrap();
+                    assert_eq!(read.json().get(), text);
+                    same(&read, &SerializedEnvelope::new(&e).unwrap());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn escaped_and_repeated_names_are_stored_as_serde_json_reads_them() {
+        let key = B64::encode(&[7; 4]);
+        let other = B64::encode(&[8; 4]);
+        let sig = B64::encode(&[9; 4]);
+        // "\u0061lice" is "alice": the later one wins, in both readings.
+        let text = format!(
+            r#"{{"v":1,"iv":"","ct":"","keys":{{"alice":"{key}","\u0061lice":"{other}","\ud83d\ude00":"{key}"}},"sig":"{sig}"}}"#
+        );
+        let e: Envelope = serde_json::from_str(&text).unwrap();
+        assert_eq!(e.keys.len(), 2);
+        assert_eq!(e.keys["alice"], B64(vec![8; 4]));
+        let read: SerializedEnvelope = serde_json::from_str(&text).unwrap();
+        same(&read, &SerializedEnvelope::new(&e).unwrap());
+        assert!(
+            read.json().get().contains("\"😀\""),
+            "{}",
+            read.json().get()
+        );
     }
 
     #[test]
