@@ -1670,9 +1670,11 @@ impl Store {
         }
         drop(first);
         tx.execute(
-            "UPDATE chats SET last_seq = MAX(last_seq,
-                 IFNULL((SELECT MAX(seq) FROM messages WHERE chat_id = chats.id), 0))
-             WHERE id IN (SELECT chat_id FROM messages WHERE rowid < ?1 AND ts < ?2)",
+            concat!(
+                "UPDATE chats AS c SET last_seq = ",
+                last_seq_of_c!(),
+                " WHERE c.id IN (SELECT chat_id FROM messages WHERE rowid < ?1 AND ts < ?2)"
+            ),
             params![low, cutoff],
         )?;
         let deleted = tx.execute(
