@@ -236,7 +236,11 @@ pub fn open_master_key(config: &Config) -> Result<MasterKey, StartError> {
 pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, StartError> {
     let master = open_master_key(&config)?;
     tracing::info!("the master key comes from {}", master.source);
-    let store = Store::open(&config.data_dir.join("securechat.db"), &master.subkey("db"))?;
+    let db_key = master.subkey("db");
+    let mut store = Store::open(&config.data_dir.join("securechat.db"), &db_key)?;
+    if let Err(e) = store.checkpoint_in_background(&db_key) {
+        tracing::warn!(error = %e, "commits will copy the write-ahead log back themselves");
+    }
     let db = Db::new(store);
     // A host from 0.1.0 keeps the secret it had (now inside the encrypted
     // store), so fake prelogin salts do not change across the upgrade;

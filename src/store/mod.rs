@@ -462,7 +462,179 @@ pub fn encrypt_plaintext(path: &Path, key: &[u8; 32]) -> Result<()> {
 
 /// The synchronous store over one SQLite connection.
 pub struct Store {
+    // Declared first, so it stops (and closes its connection) before the
+    // main connection closes.
+    checkpointer: Option<Checkpointer>,
     conn: Connection,
+}
+
+/// The log pages written since the checkpointer was last woken at which it
+/// is woken again (SQLite's own threshold for its automatic checkpoint).
+const CHECKPOINT_PAGES: std::ffi::c_int = 1_000;
+
+/// The log's length at which a commit copies the log back itself (8 000
+/// pages of 8 KiB, about 66 MB of log file). The log starts again from its
+/// beginning only at the first commit after a copy that caught up with
+/// every commit, which a host that never pauses may not give the
+/// checkpointer; this bounds the log's file (give or take one commit). The
+/// checkpointer has copied most of the log by then, so that commit copies
+/// what is left.
+const CHECKPOINT_BEHIND_PAGES: std::ffi::c_int = 8 * CHECKPOINT_PAGES;
+
+/// Passive checkpoints the checkpointer runs for one wake-up while commits
+/// keep landing during its copy: each one copies only those commits' pages,
+/// so the last is short and likely to catch up, after which the next commit
+/// starts the log again.
+const CHECKPOINT_TRIES: usize = 4;
+
+/// Copies the write-ahead log back into the database file on a thread of
+/// its own, with a second connection. SQLite's automatic checkpoint runs
+/// inside the commit that takes the log past 1 000 pages: that commit (and
+/// so every message acked after it) waits for the page copies and a sync of
+/// the database file, tens of milliseconds on a virtual disk. Here that
+/// commit only wakes the thread, and passive checkpoints copy the log while
+/// later commits go on (their own syncs may still wait a little for the
+/// database file's). The thread is woken once per 1 000 pages written, as
+/// often as SQLite would checkpoint, not at every commit.
+struct Checkpointer {
+    wake: std::sync::mpsc::SyncSender<()>,
+    shared: Arc<CheckpointState>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What the thread and the commits' hook share.
+#[derive(Default)]
+struct CheckpointState {
+    stop: std::sync::atomic::AtomicBool,
+    /// For tests: the log's pages after the last commit, the thread's
+    /// checkpoints that succeeded, and the commits' own.
+    #[cfg_attr(not(test), allow(dead_code))]
+    log_pages: std::sync::atomic::AtomicI32,
+    #[cfg_attr(not(test), allow(dead_code))]
+    runs: std::sync::atomic::AtomicU64,
+    #[cfg_attr(not(test), allow(dead_code))]
+    inline: std::sync::atomic::AtomicU64,
+}
+
+impl Checkpointer {
+    /// Starts the thread on `conn`, a second connection to the database.
+    fn start(conn: Connection) -> Result<Self> {
+        use std::sync::atomic::Ordering;
+        // Whatever the build's default, a checkpoint syncs the database
+        // file before the log may start again.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let (wake, woken) = std::sync::mpsc::sync_channel(1);
+        let shared = Arc::new(CheckpointState::default());
+        let thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("db-checkpoint".into())
+                .spawn(move || {
+                    while woken.recv().is_ok() {
+                        for _ in 0..CHECKPOINT_TRIES {
+                            if shared.stop.load(Ordering::Acquire) {
+                                return;
+                            }
+                            // Passive: copies what no reader still needs,
+                            // and never waits for the writer.
+                            match conn.wal_checkpoint_v2(
+                                rusqlite::DEFAULT_NAME,
+                                rusqlite::wal::CheckpointMode::PASSIVE,
+                            ) {
+                                Ok((log, copied)) => {
+                                    shared.runs.fetch_add(1, Ordering::Release);
+                                    if copied >= log {
+                                        break;
+                                    }
+                                }
+                                Err(e) => {
+                                    checkpoint_failed(&e);
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                })
+                .map_err(|e| StoreError::Io(format!("starting the checkpoint thread: {e}")))?
+        };
+        Ok(Self {
+            wake,
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// The hook run after each commit, which leaves `pages` in the log:
+    /// wakes the thread once per 1 000 pages written, and copies the log
+    /// back itself if the thread is gone or the log too long.
+    fn hook(
+        wake: std::sync::mpsc::SyncSender<()>,
+        shared: Arc<CheckpointState>,
+    ) -> impl FnMut(&mut rusqlite::hooks::Wal, std::ffi::c_int) -> rusqlite::Result<()> + Send + 'static
+    {
+        use std::sync::atomic::Ordering;
+        // The log's length after the last commit, and when the thread was
+        // last woken (both in pages; only this hook reads them).
+        let (mut last, mut woken_at) = (0, 0);
+        move |wal, pages| {
+            if pages < last {
+                // The log started again from its beginning.
+                woken_at = 0;
+            }
+            last = pages;
+            shared.log_pages.store(pages, Ordering::Release);
+            let mut copy = pages >= CHECKPOINT_BEHIND_PAGES;
+            if !copy && pages >= woken_at + CHECKPOINT_PAGES {
+                match wake.try_send(()) {
+                    // Full: a wake-up is already waiting, which covers this
+                    // commit too.
+                    Ok(()) | Err(std::sync::mpsc::TrySendError::Full(())) => woken_at = pages,
+                    Err(std::sync::mpsc::TrySendError::Disconnected(())) => copy = true,
+                }
+            }
+            if copy {
+                shared.inline.fetch_add(1, Ordering::Release);
+                if let Err(e) = wal.checkpoint_v2(rusqlite::wal::CheckpointMode::PASSIVE) {
+                    // Busy: the thread is copying; the next commit tries again.
+                    if pages >= CHECKPOINT_BEHIND_PAGES {
+                        tracing::debug!(error = %e, pages, "the write-ahead log is long and the checkpointer busy");
+                    }
+                    checkpoint_failed(&e);
+                }
+            }
+            // An error here would fail the statement whose commit is done.
+            Ok(())
+        }
+    }
+
+    /// Stops the thread and waits for it (and its connection) to end: at
+    /// most the copy it is running.
+    fn stop(&mut self) {
+        self.shared
+            .stop
+            .store(true, std::sync::atomic::Ordering::Release);
+        // Full: a wake-up is already waiting; the thread sees `stop` after it.
+        let _ = self.wake.try_send(());
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the checkpoint thread panicked");
+        }
+    }
+}
+
+/// Logs a checkpoint's failure, unless another checkpoint was running
+/// (it copies the same log).
+fn checkpoint_failed(e: &rusqlite::Error) {
+    if e.sqlite_error_code() != Some(rusqlite::ErrorCode::DatabaseBusy) {
+        tracing::warn!(error = %e, "could not copy the write-ahead log into the database");
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 fn wrapped(iv: Vec<u8>, ct: Vec<u8>) -> WrappedKey {
@@ -595,9 +767,54 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let mut store = Self { conn };
+        let mut store = Self {
+            checkpointer: None,
+            conn,
+        };
         store.migrate()?;
         Ok(store)
+    }
+
+    /// Moves the copying of the write-ahead log back into the database
+    /// file off the commits, to a thread of its own with a second
+    /// connection keyed with `key` (see [`Checkpointer`]); for the host,
+    /// whose commits hold up every ack. Stores that never call this
+    /// checkpoint inside the commit that fills the log, as SQLite does.
+    pub fn checkpoint_in_background(&mut self, key: &[u8; 32]) -> Result<()> {
+        if self.checkpointer.is_some() {
+            return Ok(());
+        }
+        let path = match self.conn.path() {
+            Some(path) if !path.is_empty() => std::path::PathBuf::from(path),
+            _ => {
+                return Err(StoreError::Io(
+                    "the store's file is not known (in memory, or a path that is not UTF-8)".into(),
+                ));
+            }
+        };
+        let checkpointer =
+            Checkpointer::start(open_keyed(&path, key, rusqlite::OpenFlags::default())?)?;
+        // Replaces SQLite's automatic checkpoint, which is a hook too.
+        self.conn.wal_hook(Some(Checkpointer::hook(
+            checkpointer.wake.clone(),
+            checkpointer.shared.clone(),
+        )))?;
+        self.checkpointer = Some(checkpointer);
+        Ok(())
+    }
+
+    /// For tests: the background thread's checkpoints so far, the commits'
+    /// own, and the log's length (pages) after the last commit.
+    #[cfg(test)]
+    fn background_checkpoints(&self) -> (u64, u64, i32) {
+        use std::sync::atomic::Ordering;
+        self.checkpointer.as_ref().map_or((0, 0, 0), |c| {
+            (
+                c.shared.runs.load(Ordering::Acquire),
+                c.shared.inline.load(Ordering::Acquire),
+                c.shared.log_pages.load(Ordering::Acquire),
+            )
+        })
     }
 
     fn migrate(&mut self) -> Result<()> {
@@ -624,10 +841,23 @@ impl Store {
         Ok(())
     }
 
-    /// Writes the WAL back into the main file; called at shutdown.
-    pub fn checkpoint(&self) -> Result<()> {
-        self.conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    /// Writes the WAL back into the main file and empties it; called at
+    /// shutdown. A background checkpointer is stopped first (it would make
+    /// this one busy); later commits copy the log back themselves.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        if let Some(mut checkpointer) = self.checkpointer.take() {
+            checkpointer.stop();
+        }
+        // One row: busy (1 if a reader or another checkpoint stopped it),
+        // the log's pages, the pages copied.
+        let busy: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        if busy != 0 {
+            return Err(StoreError::Io(
+                "the write-ahead log is in use and was not emptied".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -2026,6 +2256,75 @@ mod tests {
                 .map(|k| (k.to_string(), vec![0; 4].into()))
                 .collect(),
             sig: vec![0; 4].into(),
+        }
+    }
+
+    #[test]
+    fn the_log_is_copied_back_off_the_commits_and_by_the_commits_once_the_thread_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("securechat.db");
+        let key = [3u8; 32];
+        let mut s = Store::open(&path, &key).unwrap();
+        assert!(
+            Store::open_in_memory()
+                .unwrap()
+                .checkpoint_in_background(&key)
+                .is_err()
+        );
+        s.checkpoint_in_background(&key).unwrap();
+        s.checkpoint_in_background(&key).unwrap();
+        // 64 KiB a value: an insert writes about 11 pages of 8 KiB, an
+        // overwrite about 9; `fill` writes at least `pages` pages.
+        let value = |i: usize| vec![u8::try_from(i % 251).unwrap(); 64 << 10];
+        let mut written = 0;
+        let mut fill = |s: &Store, pages: usize| {
+            for _ in 0..pages.div_ceil(8) {
+                s.set_setting(&format!("fill-{written}"), &value(written))
+                    .unwrap();
+                written += 1;
+            }
+        };
+        // Past the log's threshold: the commits wake the thread and go on.
+        fill(&s, 1_200);
+        // Once a copy has caught up, the next commit starts the log again
+        // from its beginning. Without the thread, these commits (with the
+        // fill, about 6 200 pages) would only add to the log: the commits'
+        // own copy waits for 8 000 pages.
+        let mut restarted = false;
+        for i in 0..500 {
+            s.set_setting("tick", &value(i)).unwrap();
+            if s.background_checkpoints().2 < 100 {
+                restarted = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let (runs, inline, pages) = s.background_checkpoints();
+        assert!(
+            restarted,
+            "the log never started again: {pages} pages, {runs} runs"
+        );
+        assert!(runs >= 1);
+        assert_eq!(inline, 0, "a commit copied the log itself");
+
+        // At shutdown the thread stops and the log is emptied; later
+        // commits copy the log back themselves, so it starts again near
+        // its threshold instead of growing.
+        s.checkpoint().unwrap();
+        let wal = path.with_extension("db-wal");
+        assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
+        fill(&s, 2_000);
+        let frame = u64::from(PAGE_SIZE) + 24;
+        let limit = 32 + frame * u64::try_from(CHECKPOINT_PAGES + 100).unwrap();
+        let len = std::fs::metadata(&wal).unwrap().len();
+        assert!(len < limit, "the log grew to {len} bytes");
+
+        // Nothing was lost on the way.
+        drop(s);
+        let s = Store::open(&path, &key).unwrap();
+        for i in 0..written {
+            let stored = s.setting(&format!("fill-{i}")).unwrap().unwrap();
+            assert!(stored == value(i), "fill-{i} differs");
         }
     }
 
