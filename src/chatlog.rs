@@ -19,12 +19,13 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 
 use aes_gcm::Aes256Gcm;
 use hmac::{KeyInit, Mac};
 use sha2::Sha256;
 
+use crate::chat::LogEvent;
 use crate::secrets::{open, seal_append, sealed_len};
 use crate::store::Db;
 
@@ -334,20 +335,16 @@ const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// What the log thread is asked to do.
 enum Command {
-    /// A line for the log of (`session`, `chat`), opened on first use.
-    Chat {
-        session: String,
-        user: String,
-        chat: String,
-        line: String,
-        at: i64,
-    },
-    /// A member's presence changed: a line in every open log of `session`
-    /// whose chat has `user` as a member.
-    Presence {
-        session: String,
-        user: String,
-        online: bool,
+    /// What happened in one chat session, in order: a chat line goes to
+    /// the log of (`session`, its chat), opened on first use; a presence
+    /// change to every open log of `session` whose chat has that user as a
+    /// member. `user` is the session's user. One command carries all the
+    /// events of one flush of a socket, so a busy socket costs the log
+    /// thread one wake-up and no copies of its names.
+    Events {
+        session: Arc<str>,
+        user: Arc<str>,
+        events: Vec<LogEvent>,
         at: i64,
     },
     /// The chat session ended: a last line in each of its logs, then close.
@@ -385,8 +382,11 @@ struct Worker {
     run_started: i64,
     run_id: String,
     /// Open chat logs by (session, chat).
-    open: HashMap<(String, String), Writer>,
+    open: HashMap<(Arc<str>, Arc<str>), Writer>,
     audit: Option<Writer>,
+    /// The last time written out, and when: a busy host logs many lines
+    /// in the same millisecond.
+    last_stamp: (i64, String),
 }
 
 impl Logger {
@@ -403,6 +403,7 @@ impl Logger {
             run_id: opaque_id(),
             open: HashMap::new(),
             audit: None,
+            last_stamp: (0, timestamp(0)),
         };
         std::thread::Builder::new()
             .name("securechat-logs".into())
@@ -444,24 +445,16 @@ impl Logger {
         let _ = self.tx.send(command);
     }
 
-    /// Logs `line` (an event, never message content) in the log of this
-    /// chat session and chat.
-    pub fn chat(&self, session: &str, user: &str, chat: &str, line: String, at: i64) {
-        self.send(Command::Chat {
-            session: session.to_owned(),
-            user: user.to_owned(),
-            chat: chat.to_owned(),
-            line,
-            at,
-        });
-    }
-
-    /// Logs a presence change in the session's open logs of chats `user` is in.
-    pub fn presence(&self, session: &str, user: &str, online: bool, at: i64) {
-        self.send(Command::Presence {
-            session: session.to_owned(),
-            user: user.to_owned(),
-            online,
+    /// Logs `events` (never message content) in the logs of chat session
+    /// `session` of `user`: see [`LogEvent`].
+    pub fn events(&self, session: &Arc<str>, user: &Arc<str>, events: Vec<LogEvent>, at: i64) {
+        if events.is_empty() {
+            return;
+        }
+        self.send(Command::Events {
+            session: session.clone(),
+            user: user.clone(),
+            events,
             at,
         });
     }
@@ -508,19 +501,30 @@ impl Worker {
 
     fn handle(&mut self, command: Command) -> Option<mpsc::Sender<()>> {
         let result = match command {
-            Command::Chat {
+            Command::Events {
                 session,
                 user,
-                chat,
-                line,
+                events,
                 at,
-            } => self.chat_line(session, &user, chat, &line, at),
-            Command::Presence {
-                session,
-                user,
-                online,
-                at,
-            } => self.presence(&session, &user, online, at),
+            } => {
+                // A line that fails is reported and the next still written.
+                let stamp = self.stamp(at);
+                for event in events {
+                    let written = match event {
+                        LogEvent::Chat { chat, line } => {
+                            self.chat_line(&session, &user, chat, &line, at, &stamp)
+                        }
+                        LogEvent::Presence {
+                            user: member,
+                            online,
+                        } => self.presence(&session, &member, online, &stamp),
+                    };
+                    if let Err(e) = written {
+                        tracing::error!(error = %e, "writing a log failed");
+                    }
+                }
+                Ok(())
+            }
             Command::End {
                 session,
                 reason,
@@ -548,15 +552,24 @@ impl Worker {
         None
     }
 
+    /// [`timestamp`]`(at)`, written again only when `at` changes.
+    fn stamp(&mut self, at: i64) -> String {
+        if self.last_stamp.0 != at {
+            self.last_stamp = (at, timestamp(at));
+        }
+        self.last_stamp.1.clone()
+    }
+
     fn chat_line(
         &mut self,
-        session: String,
+        session: &Arc<str>,
         user: &str,
-        chat: String,
+        chat: Arc<str>,
         line: &str,
         at: i64,
+        stamp: &str,
     ) -> std::io::Result<()> {
-        let key = (session, chat);
+        let key = (session.clone(), chat);
         if !self.open.contains_key(&key) {
             let (session, chat) = (&key.0, &key.1);
             let rel = format!(
@@ -567,57 +580,55 @@ impl Worker {
             );
             let mut writer = Writer::create(&self.data_dir, &rel, self.key)?;
             writer.append(&format!(
-                "{} session-start user={user} chat={chat} session={session}",
-                timestamp(at)
+                "{stamp} session-start user={user} chat={chat} session={session}"
             ))?;
             let (path, chat_id, username, session_id) =
-                (rel, chat.clone(), user.to_owned(), session.clone());
+                (rel, chat.to_string(), user.to_owned(), session.to_string());
             self.db
                 .blocking(|s| s.record_chat_log(&path, &chat_id, &username, &session_id, at))
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
             self.open.insert(key.clone(), writer);
         }
         match self.open.get_mut(&key) {
-            Some(writer) => writer.append(&format!("{} {line}", timestamp(at))),
+            Some(writer) => writer.append(&format!("{stamp} {line}")),
             None => Ok(()),
         }
     }
 
     fn presence(
         &mut self,
-        session: &str,
+        session: &Arc<str>,
         user: &str,
         online: bool,
-        at: i64,
+        stamp: &str,
     ) -> std::io::Result<()> {
-        let chats: Vec<String> = self
+        let chats: Vec<Arc<str>> = self
             .open
             .keys()
             .filter(|(s, _)| s == session)
             .map(|(_, c)| c.clone())
             .collect();
         for chat in chats {
-            let id = chat.clone();
             let member = self
                 .db
                 .blocking(|s| {
-                    Ok(s.chat(&id)?
+                    Ok(s.chat(&chat)?
                         .is_some_and(|c| c.members.iter().any(|m| m.username == user)))
                 })
                 .unwrap_or(false);
-            if member && let Some(writer) = self.open.get_mut(&(session.to_owned(), chat)) {
+            if member && let Some(writer) = self.open.get_mut(&(session.clone(), chat)) {
                 let state = if online { "online" } else { "offline" };
-                writer.append(&format!("{} presence user={user} {state}", timestamp(at)))?;
+                writer.append(&format!("{stamp} presence user={user} {state}"))?;
             }
         }
         Ok(())
     }
 
     fn end(&mut self, session: &str, reason: &str, at: i64) -> std::io::Result<()> {
-        let keys: Vec<(String, String)> = self
+        let keys: Vec<(Arc<str>, Arc<str>)> = self
             .open
             .keys()
-            .filter(|(s, _)| s == session)
+            .filter(|(s, _)| **s == *session)
             .cloned()
             .collect();
         for key in keys {
@@ -652,6 +663,79 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sessions_events_reach_its_logs_in_order_and_presence_only_where_a_member() {
+        use crate::store::{Admission, Store, tests::user};
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open_in_memory().unwrap();
+        let [alice, bob, carol] = ["alice", "bob", "carol"]
+            .map(|name| store.create_user(user(name), Admission::Open, 1).unwrap());
+        store.direct_chat(alice.id, bob.id, "c-bob", 1).unwrap();
+        store.direct_chat(alice.id, carol.id, "c-carol", 1).unwrap();
+        let db = Db::new(store);
+        let key = [7u8; 32];
+        let logger = Logger::start(dir.path(), db.clone(), key, [8u8; 32], 1);
+
+        let (session, me): (Arc<str>, Arc<str>) = (Arc::from("s1"), Arc::from("alice"));
+        let line = |chat: &str, line: &str| LogEvent::Chat {
+            chat: Arc::from(chat),
+            line: Arc::from(line),
+        };
+        let at = 1_767_225_600_000; // 2026-01-01T00:00:00.000Z
+        logger.events(
+            &session,
+            &me,
+            vec![
+                line("c-bob", "first"),
+                line("c-carol", "to carol"),
+                LogEvent::Presence {
+                    user: Arc::from("bob"),
+                    online: true,
+                },
+                line("c-bob", "second"),
+            ],
+            at,
+        );
+        logger.events(&session, &me, Vec::new(), at + 1);
+        logger.events(&session, &me, vec![line("c-bob", "third")], at + 2);
+        logger.end("s1", "gone", at + 3);
+        logger.stop();
+
+        let logs = db.blocking(|s| s.chat_logs()).unwrap();
+        assert_eq!(logs.len(), 2, "{logs:?}");
+        let read_log = |chat: &str| {
+            let row = logs.iter().find(|l| l.chat_id == chat).unwrap();
+            assert_eq!(
+                (row.username.as_str(), row.session_id.as_str()),
+                ("alice", "s1")
+            );
+            let contents = read(dir.path(), &row.path, &key).unwrap();
+            assert_eq!(contents.damage, None);
+            contents.lines
+        };
+        let t = |ms: i64| timestamp(at + ms);
+        assert_eq!(
+            read_log("c-bob"),
+            [
+                format!("{} session-start user=alice chat=c-bob session=s1", t(0)),
+                format!("{} first", t(0)),
+                format!("{} presence user=bob online", t(0)),
+                format!("{} second", t(0)),
+                format!("{} third", t(2)),
+                format!("{} session-end reason=gone", t(3)),
+            ]
+        );
+        // Bob is not in the chat with Carol: no presence line there.
+        assert_eq!(
+            read_log("c-carol"),
+            [
+                format!("{} session-start user=alice chat=c-carol session=s1", t(0)),
+                format!("{} to carol", t(0)),
+                format!("{} session-end reason=gone", t(3)),
+            ]
+        );
+    }
 
     #[test]
     fn records_round_trip_and_a_torn_tail_is_reported_not_fatal() {

@@ -21,7 +21,9 @@ use serde_json::value::RawValue;
 
 use crate::protocol::{SerializedEnvelope, ServerFrame};
 
-/// What delivering a frame adds to the receiving session's chat log.
+/// A line in a chat session's logs: what delivering a frame adds to the
+/// receiving session's, or what sending a message adds to the sender's
+/// (see [`crate::chatlog::Logger::events`]).
 #[derive(Debug, Clone)]
 pub enum LogEvent {
     /// A line for the log of `chat`.

@@ -9,9 +9,11 @@
 //! One writer, and fan-out in batch order, keep what the old per-message
 //! lock kept: every socket receives each chat's messages in sequence order.
 
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
 
-use crate::chat::{encode, encode_stored};
+use crate::chat::{LogEvent, encode, encode_stored};
 use crate::protocol::{SerializedEnvelope, ServerFrame};
 use crate::server::App;
 use crate::store::{Insert, NewMessage, StoreError};
@@ -24,12 +26,12 @@ pub struct Pending {
     pub chat: String,
     pub id: String,
     pub sender_id: i64,
-    pub sender: String,
+    pub sender: Arc<str>,
     pub envelope: SerializedEnvelope,
     /// The sending socket (it gets the ack, not the message).
     pub conn_id: u64,
     /// The sender's chat-log session.
-    pub log_session: String,
+    pub log_session: Arc<str>,
 }
 
 /// What the writer keeps of a [`Pending`] while the store holds the row.
@@ -37,9 +39,9 @@ struct Sent {
     chat: String,
     id: String,
     sender_id: i64,
-    sender: String,
+    sender: Arc<str>,
     conn_id: u64,
-    log_session: String,
+    log_session: Arc<str>,
 }
 
 impl Pending {
@@ -189,17 +191,17 @@ pub async fn run(app: App, mut queue: mpsc::Receiver<Pending>) {
         for ((p, row), result) in batch.into_iter().zip(rows).zip(results) {
             if let Ok(Insert::Stored { seq, ts, members }) = &result {
                 let frame = encode_stored(&p.id, &p.chat, &p.sender, *seq, *ts, &row.envelope);
-                app.logger.chat(
-                    &p.log_session,
-                    &p.sender,
-                    &p.chat,
-                    format!(
-                        "message-sent id={} seq={seq} bytes={}",
-                        p.id,
-                        row.envelope.ct_len()
-                    ),
-                    *ts,
+                let line = format!(
+                    "message-sent id={} seq={seq} bytes={}",
+                    p.id,
+                    row.envelope.ct_len()
                 );
+                let event = LogEvent::Chat {
+                    chat: Arc::from(p.chat.as_str()),
+                    line: Arc::from(line),
+                };
+                app.logger
+                    .events(&p.log_session, &p.sender, vec![event], *ts);
                 // The sender's other sockets get the message; its socket the ack.
                 app.hub
                     .send_to_users(members.iter().map(|m| m.user_id), &frame, Some(p.conn_id));

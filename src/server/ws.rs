@@ -16,7 +16,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{check_session, session_from_headers};
-use crate::chat::{LogEvent, Outbound, Refused, encode};
+use crate::chat::{Outbound, Refused, encode};
 use crate::client::crypto::{IV_LEN, SIGNATURE_LEN, WRAPPED_KEY_LEN};
 use crate::error::ApiError;
 use crate::protocol::{
@@ -78,7 +78,7 @@ pub async fn upgrade(
                 replayed: HashMap::new(),
                 refused_in_a_row: 0,
                 conn_id: 0,
-                log_session: crate::chatlog::opaque_id(),
+                log_session: Arc::from(crate::chatlog::opaque_id()),
             };
             conn.run().await;
             drop(token);
@@ -95,7 +95,7 @@ const SEND_BATCH: usize = 64;
 /// which are kilobytes that an idle socket has no use for.
 struct SocketUser {
     id: i64,
-    username: String,
+    username: Arc<str>,
     is_admin: bool,
     created_at: i64,
 }
@@ -104,7 +104,7 @@ impl From<UserRow> for SocketUser {
     fn from(user: UserRow) -> Self {
         Self {
             id: user.id,
-            username: user.username,
+            username: Arc::from(user.username),
             is_admin: user.is_admin,
             created_at: user.created_at,
         }
@@ -140,7 +140,7 @@ struct Connection {
     /// This socket's id in the hub.
     conn_id: u64,
     /// The opaque id of this chat session in the chat logs' names.
-    log_session: String,
+    log_session: Arc<str>,
 }
 
 /// How long a client waits before resending a message the busy writer
@@ -186,7 +186,7 @@ impl Connection {
             Ok((r, came_online)) => {
                 if came_online {
                     self.app.hub.broadcast(&encode(&ServerFrame::Presence {
-                        user: self.user.username.clone(),
+                        user: self.user.username.to_string(),
                         online: true,
                     }));
                 }
@@ -430,25 +430,13 @@ impl Connection {
         ) {
             return false;
         }
-        let now = self.app.clock.now_ms();
-        let logger = &self.app.logger;
-        for out in outs {
-            match &out.log {
-                Some(LogEvent::Chat { chat, line }) => {
-                    logger.chat(
-                        &self.log_session,
-                        &self.user.username,
-                        chat,
-                        line.to_string(),
-                        now,
-                    );
-                }
-                Some(LogEvent::Presence { user, online }) => {
-                    logger.presence(&self.log_session, user, *online, now);
-                }
-                None => {}
-            }
-        }
+        let events = outs.iter().filter_map(|out| out.log.clone()).collect();
+        self.app.logger.events(
+            &self.log_session,
+            &self.user.username,
+            events,
+            self.app.clock.now_ms(),
+        );
         true
     }
 
@@ -633,7 +621,7 @@ impl Connection {
         let limits = &self.app.config.limits;
         let welcome = ServerFrame::Welcome {
             user: crate::protocol::Me {
-                username: self.user.username.clone(),
+                username: self.user.username.to_string(),
                 is_admin: self.user.is_admin,
                 created_at: self.user.created_at,
             },
@@ -762,7 +750,7 @@ impl Connection {
             Some(ids) => {
                 let frame = encode(&ServerFrame::Typing {
                     chat,
-                    user: self.user.username.clone(),
+                    user: self.user.username.to_string(),
                 });
                 let me = self.user.id;
                 self.app
@@ -799,7 +787,7 @@ impl Connection {
             Ok(seq) => {
                 let frame = encode(&ServerFrame::Read {
                     chat,
-                    user: self.user.username.clone(),
+                    user: self.user.username.to_string(),
                     seq,
                 });
                 self.app.hub.send_to_users(ids, &frame, None);

@@ -2218,10 +2218,10 @@ impl Db {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn user(name: &str) -> NewUser {
+    pub(crate) fn user(name: &str) -> NewUser {
         let w = || WrappedKey {
             iv: vec![0; 12].into(),
             ct: vec![1; 32].into(),
