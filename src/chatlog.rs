@@ -325,7 +325,8 @@ pub fn list_files(data_dir: &Path, sub: &str) -> std::io::Result<Vec<String>> {
     Ok(out)
 }
 
-/// The most commands the log thread handles before it writes what they
+/// The most lines (a command of [`Command::Events`] counts one per event,
+/// any other command one) the log thread handles before it writes what they
 /// sealed.
 const BATCH: usize = 256;
 
@@ -335,12 +336,12 @@ const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// What the log thread is asked to do.
 enum Command {
-    /// What happened in one chat session, in order: a chat line goes to
-    /// the log of (`session`, its chat), opened on first use; a presence
-    /// change to every open log of `session` whose chat has that user as a
-    /// member. `user` is the session's user. One command carries all the
-    /// events of one flush of a socket, so a busy socket costs the log
-    /// thread one wake-up and no copies of its names.
+    /// What happened in one chat session of `user`, in order: a chat line
+    /// goes to the log of (`session`, its chat), opened on first use; a
+    /// presence change to every open log of `session` whose chat has the
+    /// user who came or went as a member. A socket sends one command for
+    /// all the frames of one flush (the writer one per message stored, for
+    /// the sender's line), with its names shared rather than copied.
     Events {
         session: Arc<str>,
         user: Arc<str>,
@@ -359,6 +360,16 @@ enum Command {
     Flush(mpsc::Sender<()>),
     /// Flush everything and stop.
     Stop(mpsc::Sender<()>),
+}
+
+impl Command {
+    /// How many lines this command counts for in a [`BATCH`].
+    fn lines(&self) -> usize {
+        match self {
+            Self::Events { events, .. } => events.len(),
+            _ => 1,
+        }
+    }
 }
 
 /// The writer of all logs, on a thread of its own so that no socket or
@@ -393,7 +404,7 @@ impl Logger {
     /// Starts the log thread for `data_dir`, with keys derived from the
     /// `logs` and `log-names` subkeys.
     pub fn start(data_dir: &Path, db: Db, key: [u8; 32], names_key: [u8; 32], now: i64) -> Self {
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::channel::<Command>();
         let mut worker = Worker {
             data_dir: data_dir.to_owned(),
             db,
@@ -413,14 +424,16 @@ impl Logger {
                 // thread pauses briefly: lines that come meanwhile queue up
                 // without waking it one by one, and are written together.
                 while let Ok(command) = rx.recv() {
+                    let mut handled = command.lines();
                     let mut stop = worker.handle(command);
-                    let mut handled = 1;
                     while stop.is_none() && handled < BATCH {
                         match rx.try_recv() {
-                            Ok(command) => stop = worker.handle(command),
+                            Ok(command) => {
+                                handled += command.lines();
+                                stop = worker.handle(command);
+                            }
                             Err(_) => break,
                         }
-                        handled += 1;
                     }
                     worker.write_out();
                     if let Some(done) = stop {
@@ -697,26 +710,31 @@ mod tests {
             ],
             at,
         );
+        // Bob's own session has a log of the same chat: nothing of Alice's
+        // session goes there, nor does her session's end close it.
+        let (bobs, bob_name): (Arc<str>, Arc<str>) = (Arc::from("s2"), Arc::from("bob"));
+        logger.events(&bobs, &bob_name, vec![line("c-bob", "bob's")], at);
         logger.events(&session, &me, Vec::new(), at + 1);
         logger.events(&session, &me, vec![line("c-bob", "third")], at + 2);
         logger.end("s1", "gone", at + 3);
         logger.stop();
 
         let logs = db.blocking(|s| s.chat_logs()).unwrap();
-        assert_eq!(logs.len(), 2, "{logs:?}");
-        let read_log = |chat: &str| {
-            let row = logs.iter().find(|l| l.chat_id == chat).unwrap();
-            assert_eq!(
-                (row.username.as_str(), row.session_id.as_str()),
-                ("alice", "s1")
-            );
+        assert_eq!(logs.len(), 3, "{logs:?}");
+        let read_log = |chat: &str, session: &str| {
+            let row = logs
+                .iter()
+                .find(|l| l.chat_id == chat && l.session_id == session)
+                .unwrap();
+            let user = if session == "s1" { "alice" } else { "bob" };
+            assert_eq!(row.username, user);
             let contents = read(dir.path(), &row.path, &key).unwrap();
             assert_eq!(contents.damage, None);
             contents.lines
         };
         let t = |ms: i64| timestamp(at + ms);
         assert_eq!(
-            read_log("c-bob"),
+            read_log("c-bob", "s1"),
             [
                 format!("{} session-start user=alice chat=c-bob session=s1", t(0)),
                 format!("{} first", t(0)),
@@ -728,11 +746,18 @@ mod tests {
         );
         // Bob is not in the chat with Carol: no presence line there.
         assert_eq!(
-            read_log("c-carol"),
+            read_log("c-carol", "s1"),
             [
                 format!("{} session-start user=alice chat=c-carol session=s1", t(0)),
                 format!("{} to carol", t(0)),
                 format!("{} session-end reason=gone", t(3)),
+            ]
+        );
+        assert_eq!(
+            read_log("c-bob", "s2"),
+            [
+                format!("{} session-start user=bob chat=c-bob session=s2", t(0)),
+                format!("{} bob's", t(0)),
             ]
         );
     }

@@ -21,9 +21,9 @@ use serde_json::value::RawValue;
 
 use crate::protocol::{SerializedEnvelope, ServerFrame};
 
-/// A line in a chat session's logs: what delivering a frame adds to the
-/// receiving session's, or what sending a message adds to the sender's
-/// (see [`crate::chatlog::Logger::events`]).
+/// What adds lines to a chat session's logs: delivering a frame to the
+/// receiving session, or a message sent, to the sender's (see
+/// [`crate::chatlog::Logger::events`]).
 #[derive(Debug, Clone)]
 pub enum LogEvent {
     /// A line for the log of `chat`.
