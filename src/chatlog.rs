@@ -644,9 +644,10 @@ impl Worker {
             .filter(|(s, _)| **s == *session)
             .cloned()
             .collect();
+        let stamp = self.stamp(at);
         for key in keys {
             if let Some(mut writer) = self.open.remove(&key) {
-                writer.append(&format!("{} session-end reason={reason}", timestamp(at)))?;
+                writer.append(&format!("{stamp} session-end reason={reason}"))?;
                 writer.sync()?;
             }
         }
@@ -662,9 +663,10 @@ impl Worker {
             );
             self.audit = Some(Writer::create(&self.data_dir, &rel, self.key)?);
         }
+        let stamp = self.stamp(at);
         match self.audit.as_mut() {
             Some(writer) => {
-                writer.append(&format!("{} {line}", timestamp(at)))?;
+                writer.append(&format!("{stamp} {line}"))?;
                 // Security events are few and matter: each reaches the disk.
                 writer.sync()
             }

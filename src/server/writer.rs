@@ -196,12 +196,8 @@ pub async fn run(app: App, mut queue: mpsc::Receiver<Pending>) {
                     p.id,
                     row.envelope.ct_len()
                 );
-                let chat = frame
-                    .chat_seq
-                    .as_ref()
-                    .map_or_else(|| Arc::from(p.chat.as_str()), |(chat, _)| chat.clone());
                 let event = LogEvent::Chat {
-                    chat,
+                    chat: Arc::from(p.chat.as_str()),
                     line: Arc::from(line),
                 };
                 app.logger
