@@ -345,8 +345,13 @@ impl Drop for Quiet<'_> {
 /// it only reads (at most it rebuilds the log's index, `-shm`, as any
 /// reader would) and does not checkpoint when it closes. Only "not a
 /// database" (a wrong key or layout) moves on to the next layout; any
-/// other failure is returned as it is.
-fn open_keyed(path: &Path, key: &[u8; 32], flags: rusqlite::OpenFlags) -> Result<Connection> {
+/// other failure is returned as it is. Returns the connection and the
+/// layout that read the database.
+fn open_keyed(
+    path: &Path,
+    key: &[u8; 32],
+    flags: rusqlite::OpenFlags,
+) -> Result<(Connection, Layout)> {
     let _serial = LOG_LEVEL.lock().unwrap_or_else(|p| p.into_inner());
     for (i, layout) in LAYOUTS.into_iter().enumerate() {
         let conn = Connection::open_with_flags(path, flags)?;
@@ -376,7 +381,7 @@ fn open_keyed(path: &Path, key: &[u8; 32], flags: rusqlite::OpenFlags) -> Result
                     rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
                     false,
                 )?;
-                return Ok(conn);
+                return Ok((conn, layout));
             }
             // SQLCipher reports a wrong key (or layout) as "file is not a database".
             Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) => {}
@@ -412,52 +417,211 @@ fn sync_dir(path: &Path) {
     }
 }
 
+/// Copies the database open on `conn`, schema version included, into the
+/// new file `fresh`, keyed with `key` in the current layout ([`PAGE_SIZE`],
+/// [`PAGE_HMAC`]), and syncs that file.
+fn export_to(conn: &Connection, fresh: &Path, key: &[u8; 32]) -> Result<()> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    conn.execute(
+        "ATTACH DATABASE ?1 AS fresh KEY ?2",
+        params![fresh.to_string_lossy(), raw_key(key)],
+    )?;
+    conn.execute_batch(&format!(
+        "PRAGMA fresh.cipher_page_size = {PAGE_SIZE}; PRAGMA fresh.cipher_hmac_algorithm = {PAGE_HMAC};"
+    ))?;
+    conn.query_row("SELECT sqlcipher_export('fresh')", [], |_| Ok(()))?;
+    conn.execute_batch(&format!(
+        "PRAGMA fresh.user_version = {version}; DETACH DATABASE fresh;"
+    ))?;
+    std::fs::File::open(fresh)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| StoreError::Io(format!("syncing {}: {e}", fresh.display())))
+}
+
+/// Gives the file `to` the owner and permissions of `from`, as far as this
+/// process may (an `admin` command run by root must not leave the host's
+/// user a database it cannot write).
+#[cfg(unix)]
+fn keep_owner(from: &Path, to: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(meta) = std::fs::metadata(from) {
+        let _ = std::os::unix::fs::chown(to, Some(meta.uid()), Some(meta.gid()));
+        let _ = std::fs::set_permissions(to, meta.permissions());
+    }
+}
+
+#[cfg(not(unix))]
+fn keep_owner(_from: &Path, _to: &Path) {}
+
+/// Puts the synced file `fresh` in the place of the database at `path` in
+/// one rename, with the old file's owner and permissions, and removes the
+/// old database's log index (`-shm`). The old database must have no
+/// write-ahead log (it was folded into the file first): a log beside the
+/// new file would be read with it, so if one has appeared (a process that
+/// does not take the lock), nothing is replaced. A crash at any point
+/// leaves either the old database or the new one, whole.
+fn replace_with(fresh: &Path, path: &Path) -> Result<()> {
+    if path.with_extension("db-wal").exists() {
+        return Err(StoreError::Io(format!(
+            "{} has a write-ahead log again: another process has it open",
+            path.display()
+        )));
+    }
+    keep_owner(path, fresh);
+    std::fs::rename(fresh, path)
+        .map_err(|e| StoreError::Io(format!("replacing {}: {e}", path.display())))?;
+    sync_dir(path);
+    let _ = std::fs::remove_file(path.with_extension("db-shm"));
+    Ok(())
+}
+
+/// Folds the write-ahead log of the database open on `conn` into its file
+/// and leaves it without one (`journal_mode = DELETE`), or fails if
+/// another connection has it open (SQLite then keeps WAL mode).
+fn fold_log(conn: &Connection) -> Result<()> {
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    let mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", "DELETE", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("delete") {
+        return Err(StoreError::Io(
+            "the database's write-ahead log cannot be folded in: another process has it open"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Encrypts a plaintext database in place, once: a backup copy is made
 /// first and removed only after the encrypted copy has replaced the
 /// original. A crash before the replacement leaves the original in place,
 /// and the next start begins again from it; a crash after it leaves a
-/// backup that the next start deletes.
-pub fn encrypt_plaintext(path: &Path, key: &[u8; 32]) -> Result<()> {
+/// backup that the next start deletes. Only for a caller that holds the
+/// database alone ([`Holders::Alone`]).
+fn encrypt_plaintext(path: &Path, key: &[u8; 32]) -> Result<()> {
     let io =
         |what: &str, e: std::io::Error| StoreError::Io(format!("{what} {}: {e}", path.display()));
     let backup = path.with_extension("db.plaintext-backup");
     let fresh = path.with_extension("db.encrypting");
-    {
-        // Fold the write-ahead log into the file, so one file holds it all.
-        let conn = Connection::open(path)?;
-        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-        conn.pragma_update(None, "journal_mode", "DELETE")?;
-    }
+    // Fold the write-ahead log into the file, so one file holds it all.
+    fold_log(&Connection::open(path)?)?;
     std::fs::copy(path, &backup).map_err(|e| io("backing up", e))?;
     std::fs::File::open(&backup)
         .and_then(|f| f.sync_all())
         .map_err(|e| io("backing up", e))?;
     let _ = std::fs::remove_file(&fresh);
-    {
-        let conn = Connection::open(path)?;
-        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        conn.execute(
-            "ATTACH DATABASE ?1 AS encrypted KEY ?2",
-            params![fresh.to_string_lossy(), raw_key(key)],
-        )?;
-        conn.execute_batch(&format!(
-            "PRAGMA encrypted.cipher_page_size = {PAGE_SIZE}; PRAGMA encrypted.cipher_hmac_algorithm = {PAGE_HMAC};"
-        ))?;
-        conn.query_row("SELECT sqlcipher_export('encrypted')", [], |_| Ok(()))?;
-        conn.execute_batch(&format!(
-            "PRAGMA encrypted.user_version = {version}; DETACH DATABASE encrypted;"
-        ))?;
-    }
-    std::fs::File::open(&fresh)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| io("encrypting", e))?;
-    std::fs::rename(&fresh, path).map_err(|e| io("replacing", e))?;
-    sync_dir(path);
-    for suffix in ["db-wal", "db-shm"] {
-        let _ = std::fs::remove_file(path.with_extension(suffix));
-    }
+    export_to(&Connection::open(path)?, &fresh, key)?;
+    replace_with(&fresh, path)?;
     std::fs::remove_file(&backup).map_err(|e| io("removing the backup of", e))?;
     Ok(())
+}
+
+/// Rewrites the database at `path`, which `key` reads in an older layout
+/// than [`LAYOUTS`]`[0]`, into the current one, once. Its log is folded
+/// into the file and the file left without one (`journal_mode = DELETE`,
+/// which the next open sets back to WAL); the connection then keeps its
+/// read lock until it closes (`locking_mode = EXCLUSIVE`), so that no
+/// process that does not take [`Holders`]'s lock (a build before this
+/// one) can commit while the database is exported to `<name>.db.relayout`;
+/// the copy is synced and renamed over the old file. Such a process
+/// having the database open makes the rewrite fail at once. A crash
+/// before the rename leaves the old database whole, and the next start
+/// that holds the database alone removes the partial copy and begins
+/// again; a failure removes the copy and leaves the old database's
+/// content as it was. Only for a caller that holds the database alone
+/// ([`Holders::Alone`]).
+fn relayout(path: &Path, key: &[u8; 32]) -> Result<()> {
+    let fresh = path.with_extension("db.relayout");
+    let _ = std::fs::remove_file(&fresh);
+    let done = (|| {
+        let (conn, _) = open_keyed(path, key, rusqlite::OpenFlags::default())?;
+        conn.busy_timeout(std::time::Duration::ZERO)?;
+        fold_log(&conn)?;
+        conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
+        export_to(&conn, &fresh, key)?;
+        drop(conn);
+        replace_with(&fresh, path)
+    })();
+    if done.is_err() {
+        let _ = std::fs::remove_file(&fresh);
+    }
+    done
+}
+
+/// The file beside a database (`<name>.db.lock`) that every [`Store`] with
+/// the database open holds a lock on, so that none rewrites the database
+/// (encrypting a plaintext one, moving it to the current page layout)
+/// while another has it open: the other would go on writing to the file
+/// that was replaced, and its writes would be lost. An `admin` command
+/// run beside a running host is such a case. (Builds before this one take
+/// no such lock; SQLite's own locks make a rewrite fail while one of them
+/// has the database open, see [`relayout`].)
+///
+/// An opener takes the lock exclusively if nobody holds it
+/// ([`Holders::Alone`]), rewrites what needs it and applies migrations,
+/// then holds it shared for as long as its store is open; one that finds
+/// it held waits for any exclusive holder to finish, then holds it shared
+/// ([`Holders::Shared`]) and rewrites nothing. The lock is the operating
+/// system's (`flock` on Linux and macOS, `LockFileEx` on Windows), which
+/// ends with the process (on Windows, shortly after a process is killed).
+/// Where the standard library has no such lock, every opener counts as
+/// [`Holders::Shared`].
+enum Holders {
+    /// No other [`Store`] has the database open, and none can open it
+    /// until [`Holders::share`].
+    Alone(std::fs::File),
+    /// Others may have it open.
+    Shared(std::fs::File),
+}
+
+impl Holders {
+    fn join(path: &Path) -> Result<Self> {
+        let lock = path.with_extension("db.lock");
+        let io = |e: std::io::Error| StoreError::Io(format!("locking {}: {e}", lock.display()));
+        // A lock needs only a handle open for reading, so a lock file made
+        // by another user (an `admin` command run as root) still serves.
+        let file = match std::fs::File::open(&lock) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&lock),
+            opened => opened,
+        }
+        .map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self::Alone(file)),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                file.lock_shared().map_err(io)?;
+                Ok(Self::Shared(file))
+            }
+            Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+                tracing::warn!("no file locks here: the database is never rewritten in place");
+                Ok(Self::Shared(file))
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+        }
+    }
+
+    /// From [`Holders::Alone`] to [`Holders::Shared`]. The lock is given
+    /// up before it is taken again shared (the standard library does not
+    /// convert a lock in one step), so another opener may come first and
+    /// hold it alone meanwhile: this waits for it. A connection kept open
+    /// through the change is safe: the other cannot fold that connection's
+    /// log, so it rewrites nothing (see [`relayout`]).
+    fn share(self) -> Result<Self> {
+        let file = match self {
+            Self::Alone(file) => {
+                file.unlock()
+                    .and_then(|()| file.lock_shared())
+                    .map_err(|e| StoreError::Io(format!("locking the database: {e}")))?;
+                file
+            }
+            Self::Shared(file) => file,
+        };
+        Ok(Self::Shared(file))
+    }
 }
 
 /// The synchronous store over one SQLite connection.
@@ -466,6 +630,9 @@ pub struct Store {
     // main connection closes.
     checkpointer: Option<Checkpointer>,
     conn: Connection,
+    /// Held for as long as the store is open (declared last, so it is let
+    /// go after the connections close); none in memory.
+    _holders: Option<Holders>,
 }
 
 /// The log pages written since the checkpointer was last woken at which it
@@ -730,17 +897,52 @@ macro_rules! last_seq_of_c {
 impl Store {
     /// Opens (creating if needed) the SQLCipher database at `path`, keyed
     /// with `key` (the `db` subkey), and applies any migrations not yet
-    /// applied. A plaintext database from 0.1.0 is first encrypted in place
-    /// (see [`encrypt_plaintext`]).
+    /// applied. When no other store has the database open ([`Holders`]),
+    /// a plaintext database from 0.1.0 is first encrypted in place (see
+    /// [`encrypt_plaintext`]), and one in an older page layout (4 KiB pages
+    /// or HMAC-SHA512, as 0.5.0 made them) is rewritten in the current one
+    /// (see [`relayout`]); if that fails, it opens as it is and the next
+    /// such open tries again. An older layout found while another store has
+    /// the database open is left for a later start.
     pub fn open(path: &Path, key: &[u8; 32]) -> Result<Self> {
-        if is_plaintext(path)? {
-            encrypt_plaintext(path, key)?;
-        } else {
-            // A backup left by a migration that finished but crashed before
-            // removing it is plaintext: it must not linger.
-            let _ = std::fs::remove_file(path.with_extension("db.plaintext-backup"));
+        let flags = rusqlite::OpenFlags::default();
+        match Holders::join(path)? {
+            alone @ Holders::Alone(_) => {
+                if is_plaintext(path)? {
+                    encrypt_plaintext(path, key)?;
+                } else {
+                    // A backup left by a migration that finished but crashed
+                    // before removing it is plaintext: it must not linger.
+                    let _ = std::fs::remove_file(path.with_extension("db.plaintext-backup"));
+                }
+                let (mut conn, layout) = open_keyed(path, key, flags)?;
+                if layout != LAYOUTS[0] {
+                    drop(conn);
+                    if let Err(e) = relayout(path, key) {
+                        tracing::warn!(error = %e, "the database keeps its older page layout for now");
+                    }
+                    conn = open_keyed(path, key, flags)?.0;
+                }
+                // Migrations too run while no other store can open the
+                // database. Another opener may come while the lock then
+                // changes hands: it finds nothing to rewrite, or (after a
+                // failed rewrite) fails to fold this connection's log.
+                let mut store = Self::init(conn)?;
+                store._holders = Some(alone.share()?);
+                Ok(store)
+            }
+            shared @ Holders::Shared(_) => {
+                if is_plaintext(path)? {
+                    return Err(StoreError::Io(format!(
+                        "{} is not encrypted yet and another process has it open; stop that process and start again",
+                        path.display()
+                    )));
+                }
+                let mut store = Self::init(open_keyed(path, key, flags)?.0)?;
+                store._holders = Some(shared);
+                Ok(store)
+            }
         }
-        Self::init(open_keyed(path, key, rusqlite::OpenFlags::default())?)
     }
 
     /// An in-memory store, for unit tests.
@@ -770,6 +972,7 @@ impl Store {
         let mut store = Self {
             checkpointer: None,
             conn,
+            _holders: None,
         };
         store.migrate()?;
         Ok(store)
@@ -793,7 +996,7 @@ impl Store {
             }
         };
         let checkpointer =
-            Checkpointer::start(open_keyed(&path, key, rusqlite::OpenFlags::default())?)?;
+            Checkpointer::start(open_keyed(&path, key, rusqlite::OpenFlags::default())?.0)?;
         // Replaces SQLite's automatic checkpoint, which is a hook too.
         self.conn.wal_hook(Some(Checkpointer::hook(
             checkpointer.wake.clone(),
@@ -2413,9 +2616,10 @@ pub(crate) mod tests {
 
     /// A copy of the database at `path` and its log, taken while it is open
     /// (as a crash leaves them: the last commit only in the log), next to it
-    /// as `crashed.db`.
+    /// as `crashed-<name>`.
     fn crash_copy(path: &Path) -> std::path::PathBuf {
-        let crashed = path.with_file_name("crashed.db");
+        let name = path.file_name().unwrap().to_string_lossy();
+        let crashed = path.with_file_name(format!("crashed-{name}"));
         std::fs::copy(path, &crashed).unwrap();
         std::fs::copy(
             path.with_extension("db-wal"),
@@ -2461,97 +2665,225 @@ pub(crate) mod tests {
         ));
     }
 
-    #[test]
-    fn a_database_with_4_kib_pages_opens_as_it_is_even_after_a_crash() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("old.db");
-        let key = [5u8; 32];
-        // A database as 0.5.0 made it: SQLCipher's default page size.
-        let old = Connection::open(&path).unwrap();
-        old.execute_batch(&format!("PRAGMA key = \"{}\";", raw_key(&key)))
-            .unwrap();
-        let old = Store::init(old).unwrap();
-        old.set_setting("registration_mode", b"invite").unwrap();
-        assert_eq!(wal_page_size(&path), 4_096);
+    /// A database as `layout` makes it, with a setting, its last commit
+    /// only in its log (as a crash leaves it), next to a copy that was
+    /// closed cleanly: (cleanly closed, crashed).
+    fn older_database(
+        dir: &Path,
+        layout: Layout,
+        key: &[u8; 32],
+    ) -> (std::path::PathBuf, std::path::PathBuf) {
+        let path = dir.join(format!("{}-{}.db", layout.page_size, layout.hmac));
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(&format!(
+            "PRAGMA key = \"{}\"; PRAGMA cipher_page_size = {}; PRAGMA cipher_hmac_algorithm = {};",
+            raw_key(key),
+            layout.page_size,
+            layout.hmac
+        ))
+        .unwrap();
+        let store = Store::init(conn).unwrap();
+        store.set_setting("registration_mode", b"invite").unwrap();
+        assert_eq!(wal_page_size(&path), layout.page_size);
         let crashed = crash_copy(&path);
-        drop(old);
+        drop(store);
+        assert_eq!(readable_as(&path, key), Some(layout));
+        (path, crashed)
+    }
 
-        // Wrong keys, and the 8 KiB tries before each open, leave the
-        // database and its log as they were, and SQLCipher's log level too.
-        // Read between tries: other tests open stores at the same time,
-        // and a try turns the process's log level down while it runs.
-        let level = |p: &Path| -> String {
-            let _serial = LOG_LEVEL.lock().unwrap_or_else(|e| e.into_inner());
-            Connection::open(p)
-                .unwrap()
-                .query_row("PRAGMA cipher_log_level", [], |r| r.get(0))
-                .unwrap()
-        };
-        let (before, level_before) = (files(&crashed), level(&crashed));
-        assert!(!key_opens(&crashed, &[6u8; 32]));
-        assert!(Store::open(&crashed, &[6u8; 32]).is_err());
-        assert!(key_opens(&crashed, &key));
-        assert!(files(&crashed) == before, "a try changed the files");
-        assert_eq!(level(&crashed), level_before);
+    /// The schema version of an open store.
+    fn schema(store: &Store) -> i64 {
+        store
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap()
+    }
 
-        for path in [&path, &crashed] {
-            assert!(key_opens(path, &key));
-            assert!(!key_opens(path, &[6u8; 32]));
+    #[test]
+    fn a_database_in_an_older_layout_is_rewritten_in_the_current_one_even_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = [5u8; 32];
+        for old in [LAYOUTS[2], LAYOUTS[1]] {
+            let (path, crashed) = older_database(dir.path(), old, &key);
+
+            // Wrong keys, and the tries of newer layouts before each open,
+            // leave the database and its log as they were, and SQLCipher's
+            // log level too. Read between tries: other tests open stores at
+            // the same time, and a try turns the process's log level down
+            // while it runs.
+            let level = |p: &Path| -> String {
+                let _serial = LOG_LEVEL.lock().unwrap_or_else(|e| e.into_inner());
+                Connection::open(p)
+                    .unwrap()
+                    .query_row("PRAGMA cipher_log_level", [], |r| r.get(0))
+                    .unwrap()
+            };
+            let (before, level_before) = (files(&crashed), level(&crashed));
+            assert!(!key_opens(&crashed, &[6u8; 32]));
             assert!(matches!(
-                Store::open(path, &[6u8; 32]),
+                Store::open(&crashed, &[6u8; 32]),
                 Err(StoreError::WrongKey)
             ));
-            let store = Store::open(path, &key).unwrap();
-            assert_eq!(
-                store.setting("registration_mode").unwrap().unwrap(),
-                b"invite"
-            );
-            assert_eq!(page_size(&store), 4_096);
-            assert_eq!(page_hmac(&store), "HMAC_SHA512");
+            assert!(key_opens(&crashed, &key));
+            assert!(files(&crashed) == before, "a try changed the files");
+            assert_eq!(level(&crashed), level_before);
+
+            // A copy that a crash cut short is begun again.
+            std::fs::write(crashed.with_extension("db.relayout"), b"torn").unwrap();
+            for path in [&path, &crashed] {
+                let store = Store::open(path, &key).unwrap();
+                assert_eq!(
+                    store.setting("registration_mode").unwrap().unwrap(),
+                    b"invite",
+                    "{old:?}: the last commit, even one only in the log, is kept"
+                );
+                assert_eq!(
+                    (page_size(&store), page_hmac(&store).as_str()),
+                    (PAGE_SIZE, PAGE_HMAC)
+                );
+                assert_eq!(schema(&store), i64::try_from(MIGRATIONS.len()).unwrap());
+                store.set_setting("after", b"yes").unwrap();
+                assert_eq!(wal_page_size(path), PAGE_SIZE);
+                drop(store);
+                assert_eq!(readable_as(path, &key), Some(LAYOUTS[0]));
+                assert!(!path.with_extension("db.relayout").exists());
+                assert!(!key_opens(path, &[6u8; 32]));
+                let again = Store::open(path, &key).unwrap();
+                assert_eq!(again.setting("after").unwrap().unwrap(), b"yes");
+                assert_eq!(
+                    again.setting("registration_mode").unwrap().unwrap(),
+                    b"invite"
+                );
+            }
         }
     }
 
     #[test]
-    fn a_database_with_8_kib_pages_and_hmac_sha512_opens_as_it_is() {
+    fn an_older_layout_is_left_alone_while_another_process_has_the_database_open() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("between.db");
         let key = [7u8; 32];
-        // As builds after 0.5.0 made it, before HMAC-SHA256 pages.
-        let made = Connection::open(&path).unwrap();
-        made.execute_batch(&format!(
-            "PRAGMA key = \"{}\"; PRAGMA cipher_page_size = 8192;",
-            raw_key(&key)
-        ))
-        .unwrap();
-        let made = Store::init(made).unwrap();
-        made.set_setting("registration_mode", b"invite").unwrap();
-        let crashed = crash_copy(&path);
-        drop(made);
-        assert_eq!(readable_as(&path, &key), Some(LAYOUTS[1]));
-        // The failed tries (all three with a wrong key; the new layout's
-        // with the right one) leave the database and its log as they were.
-        let before = files(&crashed);
-        assert!(!key_opens(&crashed, &[6u8; 32]));
-        assert!(key_opens(&crashed, &key));
-        assert!(files(&crashed) == before, "a try changed the files");
-        let store = Store::open(&crashed, &key).unwrap();
-        assert_eq!(
-            store.setting("registration_mode").unwrap().unwrap(),
-            b"invite"
-        );
-        assert_eq!(page_hmac(&store), "HMAC_SHA512");
-        assert!(!key_opens(&path, &[6u8; 32]));
+        let (path, _) = older_database(dir.path(), LAYOUTS[2], &key);
+        // Another process's hold, as its open store keeps it.
+        let other = std::fs::File::create(path.with_extension("db.lock")).unwrap();
+        other.lock_shared().unwrap();
+
+        let first = Store::open(&path, &key).unwrap();
+        let second = Store::open(&path, &key).unwrap();
+        for store in [&first, &second] {
+            assert_eq!(
+                (page_size(store), page_hmac(store).as_str()),
+                (4_096, "HMAC_SHA512")
+            );
+        }
+        first.set_setting("from", b"first").unwrap();
+        assert_eq!(second.setting("from").unwrap().unwrap(), b"first");
+        // The stores hold the lock too: with the other process gone, a
+        // third opener still finds the database in use.
+        drop(other);
+        let third = Store::open(&path, &key).unwrap();
+        assert_eq!(page_size(&third), 4_096);
+        drop((first, second, third));
+        assert_eq!(readable_as(&path, &key), Some(LAYOUTS[2]));
+
+        // Alone, it is rewritten; while it is open, nobody else can hold
+        // the database alone.
+        let alone = Store::open(&path, &key).unwrap();
+        assert_eq!(page_size(&alone), PAGE_SIZE);
+        assert_eq!(alone.setting("from").unwrap().unwrap(), b"first");
+        // It shares the database once it is open.
+        let beside = Store::open(&path, &key).unwrap();
+        assert_eq!(page_size(&beside), PAGE_SIZE);
+        drop(beside);
+        let probe = std::fs::File::open(path.with_extension("db.lock")).unwrap();
+        assert!(matches!(
+            probe.try_lock(),
+            Err(std::fs::TryLockError::WouldBlock)
+        ));
+        drop(alone);
+        probe.try_lock().unwrap();
+    }
+
+    #[test]
+    fn a_plaintext_database_is_not_encrypted_while_another_process_has_it_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plain.db");
+        // A 0.1.0 database: schema 1, plaintext.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        drop(conn);
+        let other = std::fs::File::create(path.with_extension("db.lock")).unwrap();
+        other.lock_shared().unwrap();
+        let err = Store::open(&path, &[1u8; 32]).err().unwrap();
+        assert!(err.to_string().contains("another process"), "{err}");
+        assert!(is_plaintext(&path).unwrap(), "left as it was");
+        drop(other);
+        Store::open(&path, &[1u8; 32]).unwrap();
+        assert!(!is_plaintext(&path).unwrap());
+    }
+
+    #[test]
+    fn a_rewrite_stops_while_a_process_without_the_lock_has_the_database_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = [9u8; 32];
+        let old = LAYOUTS[2];
+        let (path, _) = older_database(dir.path(), old, &key);
+        // A build before this one: it takes no lock beside the database.
+        let other = Connection::open(&path).unwrap();
+        other
+            .execute_batch(&format!(
+                "PRAGMA key = \"{}\"; PRAGMA cipher_page_size = {}; PRAGMA cipher_hmac_algorithm = {};",
+                raw_key(&key),
+                old.page_size,
+                old.hmac
+            ))
+            .unwrap();
+        other
+            .query_row("SELECT count(*) FROM settings", [], |_| Ok(()))
+            .unwrap();
+
         let store = Store::open(&path, &key).unwrap();
+        assert_eq!(page_size(&store), 4_096);
+        assert!(!path.with_extension("db.relayout").exists());
+        other
+            .execute(
+                "INSERT INTO settings (key, value) VALUES ('other', CAST('yes' AS BLOB))",
+                [],
+            )
+            .unwrap();
+        assert_eq!(store.setting("other").unwrap().unwrap(), b"yes");
+        drop((store, other));
+
+        let store = Store::open(&path, &key).unwrap();
+        assert_eq!(page_size(&store), PAGE_SIZE);
+        assert_eq!(store.setting("other").unwrap().unwrap(), b"yes");
         assert_eq!(
             store.setting("registration_mode").unwrap().unwrap(),
             b"invite"
         );
+    }
+
+    #[test]
+    fn a_rewrite_that_fails_leaves_the_database_in_its_older_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = [8u8; 32];
+        let (path, _) = older_database(dir.path(), LAYOUTS[2], &key);
+        // The copy cannot be made: its name is taken by a directory.
+        let blocked = path.with_extension("db.relayout");
+        std::fs::create_dir(&blocked).unwrap();
+        let store = Store::open(&path, &key).unwrap();
+        assert_eq!(page_size(&store), 4_096);
         assert_eq!(
-            (page_size(&store), page_hmac(&store).as_str()),
-            (8_192, "HMAC_SHA512")
+            store.setting("registration_mode").unwrap().unwrap(),
+            b"invite"
         );
+        store.set_setting("during", b"kept").unwrap();
         drop(store);
-        assert_eq!(readable_as(&path, &key), Some(LAYOUTS[1]));
+        assert_eq!(readable_as(&path, &key), Some(LAYOUTS[2]));
+        std::fs::remove_dir(&blocked).unwrap();
+        let store = Store::open(&path, &key).unwrap();
+        assert_eq!(page_size(&store), PAGE_SIZE);
+        assert_eq!(store.setting("during").unwrap().unwrap(), b"kept");
     }
 
     #[test]
