@@ -57,19 +57,24 @@ impl Server {
     }
 
     /// Asks the server to stop (SIGTERM, so a profiler wrapping it writes
-    /// its output), and kills it after ten seconds.
+    /// its output, and a wrapper that forked it ends with it), and kills it
+    /// after ten seconds.
     pub async fn stop(self) {
         let Some(mut child) = self.child else {
             return;
         };
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status()
-            .await;
+        let signal = |signal: &'static str| {
+            let pid = self.pid.to_string();
+            async move {
+                let _ = Command::new("kill").args([signal, &pid]).status().await;
+            }
+        };
+        signal("-TERM").await;
         if tokio::time::timeout(Duration::from_secs(10), child.wait())
             .await
             .is_err()
         {
+            signal("-KILL").await;
             let _ = child.kill().await;
         }
     }
@@ -84,6 +89,40 @@ pub fn rss_of(pid: u32) -> u64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
         .map_or(0, |kb| kb * 1024)
+}
+
+/// The process that a wrapper started as `pid` runs the program in: its
+/// only child, that child's only child, and so on (`strace -f` forks the
+/// program; valgrind and taskset run it in their own process, which is then
+/// `pid` itself). The tool measures and stops that process, not the
+/// wrapper.
+fn wrapped(mut pid: u32) -> u32 {
+    while let [only] = children_of(pid)[..] {
+        pid = only;
+    }
+    pid
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let child: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+            // After the command's name: the state, then the parent's pid.
+            let ppid: u32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == pid).then_some(child)
+        })
+        .collect()
 }
 
 /// CPU seconds (user + system) of a process (`self` or a pid).
@@ -236,12 +275,16 @@ pub async fn start(
         });
     }
     let base = baselines_dir();
+    let mut wrapper = false;
     let cmd = match kind {
         Kind::SecureChat => {
             let data = dir.join(format!("securechat-{}", securechat::chatlog::opaque_id()));
             // SECURECHAT_BENCH_WRAP runs the host under a profiler, e.g.
             // "valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out".
             let wrap = std::env::var("SECURECHAT_BENCH_WRAP").unwrap_or_default();
+            if !wrap.trim().is_empty() {
+                wrapper = true;
+            }
             let mut words = wrap.split_whitespace();
             let mut c = match words.next() {
                 Some(program) => {
@@ -287,7 +330,11 @@ pub async fn start(
             c
         }
     };
-    started(cmd, kind.name()).await
+    let mut server = started(cmd, kind.name()).await?;
+    if wrapper {
+        server.pid = wrapped(server.pid);
+    }
+    Ok(server)
 }
 
 /// The real `securechat host --headless` on an existing data directory
@@ -326,4 +373,47 @@ pub fn baselines_available() -> (bool, bool) {
             .status()
             .is_ok_and(|s| s.success());
     (python, node)
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// `program args` started, with what [`wrapped`] finds below it once
+    /// it differs from the start, or after two seconds.
+    fn found_below(program: &str, args: &[&str]) -> (u32, String) {
+        let mut child = std::process::Command::new(program)
+            .args(args)
+            .spawn()
+            .unwrap();
+        let started = child.id();
+        let mut found = started;
+        for _ in 0..200 {
+            found = wrapped(started);
+            if found != started {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let comm = std::fs::read_to_string(format!("/proc/{found}/comm")).unwrap_or_default();
+        if found != started {
+            let _ = std::process::Command::new("kill")
+                .arg(found.to_string())
+                .status();
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        (found, comm.trim().to_owned())
+    }
+
+    #[test]
+    fn a_wrapped_program_is_found_below_its_wrapper() {
+        // `sh` forks `sleep` (the command after it keeps `sh` waiting), as
+        // `strace -f` forks the host.
+        let (_, comm) = found_below("sh", &["-c", "sleep 30; true"]);
+        assert_eq!(comm, "sleep");
+        // A program that forks nothing is its own.
+        let (_, comm) = found_below("sleep", &["30"]);
+        assert_eq!(comm, "sleep");
+    }
 }
