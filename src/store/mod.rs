@@ -2691,6 +2691,19 @@ pub(crate) mod tests {
         (path, crashed)
     }
 
+    /// The layout of an open store's pages, and whether it kept the
+    /// setting [`older_database`] made.
+    fn layout_and_setting(store: &Store) -> (u32, String, bool) {
+        let kept =
+            store.setting("registration_mode").unwrap().as_deref() == Some(b"invite".as_slice());
+        (page_size(store), page_hmac(store), kept)
+    }
+
+    /// The layout of a store rewritten in the current one, with its setting.
+    fn current() -> (u32, String, bool) {
+        (PAGE_SIZE, PAGE_HMAC.to_owned(), true)
+    }
+
     /// The schema version of an open store.
     fn schema(store: &Store) -> i64 {
         store
@@ -2732,15 +2745,8 @@ pub(crate) mod tests {
             std::fs::write(crashed.with_extension("db.relayout"), b"torn").unwrap();
             for path in [&path, &crashed] {
                 let store = Store::open(path, &key).unwrap();
-                assert_eq!(
-                    store.setting("registration_mode").unwrap().unwrap(),
-                    b"invite",
-                    "{old:?}: the last commit, even one only in the log, is kept"
-                );
-                assert_eq!(
-                    (page_size(&store), page_hmac(&store).as_str()),
-                    (PAGE_SIZE, PAGE_HMAC)
-                );
+                // The last commit is kept, even one only in the log.
+                assert_eq!(layout_and_setting(&store), current(), "{old:?}");
                 assert_eq!(schema(&store), i64::try_from(MIGRATIONS.len()).unwrap());
                 store.set_setting("after", b"yes").unwrap();
                 assert_eq!(wal_page_size(path), PAGE_SIZE);
@@ -2750,10 +2756,7 @@ pub(crate) mod tests {
                 assert!(!key_opens(path, &[6u8; 32]));
                 let again = Store::open(path, &key).unwrap();
                 assert_eq!(again.setting("after").unwrap().unwrap(), b"yes");
-                assert_eq!(
-                    again.setting("registration_mode").unwrap().unwrap(),
-                    b"invite"
-                );
+                assert_eq!(layout_and_setting(&again), current());
             }
         }
     }
@@ -2855,12 +2858,8 @@ pub(crate) mod tests {
         drop((store, other));
 
         let store = Store::open(&path, &key).unwrap();
-        assert_eq!(page_size(&store), PAGE_SIZE);
         assert_eq!(store.setting("other").unwrap().unwrap(), b"yes");
-        assert_eq!(
-            store.setting("registration_mode").unwrap().unwrap(),
-            b"invite"
-        );
+        assert_eq!(layout_and_setting(&store), current());
     }
 
     #[test]
@@ -2872,17 +2871,16 @@ pub(crate) mod tests {
         let blocked = path.with_extension("db.relayout");
         std::fs::create_dir(&blocked).unwrap();
         let store = Store::open(&path, &key).unwrap();
-        assert_eq!(page_size(&store), 4_096);
         assert_eq!(
-            store.setting("registration_mode").unwrap().unwrap(),
-            b"invite"
+            layout_and_setting(&store),
+            (4_096, "HMAC_SHA512".to_owned(), true)
         );
         store.set_setting("during", b"kept").unwrap();
         drop(store);
         assert_eq!(readable_as(&path, &key), Some(LAYOUTS[2]));
         std::fs::remove_dir(&blocked).unwrap();
         let store = Store::open(&path, &key).unwrap();
-        assert_eq!(page_size(&store), PAGE_SIZE);
+        assert_eq!(layout_and_setting(&store), current());
         assert_eq!(store.setting("during").unwrap().unwrap(), b"kept");
     }
 
