@@ -578,22 +578,11 @@ impl Holders {
     fn join(path: &Path) -> Result<Self> {
         let lock = path.with_extension("db.lock");
         let io = |e: std::io::Error| StoreError::Io(format!("locking {}: {e}", lock.display()));
-        // A lock needs only a handle open for reading, so a lock file made
-        // by another user (an `admin` command run as root) still serves.
-        let file = match std::fs::File::open(&lock) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&lock),
-            opened => opened,
-        }
-        .map_err(io)?;
+        let file = open_lock(&lock)?;
         match file.try_lock() {
             Ok(()) => Ok(Self::Alone(file)),
             Err(std::fs::TryLockError::WouldBlock) => {
-                file.lock_shared().map_err(io)?;
+                wait_shared(&file).map_err(io)?;
                 Ok(Self::Shared(file))
             }
             Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
@@ -604,23 +593,60 @@ impl Holders {
         }
     }
 
-    /// From [`Holders::Alone`] to [`Holders::Shared`]. The lock is given
-    /// up before it is taken again shared (the standard library does not
-    /// convert a lock in one step), so another opener may come first and
-    /// hold it alone meanwhile: this waits for it. A connection kept open
-    /// through the change is safe: the other cannot fold that connection's
-    /// log, so it rewrites nothing (see [`relayout`]).
-    fn share(self) -> Result<Self> {
-        let file = match self {
+    /// From [`Holders::Alone`] to [`Holders::Shared`], for the database at
+    /// `path`. The exclusive lock is let go by closing its handle, and the
+    /// lock taken shared on a new one: the standard library does not
+    /// convert a lock in one step, and under Wine unlocking and then
+    /// locking shared on the same handle failed with a lock violation. So
+    /// another opener may come first and hold it alone meanwhile: this
+    /// waits for it. A connection kept open through the change is safe:
+    /// the other cannot fold that connection's log, so it rewrites nothing
+    /// (see [`relayout`]).
+    /// Returns the handle that holds the lock shared.
+    fn share(self, path: &Path) -> Result<std::fs::File> {
+        match self {
             Self::Alone(file) => {
-                file.unlock()
-                    .and_then(|()| file.lock_shared())
-                    .map_err(|e| StoreError::Io(format!("locking the database: {e}")))?;
-                file
+                drop(file);
+                let lock = path.with_extension("db.lock");
+                let file = open_lock(&lock)?;
+                wait_shared(&file)
+                    .map_err(|e| StoreError::Io(format!("locking {}: {e}", lock.display())))?;
+                Ok(file)
             }
-            Self::Shared(file) => file,
-        };
-        Ok(Self::Shared(file))
+            Self::Shared(file) => Ok(file),
+        }
+    }
+}
+
+/// Opens the lock file `lock`, creating it if needed. A lock needs only a
+/// handle open for reading, so a lock file made by another user (an
+/// `admin` command run as root) still serves.
+fn open_lock(lock: &Path) -> Result<std::fs::File> {
+    match std::fs::File::open(lock) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(lock),
+        opened => opened,
+    }
+    .map_err(|e| StoreError::Io(format!("opening {}: {e}", lock.display())))
+}
+
+/// Takes `file`'s lock shared, waiting (in steps of 10 ms) while another
+/// handle holds it exclusively, which lasts only while that opener
+/// rewrites the database. Only the calls that fail at once are used: they
+/// behave the same on every system the program runs on, Wine included.
+fn wait_shared(file: &std::fs::File) -> std::io::Result<()> {
+    loop {
+        match file.try_lock_shared() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
     }
 }
 
@@ -630,9 +656,10 @@ pub struct Store {
     // main connection closes.
     checkpointer: Option<Checkpointer>,
     conn: Connection,
-    /// Held for as long as the store is open (declared last, so it is let
-    /// go after the connections close); none in memory.
-    _holders: Option<Holders>,
+    /// [`Holders`]'s lock, held shared for as long as the store is open
+    /// (declared last, so it is let go after the connections close); none
+    /// in memory.
+    _lock: Option<std::fs::File>,
 }
 
 /// The log pages written since the checkpointer was last woken at which it
@@ -928,7 +955,7 @@ impl Store {
                 // changes hands: it finds nothing to rewrite, or (after a
                 // failed rewrite) fails to fold this connection's log.
                 let mut store = Self::init(conn)?;
-                store._holders = Some(alone.share()?);
+                store._lock = Some(alone.share(path)?);
                 Ok(store)
             }
             shared @ Holders::Shared(_) => {
@@ -939,7 +966,7 @@ impl Store {
                     )));
                 }
                 let mut store = Self::init(open_keyed(path, key, flags)?.0)?;
-                store._holders = Some(shared);
+                store._lock = Some(shared.share(path)?);
                 Ok(store)
             }
         }
@@ -972,7 +999,7 @@ impl Store {
         let mut store = Self {
             checkpointer: None,
             conn,
-            _holders: None,
+            _lock: None,
         };
         store.migrate()?;
         Ok(store)
