@@ -565,7 +565,8 @@ fn relayout(path: &Path, key: &[u8; 32]) -> Result<()> {
 /// system's (`flock` on Linux and macOS, `LockFileEx` on Windows), which
 /// ends with the process (on Windows, shortly after a process is killed).
 /// Where the standard library has no such lock, every opener counts as
-/// [`Holders::Shared`].
+/// [`Holders::Shared`]. (On NFS, Linux makes `flock` a per-process lock, so
+/// two stores of one process do not exclude each other there.)
 enum Holders {
     /// No other [`Store`] has the database open, and none can open it
     /// until [`Holders::share`].
@@ -582,7 +583,7 @@ impl Holders {
         match file.try_lock() {
             Ok(()) => Ok(Self::Alone(file)),
             Err(std::fs::TryLockError::WouldBlock) => {
-                wait_shared(&file).map_err(io)?;
+                wait_shared(&file, &lock)?;
                 Ok(Self::Shared(file))
             }
             Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
@@ -609,8 +610,7 @@ impl Holders {
                 drop(file);
                 let lock = path.with_extension("db.lock");
                 let file = open_lock(&lock)?;
-                wait_shared(&file)
-                    .map_err(|e| StoreError::Io(format!("locking {}: {e}", lock.display())))?;
+                wait_shared(&file, &lock)?;
                 Ok(file)
             }
             Self::Shared(file) => Ok(file),
@@ -634,18 +634,40 @@ fn open_lock(lock: &Path) -> Result<std::fs::File> {
     .map_err(|e| StoreError::Io(format!("opening {}: {e}", lock.display())))
 }
 
+/// How long an opener waits for another that holds the database alone
+/// (while it keys, rewrites or migrates it) before it gives up.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Takes `file`'s lock shared, waiting (in steps of 10 ms) while another
-/// handle holds it exclusively, which lasts only while that opener
-/// rewrites the database. Only the calls that fail at once are used: they
-/// behave the same on every system the program runs on, Wine included.
-fn wait_shared(file: &std::fs::File) -> std::io::Result<()> {
+/// handle holds it exclusively: another opener that keys, rewrites or
+/// migrates the database, or (on Windows) a handle closed a moment ago.
+/// Only the calls that fail at once are used; the blocking ones behaved
+/// differently under Wine. A wait of over two seconds is logged, and one
+/// of over [`LOCK_WAIT`] is an error.
+fn wait_shared(file: &std::fs::File, lock: &Path) -> Result<()> {
+    let start = std::time::Instant::now();
+    let mut warned = false;
     loop {
         match file.try_lock_shared() {
             Ok(()) => return Ok(()),
             Err(std::fs::TryLockError::WouldBlock) => {
+                let waited = start.elapsed();
+                if waited > LOCK_WAIT {
+                    return Err(StoreError::Io(format!(
+                        "another process has held {} alone for over {} s; stop it and start again",
+                        lock.display(),
+                        LOCK_WAIT.as_secs()
+                    )));
+                }
+                if !warned && waited > std::time::Duration::from_secs(2) {
+                    tracing::warn!(lock = %lock.display(), "waiting for another process that is rewriting the database");
+                    warned = true;
+                }
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(StoreError::Io(format!("locking {}: {e}", lock.display())));
+            }
         }
     }
 }
@@ -2831,6 +2853,26 @@ pub(crate) mod tests {
         ));
         drop(alone);
         probe.try_lock().unwrap();
+    }
+
+    #[test]
+    fn an_opener_waits_while_another_holds_the_database_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = [4u8; 32];
+        let (path, _) = older_database(dir.path(), LAYOUTS[2], &key);
+        // Another process in the middle of a rewrite.
+        let other = std::fs::File::create(path.with_extension("db.lock")).unwrap();
+        other.try_lock().unwrap();
+        let opener = {
+            let path = path.clone();
+            std::thread::spawn(move || Store::open(&path, &key).map(|s| page_size(&s)))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!opener.is_finished(), "opened beside an exclusive holder");
+        drop(other);
+        // Then it opens the database as it finds it, and leaves any rewrite
+        // to an opener that finds nobody else.
+        assert_eq!(opener.join().unwrap().unwrap(), 4_096);
     }
 
     #[test]
