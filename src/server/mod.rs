@@ -237,10 +237,20 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
     let master = open_master_key(&config)?;
     tracing::info!("the master key comes from {}", master.source);
     let db_key = master.subkey("db");
-    let mut store = Store::open(&config.data_dir.join("securechat.db"), &db_key)?;
-    if let Err(e) = store.checkpoint_in_background(&db_key) {
-        tracing::warn!(error = %e, "commits will copy the write-ahead log back themselves");
-    }
+    // Off the async workers: opening may rewrite an older database, or
+    // wait while another process holds it alone (see `Store::open`).
+    let store = {
+        let path = config.data_dir.join("securechat.db");
+        tokio::task::spawn_blocking(move || {
+            let mut store = Store::open(&path, &db_key)?;
+            if let Err(e) = store.checkpoint_in_background(&db_key) {
+                tracing::warn!(error = %e, "commits will copy the write-ahead log back themselves");
+            }
+            Ok::<_, crate::store::StoreError>(store)
+        })
+        .await
+        .map_err(|e| crate::store::StoreError::Task(e.to_string()))??
+    };
     let db = Db::new(store);
     // A host from 0.1.0 keeps the secret it had (now inside the encrypted
     // store), so fake prelogin salts do not change across the upgrade;

@@ -2753,6 +2753,28 @@ pub(crate) mod tests {
         (PAGE_SIZE, PAGE_HMAC.to_owned(), true)
     }
 
+    /// The lock beside the database at `path`, held as another process's
+    /// store would hold it: shared, or alone (`exclusive`) while it
+    /// rewrites the database.
+    fn held_by_another(path: &Path, exclusive: bool) -> std::fs::File {
+        let other = std::fs::File::create(path.with_extension("db.lock")).unwrap();
+        if exclusive {
+            other.try_lock().unwrap();
+        } else {
+            other.lock_shared().unwrap();
+        }
+        other
+    }
+
+    /// Opens the database at `path` again and checks that it is in the
+    /// current layout, with [`older_database`]'s setting and `name` set to
+    /// `value`.
+    fn reopens_current_with(path: &Path, key: &[u8; 32], name: &str, value: &[u8]) {
+        let store = Store::open(path, key).unwrap();
+        assert_eq!(store.setting(name).unwrap().as_deref(), Some(value));
+        assert_eq!(layout_and_setting(&store), current());
+    }
+
     /// The schema version of an open store.
     fn schema(store: &Store) -> i64 {
         store
@@ -2803,9 +2825,7 @@ pub(crate) mod tests {
                 assert_eq!(readable_as(path, &key), Some(LAYOUTS[0]));
                 assert!(!path.with_extension("db.relayout").exists());
                 assert!(!key_opens(path, &[6u8; 32]));
-                let again = Store::open(path, &key).unwrap();
-                assert_eq!(again.setting("after").unwrap().unwrap(), b"yes");
-                assert_eq!(layout_and_setting(&again), current());
+                reopens_current_with(path, &key, "after", b"yes");
             }
         }
     }
@@ -2816,8 +2836,7 @@ pub(crate) mod tests {
         let key = [7u8; 32];
         let (path, _) = older_database(dir.path(), LAYOUTS[2], &key);
         // Another process's hold, as its open store keeps it.
-        let other = std::fs::File::create(path.with_extension("db.lock")).unwrap();
-        other.lock_shared().unwrap();
+        let other = held_by_another(&path, false);
 
         let first = Store::open(&path, &key).unwrap();
         let second = Store::open(&path, &key).unwrap();
@@ -2861,8 +2880,7 @@ pub(crate) mod tests {
         let key = [4u8; 32];
         let (path, _) = older_database(dir.path(), LAYOUTS[2], &key);
         // Another process in the middle of a rewrite.
-        let other = std::fs::File::create(path.with_extension("db.lock")).unwrap();
-        other.try_lock().unwrap();
+        let other = held_by_another(&path, true);
         let opener = {
             let path = path.clone();
             std::thread::spawn(move || Store::open(&path, &key).map(|s| page_size(&s)))
@@ -2884,8 +2902,7 @@ pub(crate) mod tests {
         conn.execute_batch(MIGRATIONS[0]).unwrap();
         conn.pragma_update(None, "user_version", 1).unwrap();
         drop(conn);
-        let other = std::fs::File::create(path.with_extension("db.lock")).unwrap();
-        other.lock_shared().unwrap();
+        let other = held_by_another(&path, false);
         let err = Store::open(&path, &[1u8; 32]).err().unwrap();
         assert!(err.to_string().contains("another process"), "{err}");
         assert!(is_plaintext(&path).unwrap(), "left as it was");
@@ -2926,9 +2943,7 @@ pub(crate) mod tests {
         assert_eq!(store.setting("other").unwrap().unwrap(), b"yes");
         drop((store, other));
 
-        let store = Store::open(&path, &key).unwrap();
-        assert_eq!(store.setting("other").unwrap().unwrap(), b"yes");
-        assert_eq!(layout_and_setting(&store), current());
+        reopens_current_with(&path, &key, "other", b"yes");
     }
 
     #[test]
@@ -2948,9 +2963,7 @@ pub(crate) mod tests {
         drop(store);
         assert_eq!(readable_as(&path, &key), Some(LAYOUTS[2]));
         std::fs::remove_dir(&blocked).unwrap();
-        let store = Store::open(&path, &key).unwrap();
-        assert_eq!(layout_and_setting(&store), current());
-        assert_eq!(store.setting("during").unwrap().unwrap(), b"kept");
+        reopens_current_with(&path, &key, "during", b"kept");
     }
 
     #[test]
