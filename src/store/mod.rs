@@ -292,6 +292,18 @@ struct Layout {
     hmac: &'static str,
 }
 
+impl Layout {
+    /// Keys `conn` with `key` and sets this layout; nothing is read yet.
+    fn key(self, conn: &Connection, key: &[u8; 32]) -> rusqlite::Result<()> {
+        conn.execute_batch(&format!(
+            "PRAGMA key = \"{}\"; PRAGMA cipher_page_size = {}; PRAGMA cipher_hmac_algorithm = {};",
+            raw_key(key),
+            self.page_size,
+            self.hmac
+        ))
+    }
+}
+
 /// The layouts a database may have, tried in this order: a new database's
 /// ([`PAGE_SIZE`], [`PAGE_HMAC`]); 8 KiB pages with HMAC-SHA512, as builds
 /// after 0.5.0 made them until pages were authenticated with HMAC-SHA256;
@@ -367,12 +379,7 @@ fn open_keyed(
         } else {
             None
         };
-        conn.execute_batch(&format!(
-            "PRAGMA key = \"{}\"; PRAGMA cipher_page_size = {}; PRAGMA cipher_hmac_algorithm = {};",
-            raw_key(key),
-            layout.page_size,
-            layout.hmac
-        ))?;
+        layout.key(&conn, key)?;
         let read = conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()));
         drop(quiet);
         match read {
@@ -2646,13 +2653,7 @@ pub(crate) mod tests {
     fn readable_as(path: &Path, key: &[u8; 32]) -> Option<Layout> {
         let reads = |layout: &Layout| {
             let conn = Connection::open(path).unwrap();
-            conn.execute_batch(&format!(
-                "PRAGMA key = \"{}\"; PRAGMA cipher_page_size = {}; PRAGMA cipher_hmac_algorithm = {};",
-                raw_key(key),
-                layout.page_size,
-                layout.hmac
-            ))
-            .unwrap();
+            layout.key(&conn, key).unwrap();
             conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
                 .is_ok()
         };
@@ -2724,13 +2725,7 @@ pub(crate) mod tests {
     ) -> (std::path::PathBuf, std::path::PathBuf) {
         let path = dir.join(format!("{}-{}.db", layout.page_size, layout.hmac));
         let conn = Connection::open(&path).unwrap();
-        conn.execute_batch(&format!(
-            "PRAGMA key = \"{}\"; PRAGMA cipher_page_size = {}; PRAGMA cipher_hmac_algorithm = {};",
-            raw_key(key),
-            layout.page_size,
-            layout.hmac
-        ))
-        .unwrap();
+        layout.key(&conn, key).unwrap();
         let store = Store::init(conn).unwrap();
         store.set_setting("registration_mode", b"invite").unwrap();
         assert_eq!(wal_page_size(&path), layout.page_size);
@@ -2919,14 +2914,7 @@ pub(crate) mod tests {
         let (path, _) = older_database(dir.path(), old, &key);
         // A build before this one: it takes no lock beside the database.
         let other = Connection::open(&path).unwrap();
-        other
-            .execute_batch(&format!(
-                "PRAGMA key = \"{}\"; PRAGMA cipher_page_size = {}; PRAGMA cipher_hmac_algorithm = {};",
-                raw_key(&key),
-                old.page_size,
-                old.hmac
-            ))
-            .unwrap();
+        old.key(&other, &key).unwrap();
         other
             .query_row("SELECT count(*) FROM settings", [], |_| Ok(()))
             .unwrap();
