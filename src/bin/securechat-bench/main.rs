@@ -440,6 +440,10 @@ struct Step {
     max_ms: f64,
     server_cpu: f64,
     load_cpu: f64,
+    /// The share of the step's time that the hypervisor gave the server's
+    /// core to another guest (its "steal" time): the server had that much
+    /// less of a core than the wall clock says.
+    server_core_stolen: f64,
     /// Sockets the server had closed by the end of the step's drain (a
     /// close the server signalled during the step may reach the load only
     /// after the frames already on their way).
@@ -538,10 +542,17 @@ impl Fanout {
             servers::cpu_of("self"),
             Instant::now(),
         );
+        let core0 = servers::server_core_ticks();
         self.collector.start();
         tokio::time::sleep(length).await;
         let w: Window = self.collector.stop();
         let secs = t0.elapsed().as_secs_f64();
+        let stolen = match (core0, servers::server_core_ticks()) {
+            (Some((all0, steal0)), Some((all, steal))) if all > all0 => {
+                steal.saturating_sub(steal0) as f64 / (all - all0) as f64
+            }
+            _ => 0.0,
+        };
         let mut step = Step {
             offered: sends_per_s * self.receivers as f64,
             delivered: w.receipts as f64 / secs,
@@ -552,6 +563,7 @@ impl Fanout {
             max_ms: w.max_ms,
             server_cpu: (server.map_or(0.0, Server::cpu) - cpu0) / secs,
             load_cpu: (servers::cpu_of("self") - load0) / secs,
+            server_core_stolen: stolen,
             // Filled in after the drain.
             closed: 0,
             refused: 0,
@@ -612,7 +624,7 @@ async fn rising(
 ) -> Result<(f64, Step, Vec<Step>), Error> {
     let report = |label: &str, step: &Step| {
         say(&format!(
-            "{what}{label}: offered {:.0}/s, delivered {:.0}/s, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms, server CPU {:.0} %, load CPU {:.0} %, sockets closed {}, refused {}, lost {}",
+            "{what}{label}: offered {:.0}/s, delivered {:.0}/s, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms, server CPU {:.0} %, load CPU {:.0} %, server's core stolen {:.0} %, sockets closed {}, refused {}, lost {}",
             step.offered,
             step.delivered,
             step.p99_ms,
@@ -620,6 +632,7 @@ async fn rising(
             step.max_ms,
             step.server_cpu * 100.0,
             step.load_cpu * 100.0,
+            step.server_core_stolen * 100.0,
             step.closed,
             step.refused,
             step.undelivered
@@ -782,12 +795,17 @@ async fn fanout_all(
     report.insert("fanout_p99_ms".into(), json!(half.p99_ms));
     report.insert("fanout_p999_ms".into(), json!(half.p999_ms));
     report.insert("fanout_max_ms".into(), json!(half.max_ms));
+    report.insert("fanout_stolen".into(), json!(half.server_core_stolen));
     if let Some(path) = &cli.svg {
         std::fs::write(path, chart(&curves))?;
     }
     let (direct_max, direct_half, direct_steps) = direct(bench).await?;
     report.insert("fanout_direct_msgs_per_s".into(), json!(direct_max));
     report.insert("fanout_direct_p99_ms".into(), json!(direct_half.p99_ms));
+    report.insert(
+        "fanout_direct_stolen".into(),
+        json!(direct_half.server_core_stolen),
+    );
     curves.insert(
         "securechat_direct".into(),
         json!({ "max": direct_max, "half_load": direct_half, "steps": direct_steps }),

@@ -144,6 +144,42 @@ pub fn cpu_of(pid: &str) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// Clock ticks since boot of the core the servers run on (of the whole
+/// machine when they are not pinned), from `/proc/stat`: (all, stolen).
+/// "Stolen" is the time the hypervisor ran another guest on that core
+/// while it had work: the server had the core for less than the wall
+/// clock says. None where there is no `/proc/stat`.
+pub fn server_core_ticks() -> Option<(u64, u64)> {
+    let line = if pinning() {
+        format!("cpu{SERVER_CORE}")
+    } else {
+        "cpu".to_owned()
+    };
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_ticks(&stat, &line)
+}
+
+/// The (all, stolen) ticks of `/proc/stat`'s line `name` (`cpu`, `cpu0`).
+fn parse_ticks(stat: &str, name: &str) -> Option<(u64, u64)> {
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))?;
+    // user nice system idle iowait irq softirq steal (guest time is
+    // already counted in user and nice).
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let steal = *ticks.get(7)?;
+    Some((ticks.iter().sum(), steal))
+}
+
+/// The core the servers run on when [`pinning`].
+pub const SERVER_CORE: usize = 0;
+
 /// The machine's cores, as read before the load pinned itself.
 pub fn cores() -> usize {
     static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
@@ -180,7 +216,7 @@ pub fn pin_load() {
 fn command(program: &Path) -> Command {
     let mut cmd = if pinning() {
         let mut c = Command::new("taskset");
-        c.args(["-c", "0"]).arg(program);
+        c.args(["-c", &SERVER_CORE.to_string()]).arg(program);
         c
     } else {
         Command::new(program)
@@ -415,5 +451,26 @@ mod tests {
         // A program that forks nothing is its own.
         let (_, comm) = found_below("sleep", &["30"]);
         assert_eq!(comm, "sleep");
+    }
+
+    #[test]
+    fn a_cores_stolen_time_is_read_from_its_own_line() {
+        let stat = "cpu  10 0 10 100 0 0 0 30 0 0\n\
+                    cpu0 1 2 3 4 5 6 7 8 9 10\n\
+                    cpu1 10 20 30 40 50 60 70 80 0 0\n\
+                    cpu10 100 0 0 0 0 0 0 1 0 0\n\
+                    intr 1 2 3\n";
+        assert_eq!(parse_ticks(stat, "cpu"), Some((150, 30)));
+        assert_eq!(parse_ticks(stat, "cpu0"), Some((36, 8)));
+        assert_eq!(parse_ticks(stat, "cpu1"), Some((360, 80)));
+        assert_eq!(parse_ticks(stat, "cpu10"), Some((101, 1)));
+        assert_eq!(parse_ticks(stat, "cpu2"), None);
+        // A kernel too old to count stolen time has no such column.
+        assert_eq!(parse_ticks("cpu0 1 2 3 4 5 6 7\n", "cpu0"), None);
+        // The real file, where there is one, has the servers' core.
+        if std::path::Path::new("/proc/stat").exists() {
+            let (all, steal) = server_core_ticks().unwrap();
+            assert!(all > 0 && steal <= all);
+        }
     }
 }
