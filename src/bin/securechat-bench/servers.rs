@@ -144,19 +144,46 @@ pub fn cpu_of(pid: &str) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// Clock ticks since boot of the core the servers run on (of the whole
-/// machine when they are not pinned), from `/proc/stat`: (all, stolen).
-/// "Stolen" is the time the hypervisor ran another guest on that core
-/// while it had work: the server had the core for less than the wall
-/// clock says. None where there is no `/proc/stat`.
-pub fn server_core_ticks() -> Option<(u64, u64)> {
-    let line = if pinning() {
-        format!("cpu{SERVER_CORE}")
-    } else {
-        "cpu".to_owned()
-    };
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    parse_ticks(&stat, &line)
+/// Clock ticks of the core the servers run on (of the whole machine when
+/// they are not pinned), from `/proc/stat`, over one or more windows: all of
+/// them, and those "stolen", when the hypervisor ran another guest on that
+/// core while it had work. A server with a stolen share had that much less
+/// of a core than the wall clock says.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CoreTicks {
+    all: u64,
+    stolen: u64,
+}
+
+impl CoreTicks {
+    /// The ticks since boot (none where `/proc/stat` cannot be read).
+    pub fn now() -> Self {
+        let line = if pinning() {
+            format!("cpu{SERVER_CORE}")
+        } else {
+            "cpu".to_owned()
+        };
+        std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|stat| parse_ticks(&stat, &line))
+            .map_or_else(Self::default, |(all, stolen)| Self { all, stolen })
+    }
+
+    /// Adds the window from `start` (a [`CoreTicks::now`]) to now.
+    pub fn add_since(&mut self, start: Self) {
+        let end = Self::now();
+        self.all += end.all.saturating_sub(start.all);
+        self.stolen += end.stolen.saturating_sub(start.stolen);
+    }
+
+    /// The stolen share of the windows added, 0 to 1.
+    pub fn stolen(self) -> f64 {
+        if self.all == 0 {
+            0.0
+        } else {
+            self.stolen as f64 / self.all as f64
+        }
+    }
 }
 
 /// The (all, stolen) ticks of `/proc/stat`'s line `name` (`cpu`, `cpu0`).
@@ -467,10 +494,15 @@ mod tests {
         assert_eq!(parse_ticks(stat, "cpu2"), None);
         // A kernel too old to count stolen time has no such column.
         assert_eq!(parse_ticks("cpu0 1 2 3 4 5 6 7\n", "cpu0"), None);
-        // The real file, where there is one, has the servers' core.
+        // Windows add up; the real file, where there is one, has the
+        // servers' core.
+        let mut windows = CoreTicks::default();
+        assert_eq!(windows.stolen(), 0.0);
+        windows.add_since(CoreTicks::default());
         if std::path::Path::new("/proc/stat").exists() {
-            let (all, steal) = server_core_ticks().unwrap();
-            assert!(all > 0 && steal <= all);
+            assert!(windows.all > 0 && windows.stolen <= windows.all);
+            let share = windows.stolen();
+            assert!((0.0..=1.0).contains(&share), "{share}");
         }
     }
 }
