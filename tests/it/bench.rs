@@ -4,7 +4,7 @@
 
 use std::process::Stdio;
 
-const KEYS: [&str; 14] = [
+const KEYS: [&str; 17] = [
     "fanout_msgs_per_s",
     "fanout_direct_msgs_per_s",
     "fanout_ratio_vs_bare",
@@ -13,10 +13,13 @@ const KEYS: [&str; 14] = [
     "fanout_p99_ms",
     "fanout_p999_ms",
     "fanout_max_ms",
+    "fanout_stolen",
+    "fanout_direct_stolen",
     "idle_bytes_per_socket",
     "login_per_s",
     "login_ratio_vs_limit",
     "login_chat_p99_ratio",
+    "login_stolen",
     "files_ratio_vs_curl",
     "start_ms",
 ];
@@ -77,6 +80,10 @@ async fn every_scenario_runs_and_the_json_has_every_key() {
     }
     assert!(report["fanout_msgs_per_s"].as_f64().unwrap() > 0.0);
     assert!(report["start_ms"].as_f64().unwrap() > 0.0);
+    for key in ["fanout_stolen", "fanout_direct_stolen", "login_stolen"] {
+        let share = report[key].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&share), "{key}: {share}");
+    }
     let chart = std::fs::read_to_string(svg.path()).unwrap();
     assert!(
         chart.starts_with("<svg") && chart.contains("securechat"),
