@@ -546,7 +546,7 @@ impl Fanout {
             servers::cpu_of("self"),
             Instant::now(),
         );
-        let core0 = CoreTicks::now();
+        let core0 = server.map_or_else(CoreTicks::default, Server::core_ticks);
         self.collector.start();
         tokio::time::sleep(length).await;
         let w: Window = self.collector.stop();
@@ -1008,7 +1008,7 @@ async fn login(bench: &Bench, report: &mut serde_json::Map<String, Value>) -> Re
         }
         let part = (round * s.logins / rounds)..((round + 1) * s.logins / rounds);
         let (cpu0, load0, t0) = (server.cpu(), servers::cpu_of("self"), Instant::now());
-        let core0 = CoreTicks::now();
+        let core0 = server.core_ticks();
         fan.collector.start();
         let part = storm_clients.spawn(sign_ins(
             part,

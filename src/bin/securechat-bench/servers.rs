@@ -56,6 +56,16 @@ impl Server {
         cpu_of(&self.pid.to_string())
     }
 
+    /// Its core's ticks so far (none for `--url`'s host, whose core is not
+    /// this machine's to measure).
+    pub fn core_ticks(&self) -> CoreTicks {
+        if self.child.is_some() {
+            CoreTicks::now()
+        } else {
+            CoreTicks::default()
+        }
+    }
+
     /// Asks the server to stop (SIGTERM, so a profiler wrapping it writes
     /// its output, and a wrapper that forked it ends with it), and kills it
     /// after ten seconds.
@@ -169,8 +179,12 @@ impl CoreTicks {
             .map_or_else(Self::default, |(all, stolen)| Self { all, stolen })
     }
 
-    /// Adds the window from `start` (a [`CoreTicks::now`]) to now.
+    /// Adds the window from `start` (a [`CoreTicks::now`]) to now; nothing
+    /// if `start` was not measured.
     pub fn add_since(&mut self, start: Self) {
+        if start.all == 0 {
+            return;
+        }
         let end = Self::now();
         self.all += end.all.saturating_sub(start.all);
         self.stolen += end.stolen.saturating_sub(start.stolen);
@@ -498,8 +512,14 @@ mod tests {
         // servers' core.
         let mut windows = CoreTicks::default();
         assert_eq!(windows.stolen(), 0.0);
+        // A window whose start was not measured adds nothing.
         windows.add_since(CoreTicks::default());
+        assert_eq!((windows.all, windows.stolen), (0, 0));
         if std::path::Path::new("/proc/stat").exists() {
+            let start = CoreTicks::now();
+            // About 10 ticks of 1/100 s pass on any core meanwhile.
+            std::thread::sleep(Duration::from_millis(100));
+            windows.add_since(start);
             assert!(windows.all > 0 && windows.stolen <= windows.all);
             let share = windows.stolen();
             assert!((0.0..=1.0).contains(&share), "{share}");
