@@ -867,6 +867,9 @@ fn wrapped(iv: Vec<u8>, ct: Vec<u8>) -> WrappedKey {
     }
 }
 
+/// How many compiled statements a connection keeps (see [`Store::init`]).
+const STATEMENT_CACHE: usize = 64;
+
 const USER_COLUMNS: &str = "u.id, u.username, u.created_at, u.is_admin, u.disabled, u.salt, \
      u.iterations, u.auth_hash, u.enc_public, u.sig_public, u.enc_private_iv, u.enc_private_ct, \
      u.sig_private_iv, u.sig_private_ct, u.reset_expires";
@@ -918,10 +921,8 @@ pub struct SignIn<'a> {
 }
 
 fn insert_audit(conn: &Connection, now: i64, event: &str, actor: &str, detail: &str) -> Result<()> {
-    conn.execute(
-        "INSERT INTO audit (ts, event, actor, detail) VALUES (?1, ?2, ?3, ?4)",
-        params![now, event, actor, detail],
-    )?;
+    conn.prepare_cached("INSERT INTO audit (ts, event, actor, detail) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![now, event, actor, detail])?;
     Ok(())
 }
 
@@ -932,10 +933,10 @@ fn insert_session(
     now: i64,
     ip: &str,
 ) -> Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO sessions (token_hash, user_id, created_at, last_seen, ip) VALUES (?1, ?2, ?3, ?3, ?4)",
-        params![token_hash.as_slice(), user_id, now, ip],
-    )?;
+    )?
+    .execute(params![token_hash.as_slice(), user_id, now, ip])?;
     Ok(())
 }
 
@@ -1025,6 +1026,9 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Every statement of a request's path (sessions, sign-ins, sends)
+        // stays compiled; the default keeps 16, fewer than those.
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let mut store = Self {
             checkpointer: None,
             conn,
@@ -1273,22 +1277,20 @@ impl Store {
     pub fn user_by_name(&self, username: &str) -> Result<Option<UserRow>> {
         Ok(self
             .conn
-            .query_row(
-                &format!("SELECT {USER_COLUMNS} FROM users u WHERE u.username = ?1"),
-                [username],
-                |r| user_from_row(r, 0),
-            )
+            .prepare_cached(&format!(
+                "SELECT {USER_COLUMNS} FROM users u WHERE u.username = ?1"
+            ))?
+            .query_row([username], |r| user_from_row(r, 0))
             .optional()?)
     }
 
     /// The user with this id.
     pub fn user_by_id(&self, id: i64) -> Result<UserRow> {
         self.conn
-            .query_row(
-                &format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = ?1"),
-                [id],
-                |r| user_from_row(r, 0),
-            )
+            .prepare_cached(&format!(
+                "SELECT {USER_COLUMNS} FROM users u WHERE u.id = ?1"
+            ))?
+            .query_row([id], |r| user_from_row(r, 0))
             .optional()?
             .ok_or(StoreError::NotFound)
     }
@@ -1386,30 +1388,26 @@ impl Store {
     pub fn session(&self, token_hash: &[u8; 32]) -> Result<Option<SessionRow>> {
         Ok(self
             .conn
-            .query_row(
-                &format!(
-                    "SELECT s.created_at, s.last_seen, {USER_COLUMNS}
-                     FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = ?1"
-                ),
-                [token_hash.as_slice()],
-                |r| {
-                    Ok(SessionRow {
-                        token_hash: *token_hash,
-                        created_at: r.get(0)?,
-                        last_seen: r.get(1)?,
-                        user: user_from_row(r, 2)?,
-                    })
-                },
-            )
+            .prepare_cached(&format!(
+                "SELECT s.created_at, s.last_seen, {USER_COLUMNS}
+                 FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = ?1"
+            ))?
+            .query_row([token_hash.as_slice()], |r| {
+                Ok(SessionRow {
+                    token_hash: *token_hash,
+                    created_at: r.get(0)?,
+                    last_seen: r.get(1)?,
+                    user: user_from_row(r, 2)?,
+                })
+            })
             .optional()?)
     }
 
     /// Marks a session as used at `now`.
     pub fn touch_session(&self, token_hash: &[u8; 32], now: i64) -> Result<()> {
-        self.conn.execute(
-            "UPDATE sessions SET last_seen = ?2 WHERE token_hash = ?1",
-            params![token_hash.as_slice(), now],
-        )?;
+        self.conn
+            .prepare_cached("UPDATE sessions SET last_seen = ?2 WHERE token_hash = ?1")?
+            .execute(params![token_hash.as_slice(), now])?;
         Ok(())
     }
 
@@ -1554,10 +1552,8 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            "DELETE FROM throttle WHERE kind = 'user' AND key = ?1",
-            [user],
-        )?;
+        tx.prepare_cached("DELETE FROM throttle WHERE kind = 'user' AND key = ?1")?
+            .execute([user])?;
         let current = Self::read_throttle(&tx, "ip", ip)?;
         let locked_until = if current.locked_until == ip_after.locked_until {
             ip_before.locked_until
@@ -1584,28 +1580,27 @@ impl Store {
 
     fn read_throttle(conn: &Connection, kind: &str, key: &str) -> Result<Throttle> {
         Ok(conn
-            .query_row(
+            .prepare_cached(
                 "SELECT window_start, failures, locked_until FROM throttle WHERE kind = ?1 AND key = ?2",
-                params![kind, key],
-                |r| {
-                    Ok(Throttle {
-                        window_start: r.get(0)?,
-                        failures: r.get(1)?,
-                        locked_until: r.get(2)?,
-                    })
-                },
-            )
+            )?
+            .query_row(params![kind, key], |r| {
+                Ok(Throttle {
+                    window_start: r.get(0)?,
+                    failures: r.get(1)?,
+                    locked_until: r.get(2)?,
+                })
+            })
             .optional()?
             .unwrap_or_default())
     }
 
     fn write_throttle(conn: &Connection, kind: &str, key: &str, t: Throttle) -> Result<()> {
-        conn.execute(
+        conn.prepare_cached(
             "INSERT INTO throttle (kind, key, window_start, failures, locked_until) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT(kind, key) DO UPDATE SET window_start = excluded.window_start,
                 failures = excluded.failures, locked_until = excluded.locked_until",
-            params![kind, key, t.window_start, t.failures, t.locked_until],
-        )?;
+        )?
+        .execute(params![kind, key, t.window_start, t.failures, t.locked_until])?;
         Ok(())
     }
 
