@@ -6,12 +6,39 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// The time of one Argon2id verification with the host's own code and
+/// parameters, back to back as in a storm: several are queued at once on
+/// one permit and timed from the first one's end to the last one's, so the
+/// first one's allocation of working memory is not counted.
+pub async fn argon2_seconds() -> Result<f64, Error> {
+    let passwords = securechat::auth::Passwords::new(1)?;
+    let hash = passwords
+        .hash(vec![7; 32])
+        .await
+        .map_err(|e| e.to_string())?;
+    let n = 6;
+    let mut done: futures_util::stream::FuturesUnordered<_> = (0..=n)
+        .map(|_| passwords.verify(Some(hash.clone()), vec![7; 32]))
+        .collect();
+    let mut first = None;
+    while let Some(ok) = done.next().await {
+        if !ok.map_err(|e| e.to_string())? {
+            return Err("Argon2id refused its own key".into());
+        }
+        first.get_or_insert_with(Instant::now);
+    }
+    let first = first.ok_or("no verification ran")?;
+    Ok(first.elapsed().as_secs_f64() / f64::from(n))
+}
 
 /// The kinds of server the fan-out compares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +90,31 @@ impl Server {
             CoreTicks::now()
         } else {
             CoreTicks::default()
+        }
+    }
+
+    /// The time of one Argon2id verification with the host's own code and
+    /// parameters, on the host's core: this tool re-run as `argon2` and
+    /// pinned there (in this process without pinning, and for `--url`'s
+    /// host, whose machine is not this one).
+    pub async fn argon2_seconds(&self) -> Result<f64, Error> {
+        if self.child.is_none() || !pinning() {
+            return argon2_seconds().await;
+        }
+        let out = command(&std::env::current_exe()?)
+            .arg("argon2")
+            .stderr(Stdio::piped())
+            .output()
+            .await?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        match text.trim().parse::<f64>() {
+            Ok(seconds) if out.status.success() && seconds > 0.0 => Ok(seconds),
+            _ => Err(format!(
+                "timing Argon2id on the host's core failed: {} {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+            .into()),
         }
     }
 
