@@ -163,14 +163,13 @@ const PASSWORD: &str = "benchmark password, long enough";
 const PLACEHOLDER: &str = "00000000-0000-4000-8000-000000000000";
 
 fn main() -> std::process::ExitCode {
-    // (internal) `serve`: the SecureChat host under load, started by this tool.
-    if std::env::args().nth(1).as_deref() == Some("serve") {
-        return serve();
-    }
-    // (internal) `argon2`: one Argon2id verification's time, printed in
-    // seconds; run pinned to the host's core.
-    if std::env::args().nth(1).as_deref() == Some("argon2") {
-        return argon2();
+    // Internal commands: `serve`, the SecureChat host under load, started
+    // by this tool; `argon2`, one Argon2id verification's time in seconds,
+    // run pinned to the host's core.
+    match std::env::args().nth(1).as_deref() {
+        Some("serve") => return serve(),
+        Some("argon2") => return argon2(),
+        _ => {}
     }
     let cli = Cli::parse();
     load::set_ids(cli.ids);

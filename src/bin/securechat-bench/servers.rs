@@ -83,10 +83,15 @@ impl Server {
         cpu_of(&self.pid.to_string())
     }
 
+    /// Whether this tool started it on this machine (not `--url`'s host).
+    fn is_local(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Its core's ticks so far (none for `--url`'s host, whose core is not
     /// this machine's to measure).
     pub fn core_ticks(&self) -> CoreTicks {
-        if self.child.is_some() {
+        if self.is_local() {
             CoreTicks::now()
         } else {
             CoreTicks::default()
@@ -98,7 +103,7 @@ impl Server {
     /// pinned there (in this process without pinning, and for `--url`'s
     /// host, whose machine is not this one).
     pub async fn argon2_seconds(&self) -> Result<f64, Error> {
-        if self.child.is_none() || !pinning() {
+        if !self.is_local() || !pinning() {
             return argon2_seconds().await;
         }
         let out = command(&std::env::current_exe()?)
