@@ -294,53 +294,75 @@ export function chatTitle(info) {
   return info.members.find((m) => m.username !== state.me.username)?.username ?? state.me.username;
 }
 
+/**
+ * The chat list's entries by what they show ("group:<id>" or "user:<name>"),
+ * kept from draw to draw and updated in place: a click whose press and release
+ * straddle a redraw (a message or a presence change arriving) still lands on
+ * its button, and a focused entry keeps the focus.
+ * @type {Map<string, {li: HTMLLIElement, button: HTMLButtonElement, name: HTMLSpanElement, status: HTMLSpanElement, dot: HTMLSpanElement, extra: HTMLSpanElement, preview: HTMLSpanElement}>}
+ */
+const listEntries = new Map();
+
+function listEntry(id) {
+  let entry = listEntries.get(id);
+  if (!entry) {
+    const li = document.createElement('li');
+    const button = document.createElement('button');
+    button.type = 'button';
+    const [name, status, dot, extra, preview] = [0, 1, 2, 3, 4].map(() => document.createElement('span'));
+    name.className = 'name';
+    status.className = 'visually-hidden';
+    dot.setAttribute('aria-hidden', 'true');
+    preview.className = 'preview';
+    preview.setAttribute('aria-hidden', 'true');
+    button.append(name, status, dot, extra, preview);
+    // The key is read when clicked: a user's entry becomes their direct chat's.
+    button.addEventListener('click', () => openChat(/** @type {string} */ (button.dataset.key)));
+    li.appendChild(button);
+    entry = { li, button, name, status, dot, extra, preview };
+    listEntries.set(id, entry);
+  }
+  return entry;
+}
+
 function drawList() {
   const list = $('chat-list');
   const q = /** @type {HTMLInputElement} */ ($('filter')).value.trim().toLowerCase();
-  /** @type {{key: string, name: string, chat: ChatState|null, online: boolean|null, group: boolean}[]} */
+  /** @type {{id: string, key: string, name: string, chat: ChatState|null, online: boolean|null, group: boolean}[]} */
   const entries = [];
   for (const c of state.chats.values()) {
-    if (c.info.kind === 'group') entries.push({ key: c.info.id, name: c.info.name ?? 'Group', chat: c, online: null, group: true });
+    if (c.info.kind === 'group') entries.push({ id: `group:${c.info.id}`, key: c.info.id, name: c.info.name ?? 'Group', chat: c, online: null, group: true });
   }
   for (const u of state.users.values()) {
     if (u.username === state.me.username || u.disabled) continue;
     const chat = directWith(u.username);
-    entries.push({ key: chat ? chat.info.id : `user:${u.username}`, name: u.username, chat, online: state.online.has(u.username), group: false });
+    entries.push({ id: `user:${u.username}`, key: chat ? chat.info.id : `user:${u.username}`, name: u.username, chat, online: state.online.has(u.username), group: false });
   }
   const latest = (e) => Math.max(e.chat?.info.created_at ?? 0, ...[...(e.chat?.shown.values() ?? [])].map((m) => m.ts));
   entries.sort((a, b) => latest(b) - latest(a) || a.name.localeCompare(b.name));
-  list.replaceChildren();
+  /** @type {HTMLLIElement[]} */
+  const shown = [];
   for (const e of entries) {
     if (q && !e.name.toLowerCase().includes(q)) continue;
-    const li = document.createElement('li');
-    const b = document.createElement('button');
-    b.type = 'button';
-    b.dataset.key = e.key;
-    if (state.active === e.key) b.setAttribute('aria-current', 'true');
-    const name = document.createElement('span');
-    name.className = 'name';
+    const { li, button, name, status, dot, extra, preview } = listEntry(e.id);
+    button.dataset.key = e.key;
+    if (state.active === e.key) button.setAttribute('aria-current', 'true');
+    else button.removeAttribute('aria-current');
     name.textContent = e.name;
-    const dot = document.createElement('span');
     dot.className = `dot${e.group ? ' group' : e.online ? ' online' : ''}`;
-    dot.setAttribute('aria-hidden', 'true');
-    const extra = document.createElement('span');
-    if (e.chat?.unread) {
-      extra.className = 'unread';
-      extra.textContent = String(e.chat.unread);
-    }
-    const status = document.createElement('span');
-    status.className = 'visually-hidden';
+    extra.className = e.chat?.unread ? 'unread' : '';
+    extra.textContent = e.chat?.unread ? String(e.chat.unread) : '';
     status.textContent = `${e.group ? ', group' : e.online ? ', online' : ', offline'}${e.chat?.unread ? `, ${e.chat.unread} unread` : ''}`;
-    const preview = document.createElement('span');
-    preview.className = 'preview';
     const last = e.chat ? [...e.chat.shown.values()].at(-1) : null;
     preview.textContent = last ? `${last.sender === state.me.username ? 'You: ' : ''}${last.text ?? ''}` : '';
-    preview.setAttribute('aria-hidden', 'true');
-    b.append(name, status, dot, extra, preview);
-    b.addEventListener('click', () => openChat(e.key));
-    li.appendChild(b);
-    list.appendChild(li);
+    shown.push(li);
   }
+  // Only entries out of place move; the rest stay where they are.
+  shown.forEach((li, i) => {
+    if (list.children[i] !== li) list.insertBefore(li, list.children[i] ?? null);
+  });
+  while (list.children.length > shown.length) list.lastElementChild?.remove();
+  for (const [id, entry] of listEntries) if (!entry.li.isConnected) listEntries.delete(id);
   const unread = [...state.chats.values()].reduce((n, c) => n + c.unread, 0);
   document.title = unread ? `(${unread}) SecureChat` : 'SecureChat';
 }
