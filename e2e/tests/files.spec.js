@@ -3,7 +3,7 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const { test, expect } = require('@playwright/test');
-const { messages, newUser, openChat } = require('./helpers');
+const { messages, newUser, openChat, send } = require('./helpers');
 
 // A 1×1 PNG, for the preview.
 const PNG = Buffer.from(
@@ -67,4 +67,81 @@ test('the incremental SHA-256 used for downloads to disk matches WebCrypto', asy
   });
   expect(mismatches).toEqual([]);
   await u.context.close();
+});
+
+test('messages arriving leave the log as the reader holds it: a selection, a pressed Download button', async ({ browser }) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'securechat-files-'));
+  const note = path.join(dir, 'note.txt');
+  fs.writeFileSync(note, 'a short note\n');
+  const a = await newUser(browser, 'hold.a');
+  const b = await newUser(browser, 'hold.b');
+  try {
+    await openChat(a.page, 'hold.b');
+    await send(a.page, 'keep this selected');
+    await attach(a.page, note);
+    await expect(a.page.getByRole('progressbar', { name: 'Progress of note.txt' })).toHaveAttribute('value', '100');
+    await openChat(b.page, 'hold.a');
+    const log = messages(b.page);
+    const download = log.getByRole('button', { name: 'Download note.txt' });
+    await expect(download).toBeVisible();
+
+    await b.page.evaluate(() => {
+      const body = [...document.querySelectorAll('#messages .body')].find((e) => e.textContent === 'keep this selected');
+      getSelection()?.selectAllChildren(/** @type {Node} */ (body));
+    });
+    await send(a.page, 'first arrival');
+    await expect(log).toContainText('first arrival');
+    expect(await b.page.evaluate(() => getSelection()?.toString())).toBe('keep this selected');
+
+    const box = await download.boundingBox();
+    await b.page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+    await b.page.mouse.down();
+    await send(a.page, 'second arrival');
+    await expect(log).toContainText('second arrival');
+    const [saved] = await Promise.all([b.page.waitForEvent('download'), b.page.mouse.up()]);
+    expect(saved.suggestedFilename()).toBe('note.txt');
+    expect(fs.readFileSync(await saved.path(), 'utf8')).toBe('a short note\n');
+  } finally {
+    for (const u of [a, b]) await u.context.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('an upload can be cancelled, and one that failed is sent with Retry', async ({ browser }) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'securechat-files-'));
+  const first = path.join(dir, 'stalled.txt');
+  fs.writeFileSync(first, 'never sent\n');
+  const second = path.join(dir, 'refused.txt');
+  fs.writeFileSync(second, 'sent on the second try\n');
+  const a = await newUser(browser, 'retry.a');
+  const b = await newUser(browser, 'retry.b');
+  try {
+    await openChat(a.page, 'retry.b');
+    const log = messages(a.page);
+    // The first file's chunk never gets an answer: Cancel takes the message away.
+    await a.page.route('**/api/files/*/chunks/*', () => {});
+    await attach(a.page, first);
+    await log.getByRole('button', { name: 'Cancel stalled.txt' }).click();
+    await expect(log).not.toContainText('stalled.txt');
+    await a.page.unroute('**/api/files/*/chunks/*');
+    // The second file is refused once: "Not sent", then Retry uploads and sends it.
+    await a.page.route('**/api/files', (route) =>
+      route.fulfill({ status: 413, contentType: 'application/json', body: JSON.stringify({ error: 'quota_exceeded', message: 'Refused for the test.' }) }),
+    );
+    await attach(a.page, second);
+    await expect(log).toContainText('Not sent');
+    await a.page.unroute('**/api/files');
+    await log.getByRole('button', { name: 'Retry' }).click();
+    await expect(log.getByRole('progressbar', { name: 'Progress of refused.txt' })).toHaveAttribute('value', '100');
+    await expect(log).toContainText('Sent');
+    await expect(log).not.toContainText('Not sent');
+    await openChat(b.page, 'retry.a');
+    const theirs = messages(b.page);
+    const [saved] = await Promise.all([b.page.waitForEvent('download'), theirs.getByRole('button', { name: 'Download refused.txt' }).click()]);
+    expect(fs.readFileSync(await saved.path(), 'utf8')).toBe('sent on the second try\n');
+    await expect(theirs).not.toContainText('stalled.txt');
+  } finally {
+    for (const u of [a, b]) await u.context.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });

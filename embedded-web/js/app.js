@@ -5,6 +5,7 @@
 import { ApiError, call, get, post } from './api.js';
 import { decode, encode } from './b64.js';
 import * as e2e from './e2e.js';
+import { morph, placeInOrder } from './dom.js';
 import { render } from './format.js';
 import * as store from './keystore.js';
 import { Connection } from './ws.js';
@@ -16,7 +17,7 @@ import * as files from './files.js';
  * @typedef {{username: string, enc_public: string, sig_public: string, online: boolean, is_admin: boolean, disabled: boolean}} UserEntry
  * @typedef {{id: string, kind: 'direct'|'group', name: string|null, members: {username: string, role: string}[], last_seq: number, read_seq: number, created_at: number}} ChatInfo
  * @typedef {{id: string, chat: string, sender: string, seq: number, ts: number, envelope: e2e.Envelope}} MessageRecord
- * @typedef {{id: string, sender: string, ts: number, seq: number|null, text: string|null, state: 'sending'|'sent'|'failed'|'bad', error?: string, file?: files.FileDescriptor, transfer?: {loaded: number, total: number, rate: number, cancel?: () => void, label: string}, preview?: string}} Shown
+ * @typedef {{id: string, sender: string, ts: number, seq: number|null, text: string|null, state: 'sending'|'sent'|'failed'|'bad', error?: string, file?: files.FileDescriptor, transfer?: {loaded: number, total: number, rate: number, cancel?: () => void, label: string}, preview?: string, uploaded?: boolean, source?: File}} Shown
  * @typedef {{info: ChatInfo, shown: Map<string, Shown>, lastSeq: number, unread: number, draft: string, scroll: number|null, loaded: boolean}} ChatState
  */
 
@@ -357,11 +358,7 @@ function drawList() {
     preview.textContent = last ? `${last.sender === state.me.username ? 'You: ' : ''}${last.text ?? ''}` : '';
     shown.push(li);
   }
-  // Only entries out of place move; the rest stay where they are.
-  shown.forEach((li, i) => {
-    if (list.children[i] !== li) list.insertBefore(li, list.children[i] ?? null);
-  });
-  while (list.children.length > shown.length) list.lastElementChild?.remove();
+  placeInOrder(list, shown);
   for (const [id, entry] of listEntries) if (!entry.li.isConnected) listEntries.delete(id);
   const unread = [...state.chats.values()].reduce((n, c) => n + c.unread, 0);
   document.title = unread ? `(${unread}) SecureChat` : 'SecureChat';
@@ -438,12 +435,42 @@ function dayOf(ts) {
   return new Date(ts).toLocaleDateString(undefined, { weekday: 'long', year: 'numeric', month: 'long', day: 'numeric' });
 }
 
+/**
+ * The open chat's log items (a message's by its id, a day's heading by
+ * "day:<date>"), kept from draw to draw and patched in place: a button pressed
+ * while a message arrives still gets its click, a selection and the reading
+ * position stay, and a preview is not loaded again.
+ */
+const log = { chat: /** @type {string|null} */ (null), items: /** @type {Map<string, HTMLLIElement>} */ (new Map()) };
+
+/** The log item `key` as `fresh` shows it: the kept element, patched, or `fresh`. @param {string} key @param {HTMLLIElement} fresh */
+function logItem(key, fresh) {
+  const kept = log.items.get(key);
+  if (!kept) {
+    log.items.set(key, fresh);
+    return fresh;
+  }
+  morph(kept, fresh);
+  return kept;
+}
+
+function clearLog() {
+  log.chat = null;
+  log.items.clear();
+  $('messages').replaceChildren();
+}
+
 function drawMessages(restoreScroll = false) {
   const chat = activeChat();
-  const log = $('messages');
+  const list = $('messages');
   if (!chat) return;
-  const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
-  log.replaceChildren();
+  if (log.chat !== chat.info.id) {
+    clearLog();
+    log.chat = chat.info.id;
+  }
+  const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+  /** @type {HTMLLIElement[]} */
+  const items = [];
   let day = '';
   const sorted = [...chat.shown.values()].sort((a, b) => (a.seq ?? Infinity) - (b.seq ?? Infinity) || a.ts - b.ts);
   for (const m of sorted) {
@@ -453,12 +480,34 @@ function drawMessages(restoreScroll = false) {
       const sep = document.createElement('li');
       sep.className = 'day';
       sep.textContent = d;
-      log.appendChild(sep);
+      items.push(logItem(`day:${d}`, sep));
     }
-    log.appendChild(messageItem(chat, m));
+    items.push(logItem(m.id, messageItem(chat, m)));
   }
-  if (restoreScroll && chat.scroll !== null) log.scrollTop = chat.scroll;
-  else if (restoreScroll || atBottom) log.scrollTop = log.scrollHeight;
+  placeInOrder(list, items);
+  for (const [key, li] of log.items) if (!li.isConnected) log.items.delete(key);
+  if (restoreScroll && chat.scroll !== null) list.scrollTop = chat.scroll;
+  else if (restoreScroll || atBottom) list.scrollTop = list.scrollHeight;
+}
+
+/** The log's buttons: what a click does is read from the message as it is now. @param {MouseEvent} event */
+function onLogClick(event) {
+  const button = /** @type {Element} */ (event.target).closest('button[data-action]');
+  const id = button?.closest('li[data-id]')?.getAttribute('data-id');
+  const chat = activeChat();
+  const m = id ? chat?.shown.get(id) : undefined;
+  if (!button || !chat || !m) return;
+  switch (button.getAttribute('data-action')) {
+    case 'retry':
+      if (m.state === 'failed') resend(chat, m);
+      break;
+    case 'cancel':
+      m.transfer?.cancel?.();
+      break;
+    case 'download':
+      fetchFile(m, true);
+      break;
+  }
 }
 
 /** @param {ChatState} chat @param {Shown} m */
@@ -487,7 +536,7 @@ function messageItem(chat, m) {
       retry.type = 'button';
       retry.className = 'retry';
       retry.textContent = 'Retry';
-      retry.addEventListener('click', () => resend(chat, m));
+      retry.dataset.action = 'retry';
       meta.appendChild(retry);
     }
   }
@@ -534,7 +583,7 @@ function fileCard(m) {
       const cancel = document.createElement('button');
       cancel.type = 'button';
       cancel.textContent = `Cancel ${name}`;
-      cancel.addEventListener('click', t.cancel);
+      cancel.dataset.action = 'cancel';
       actions.append(cancel);
     }
   } else if (d) {
@@ -551,7 +600,7 @@ function fileCard(m) {
     const get = document.createElement('button');
     get.type = 'button';
     get.textContent = `Download ${name}`;
-    get.addEventListener('click', () => fetchFile(m, true));
+    get.dataset.action = 'download';
     actions.append(get);
   }
   if (m.preview) {
@@ -567,9 +616,8 @@ function fileCard(m) {
 /** Re-draws one message in place (progress updates). @param {Shown} m */
 function redrawMessage(chatId, m) {
   const chat = state.chats.get(chatId);
-  if (!chat || state.active !== chatId) return;
-  const old = $('messages').querySelector(`[data-id="${CSS.escape(m.id)}"]`);
-  if (old) old.replaceWith(messageItem(chat, m));
+  if (!chat || state.active !== chatId || log.chat !== chatId || !log.items.has(m.id)) return;
+  logItem(m.id, messageItem(chat, m));
 }
 
 /** Downloads a file message's file; saves it, or shows it as a preview. */
@@ -620,47 +668,48 @@ async function sendFiles(list) {
   const chat = activeChat();
   if (!chat) return;
   for (const file of list) {
-    const id = e2e.messageId();
-    const controller = new AbortController();
     /** @type {Shown} */
-    const shown = {
-      id,
-      sender: state.me.username,
-      ts: Date.now(),
-      seq: null,
-      text: `📎 ${file.name}`,
-      state: 'sending',
-      transfer: { loaded: 0, total: file.size, rate: 0, label: file.name, cancel: () => controller.abort() },
-    };
-    chat.shown.set(id, shown);
-    drawMessages();
-    const chatId = chat.info.id;
-    files
-      .upload(file, chatId, (p) => {
-        shown.transfer = { ...p, label: file.name, cancel: () => controller.abort() };
-        redrawMessage(chatId, shown);
-      }, controller.signal)
-      .then(async (descriptor) => {
-        shown.file = descriptor;
-        shown.transfer = undefined;
-        shown.uploaded = true;
-        if (descriptor.mime.startsWith('image/')) shown.preview = URL.createObjectURL(file);
-        const content = { v: 1, type: 'file', file: descriptor };
-        const frame = await sealFrame(chat, id, content);
-        pending.set(id, { chat: chatId, content, frame, resealed: false });
-        state.conn?.sendMessage(frame);
-        redrawMessage(chatId, shown);
-      })
-      .catch((err) => {
-        if (controller.signal.aborted) chat.shown.delete(id);
-        else {
-          shown.state = 'failed';
-          shown.transfer = undefined;
-          shown.error = err instanceof Error ? err.message : String(err);
-        }
-        if (state.active === chatId) drawMessages();
-      });
+    const shown = { id: e2e.messageId(), sender: state.me.username, ts: Date.now(), seq: null, text: `📎 ${file.name}`, state: 'sending', source: file };
+    chat.shown.set(shown.id, shown);
+    upload(chat, shown);
   }
+  drawMessages();
+}
+
+/**
+ * Uploads a file message's file (`shown.source`), then sends the message. A
+ * cancelled upload takes its message away; a failed one keeps the file for Retry.
+ * @param {ChatState} chat @param {Shown & {source: File}} shown
+ */
+function upload(chat, shown) {
+  const file = shown.source;
+  const controller = new AbortController();
+  const cancel = () => controller.abort();
+  const chatId = chat.info.id;
+  shown.transfer = { loaded: 0, total: file.size, rate: 0, label: file.name, cancel };
+  files
+    .upload(file, chatId, (p) => {
+      shown.transfer = { ...p, label: file.name, cancel };
+      redrawMessage(chatId, shown);
+    }, controller.signal)
+    .then(async (descriptor) => {
+      shown.file = descriptor;
+      shown.source = undefined;
+      shown.transfer = undefined;
+      shown.uploaded = true;
+      if (descriptor.mime.startsWith('image/')) shown.preview = URL.createObjectURL(file);
+      redrawMessage(chatId, shown);
+      await sealAndSend(chat, shown, { v: 1, type: 'file', file: descriptor });
+    })
+    .catch((err) => {
+      if (controller.signal.aborted) chat.shown.delete(shown.id);
+      else {
+        shown.state = 'failed';
+        shown.transfer = undefined;
+        shown.error = err instanceof Error ? err.message : String(err);
+      }
+      if (state.active === chatId) drawMessages();
+    });
 }
 
 /** @type {Map<string, Map<string, number>>} chat → user → read seq */
@@ -795,7 +844,7 @@ async function onFrame(frame) {
       if (state.active === frame.chat) {
         state.active = null;
         $('composer').hidden = true;
-        $('messages').replaceChildren();
+        clearLog();
         $('chat-title').textContent = 'You left this chat';
       }
       drawList();
@@ -866,23 +915,32 @@ async function send(text) {
   chat.shown.set(id, shown);
   drawMessages();
   drawList();
+  await sealAndSend(chat, shown, { v: 1, type: 'text', text });
+}
+
+/** Seals a message for the chat's members and sends it; a failure marks it "Not sent". @param {ChatState} chat @param {Shown} shown */
+async function sealAndSend(chat, shown, content) {
   try {
-    const content = { v: 1, type: 'text', text };
-    const frame = await sealFrame(chat, id, content);
-    pending.set(id, { chat: chat.info.id, content, frame, resealed: false });
+    const frame = await sealFrame(chat, shown.id, content);
+    pending.set(shown.id, { chat: chat.info.id, content, frame, resealed: false });
     state.conn?.sendMessage(frame);
   } catch (err) {
     shown.state = 'failed';
-    shown.error = String(err);
-    drawMessages();
+    shown.error = err instanceof Error ? err.message : String(err);
+    if (state.active === chat.info.id) drawMessages();
   }
 }
 
+/** Retry: sends a message that was not sent again, uploading its file first if that failed. @param {ChatState} chat @param {Shown} m */
 function resend(chat, m) {
   const p = pending.get(m.id);
   m.state = 'sending';
+  m.error = undefined;
   drawMessages();
   if (p) state.conn?.sendMessage(p.frame);
+  else if (m.file) sealAndSend(chat, m, { v: 1, type: 'file', file: m.file });
+  else if (m.source) upload(chat, /** @type {Shown & {source: File}} */ (m));
+  else sealAndSend(chat, m, { v: 1, type: 'text', text: m.text ?? '' });
 }
 
 /** @type {Map<string, number>} */
@@ -997,6 +1055,7 @@ function setupChrome() {
       first?.click();
     }
   });
+  $('messages').addEventListener('click', onLogClick);
   $('back').addEventListener('click', () => {
     $('app').classList.remove('in-chat');
     $('chat-list').querySelector('[aria-current="true"]')?.focus();
