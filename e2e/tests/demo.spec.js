@@ -58,20 +58,30 @@ test('at phone width one pane shows at a time, with a way back', async ({ browse
 test('a click on the chat list lands when a message redraws the list between press and release', async ({ browser }) => {
   const a = await newUser(browser, 'press.a');
   const b = await newUser(browser, 'press.b');
+  const c = await newUser(browser, 'press.c');
   await openChat(b.page, 'press.a');
   await send(b.page, 'before the press');
-  const entry = a.page.getByRole('navigation', { name: 'Chats' }).getByRole('button', { name: /^press\.b\b/ });
+  const nav = a.page.getByRole('navigation', { name: 'Chats' });
+  const entry = nav.getByRole('button', { name: /^press\.b\b/ });
+  const top = nav.getByRole('listitem').first();
   await expect(entry).toContainText('before the press');
+  // press.c writes last, so press.b's entry is second until press.b writes again.
+  await openChat(c.page, 'press.a');
+  await send(c.page, 'on top for now');
+  await expect(top).toContainText('on top for now');
   const box = await entry.boundingBox();
   await a.page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
   await a.page.mouse.down();
   await expect(entry).toBeFocused();
   await send(b.page, 'during the press');
   await expect(entry).toContainText('during the press');
-  // The entry pressed is the entry released, and it kept the focus.
+  // While pressed, the entry keeps its place (second) and the focus.
+  await expect(top).toContainText('on top for now');
   await expect(entry).toBeFocused();
   await a.page.mouse.up();
   await expect(a.page.getByRole('heading', { level: 2 })).toHaveText('press.b');
   await expect(messages(a.page)).toContainText('during the press');
-  for (const u of [a, b]) await u.context.close();
+  // Released, the list takes its order: the latest message first.
+  await expect(top).toContainText('during the press');
+  for (const u of [a, b, c]) await u.context.close();
 });

@@ -98,7 +98,7 @@ test('messages arriving leave the log as the reader holds it: a selection, a pre
     await b.page.mouse.down();
     await send(a.page, 'second arrival');
     await expect(log).toContainText('second arrival');
-    const [saved] = await Promise.all([b.page.waitForEvent('download'), b.page.mouse.up()]);
+    const [saved] = await Promise.all([b.page.waitForEvent('download', { timeout: 10_000 }), b.page.mouse.up()]);
     expect(saved.suggestedFilename()).toBe('note.txt');
     expect(fs.readFileSync(await saved.path(), 'utf8')).toBe('a short note\n');
   } finally {
@@ -115,29 +115,37 @@ test('an upload can be cancelled, and one that failed is sent with Retry', async
   fs.writeFileSync(second, 'sent on the second try\n');
   const a = await newUser(browser, 'retry.a');
   const b = await newUser(browser, 'retry.b');
+  const chunks = '**/api/files/*/chunks/*';
   try {
     await openChat(a.page, 'retry.b');
     const log = messages(a.page);
     // The first file's chunk never gets an answer: Cancel takes the message away.
-    await a.page.route('**/api/files/*/chunks/*', () => {});
+    await a.page.route(chunks, () => {});
     await attach(a.page, first);
     await log.getByRole('button', { name: 'Cancel stalled.txt' }).click();
     await expect(log).not.toContainText('stalled.txt');
-    await a.page.unroute('**/api/files/*/chunks/*');
-    // The second file is refused once: "Not sent", then Retry uploads and sends it.
-    await a.page.route('**/api/files', (route) =>
-      route.fulfill({ status: 413, contentType: 'application/json', body: JSON.stringify({ error: 'quota_exceeded', message: 'Refused for the test.' }) }),
+    await a.page.unroute(chunks);
+    // The second file's chunk is refused: "Not sent", and the host's space for it freed.
+    await a.page.route(chunks, (route) =>
+      route.fulfill({ status: 400, contentType: 'application/json', body: JSON.stringify({ error: 'bad_chunk', message: 'Refused for the test.' }) }),
     );
-    await attach(a.page, second);
+    const [freed] = await Promise.all([
+      a.page.waitForResponse((r) => r.request().method() === 'DELETE' && /\/api\/files\/[^/]+$/.test(r.url())),
+      attach(a.page, second),
+    ]);
+    expect(freed.status()).toBeLessThan(300);
     await expect(log).toContainText('Not sent');
-    await a.page.unroute('**/api/files');
+    await a.page.unroute(chunks);
+    // Retry uploads it again and sends it, once.
     await log.getByRole('button', { name: 'Retry' }).click();
     await expect(log.getByRole('progressbar', { name: 'Progress of refused.txt' })).toHaveAttribute('value', '100');
     await expect(log).toContainText('Sent');
     await expect(log).not.toContainText('Not sent');
     await openChat(b.page, 'retry.a');
     const theirs = messages(b.page);
-    const [saved] = await Promise.all([b.page.waitForEvent('download'), theirs.getByRole('button', { name: 'Download refused.txt' }).click()]);
+    const button = theirs.getByRole('button', { name: 'Download refused.txt' });
+    await expect(button).toHaveCount(1);
+    const [saved] = await Promise.all([b.page.waitForEvent('download', { timeout: 10_000 }), button.click()]);
     expect(fs.readFileSync(await saved.path(), 'utf8')).toBe('sent on the second try\n');
     await expect(theirs).not.toContainText('stalled.txt');
   } finally {

@@ -17,7 +17,7 @@ import * as files from './files.js';
  * @typedef {{username: string, enc_public: string, sig_public: string, online: boolean, is_admin: boolean, disabled: boolean}} UserEntry
  * @typedef {{id: string, kind: 'direct'|'group', name: string|null, members: {username: string, role: string}[], last_seq: number, read_seq: number, created_at: number}} ChatInfo
  * @typedef {{id: string, chat: string, sender: string, seq: number, ts: number, envelope: e2e.Envelope}} MessageRecord
- * @typedef {{id: string, sender: string, ts: number, seq: number|null, text: string|null, state: 'sending'|'sent'|'failed'|'bad', error?: string, file?: files.FileDescriptor, transfer?: {loaded: number, total: number, rate: number, cancel?: () => void, label: string}, preview?: string, uploaded?: boolean, source?: File}} Shown
+ * @typedef {{id: string, sender: string, ts: number, seq: number|null, text: string|null, state: 'sending'|'sent'|'failed'|'bad', error?: string, file?: files.FileDescriptor, transfer?: {loaded: number, total: number, rate: number, cancel?: () => void, label: string}, preview?: string, previewPending?: boolean, uploaded?: boolean, source?: File}} Shown
  * @typedef {{info: ChatInfo, shown: Map<string, Shown>, lastSeq: number, unread: number, draft: string, scroll: number|null, loaded: boolean}} ChatState
  */
 
@@ -304,6 +304,7 @@ export function chatTitle(info) {
  */
 const listEntries = new Map();
 
+/** The kept entry `id` of the chat list, made on first use. @param {string} id */
 function listEntry(id) {
   let entry = listEntries.get(id);
   if (!entry) {
@@ -325,6 +326,13 @@ function listEntry(id) {
   }
   return entry;
 }
+
+/**
+ * True while a press on the chat list lasts: entries keep their places until
+ * it ends, so the release falls on the entry pressed even when a message
+ * would move it to the top.
+ */
+let listPressed = false;
 
 function drawList() {
   const list = $('chat-list');
@@ -358,7 +366,10 @@ function drawList() {
     preview.textContent = last ? `${last.sender === state.me.username ? 'You: ' : ''}${last.text ?? ''}` : '';
     shown.push(li);
   }
-  placeInOrder(list, shown);
+  if (listPressed) {
+    const wanted = new Set(shown);
+    placeInOrder(list, [...[...list.children].filter((li) => wanted.has(/** @type {HTMLLIElement} */ (li))), ...shown.filter((li) => !li.isConnected)]);
+  } else placeInOrder(list, shown);
   for (const [id, entry] of listEntries) if (!entry.li.isConnected) listEntries.delete(id);
   const unread = [...state.chats.values()].reduce((n, c) => n + c.unread, 0);
   document.title = unread ? `(${unread}) SecureChat` : 'SecureChat';
@@ -437,7 +448,7 @@ function dayOf(ts) {
 
 /**
  * The open chat's log items (a message's by its id, a day's heading by
- * "day:<date>"), kept from draw to draw and patched in place: a button pressed
+ * "day:<id of the message under it>"), kept from draw to draw and patched in place: a button pressed
  * while a message arrives still gets its click, a selection and the reading
  * position stay, and a preview is not loaded again.
  */
@@ -480,7 +491,7 @@ function drawMessages(restoreScroll = false) {
       const sep = document.createElement('li');
       sep.className = 'day';
       sep.textContent = d;
-      items.push(logItem(`day:${d}`, sep));
+      items.push(logItem(`day:${m.id}`, sep));
     }
     items.push(logItem(m.id, messageItem(chat, m)));
   }
@@ -613,7 +624,7 @@ function fileCard(m) {
   return card;
 }
 
-/** Re-draws one message in place (progress updates). @param {Shown} m */
+/** Re-draws one message in place (progress updates). @param {string} chatId @param {Shown} m */
 function redrawMessage(chatId, m) {
   const chat = state.chats.get(chatId);
   if (!chat || state.active !== chatId || log.chat !== chatId || !log.items.has(m.id)) return;
@@ -671,7 +682,7 @@ async function sendFiles(list) {
     /** @type {Shown} */
     const shown = { id: e2e.messageId(), sender: state.me.username, ts: Date.now(), seq: null, text: `📎 ${file.name}`, state: 'sending', source: file };
     chat.shown.set(shown.id, shown);
-    upload(chat, shown);
+    upload(chat, shown, file);
   }
   drawMessages();
 }
@@ -679,10 +690,9 @@ async function sendFiles(list) {
 /**
  * Uploads a file message's file (`shown.source`), then sends the message. A
  * cancelled upload takes its message away; a failed one keeps the file for Retry.
- * @param {ChatState} chat @param {Shown & {source: File}} shown
+ * @param {ChatState} chat @param {Shown} shown @param {File} file its `source`
  */
-function upload(chat, shown) {
-  const file = shown.source;
+function upload(chat, shown, file) {
   const controller = new AbortController();
   const cancel = () => controller.abort();
   const chatId = chat.info.id;
@@ -918,7 +928,10 @@ async function send(text) {
   await sealAndSend(chat, shown, { v: 1, type: 'text', text });
 }
 
-/** Seals a message for the chat's members and sends it; a failure marks it "Not sent". @param {ChatState} chat @param {Shown} shown */
+/**
+ * Seals a message for the chat's members and sends it; a failure marks it "Not sent".
+ * @param {ChatState} chat @param {Shown} shown @param {{v: number, type: string, text?: string, file?: files.FileDescriptor}} content
+ */
 async function sealAndSend(chat, shown, content) {
   try {
     const frame = await sealFrame(chat, shown.id, content);
@@ -936,11 +949,11 @@ function resend(chat, m) {
   const p = pending.get(m.id);
   m.state = 'sending';
   m.error = undefined;
-  drawMessages();
   if (p) state.conn?.sendMessage(p.frame);
   else if (m.file) sealAndSend(chat, m, { v: 1, type: 'file', file: m.file });
-  else if (m.source) upload(chat, /** @type {Shown & {source: File}} */ (m));
+  else if (m.source) upload(chat, m, m.source);
   else sealAndSend(chat, m, { v: 1, type: 'text', text: m.text ?? '' });
+  drawMessages();
 }
 
 /** @type {Map<string, number>} */
@@ -1056,6 +1069,16 @@ function setupChrome() {
     }
   });
   $('messages').addEventListener('click', onLogClick);
+  $('chat-list').addEventListener('pointerdown', () => {
+    listPressed = true;
+  });
+  const released = () => {
+    if (!listPressed) return;
+    listPressed = false;
+    // After the click this release makes: the order catches up.
+    setTimeout(drawList);
+  };
+  for (const type of ['pointerup', 'pointercancel', 'blur']) window.addEventListener(type, released);
   $('back').addEventListener('click', () => {
     $('app').classList.remove('in-chat');
     $('chat-list').querySelector('[aria-current="true"]')?.focus();

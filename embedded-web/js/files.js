@@ -112,7 +112,12 @@ export async function upload(file, chat, onProgress, signal) {
       break;
     } catch (err) {
       const transient = err instanceof ApiError && (err.code === 'offline' || err.status >= 500 || err.status === 429);
-      if (signal.aborted || !transient || attempt >= 30) throw err;
+      if (signal.aborted) throw err;
+      if (!transient || attempt >= 30) {
+        // Given up: the host frees the space it set aside (a cancel does so above).
+        call('DELETE', `/api/files/${status.id}`).catch(() => {});
+        throw err;
+      }
       // The connection dropped: wait, then ask the server what it holds.
       await sleep(Math.min(10000, 500 * 2 ** Math.min(attempt, 5)));
       try {
