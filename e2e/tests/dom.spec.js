@@ -36,13 +36,14 @@ test('morph patches a kept element in place; placeInOrder moves only what is out
     const [a, b, c] = ['a', 'b', 'c'].map((name) => el('li', {}, el('button', {}, name)));
     const list = el('ul', {}, a, b, c);
     document.body.append(list);
-    /** @type {HTMLElement} */ (a.firstChild).focus();
+    // c moves to the front (a stays where it is): a move that keeps the focus.
+    /** @type {HTMLElement} */ (c.firstChild).focus();
     placeInOrder(list, [c, a]);
     const placed = {
       order: [...list.children].map((li) => li.textContent).join(''),
       sameNodes: list.children[0] === c && list.children[1] === a,
       bGone: !b.isConnected,
-      focusKept: document.activeElement === a.firstChild,
+      focusKept: document.activeElement === c.firstChild,
     };
     return { patched, shrunk, placed };
   });

@@ -122,17 +122,16 @@ test('an upload can be cancelled, and one that failed is sent with Retry', async
     // The first file's chunk never gets an answer: Cancel takes the message away.
     await a.page.route(chunks, () => {});
     await attach(a.page, first);
-    await log.getByRole('button', { name: 'Cancel stalled.txt' }).click();
+    const filesCall = (method) => (r) => r.request().method() === method && /\/api\/files(\/[^/]+)?$/.test(r.url());
+    await Promise.all([a.page.waitForResponse(filesCall('DELETE')), log.getByRole('button', { name: 'Cancel stalled.txt' }).click()]);
     await expect(log).not.toContainText('stalled.txt');
     await a.page.unroute(chunks);
     // The second file's chunk is refused: "Not sent", and the host's space for it freed.
     await a.page.route(chunks, (route) =>
       route.fulfill({ status: 400, contentType: 'application/json', body: JSON.stringify({ error: 'bad_chunk', message: 'Refused for the test.' }) }),
     );
-    const [freed] = await Promise.all([
-      a.page.waitForResponse((r) => r.request().method() === 'DELETE' && /\/api\/files\/[^/]+$/.test(r.url())),
-      attach(a.page, second),
-    ]);
+    const [created, freed] = await Promise.all([a.page.waitForResponse(filesCall('POST')), a.page.waitForResponse(filesCall('DELETE')), attach(a.page, second)]);
+    expect(freed.url()).toBe(`${created.url()}/${(await created.json()).id}`);
     expect(freed.status()).toBeLessThan(300);
     await expect(log).toContainText('Not sent');
     await a.page.unroute(chunks);
@@ -147,6 +146,7 @@ test('an upload can be cancelled, and one that failed is sent with Retry', async
     await expect(button).toHaveCount(1);
     const [saved] = await Promise.all([b.page.waitForEvent('download', { timeout: 10_000 }), button.click()]);
     expect(fs.readFileSync(await saved.path(), 'utf8')).toBe('sent on the second try\n');
+    await expect(button).toHaveCount(1);
     await expect(theirs).not.toContainText('stalled.txt');
   } finally {
     for (const u of [a, b]) await u.context.close();

@@ -703,6 +703,7 @@ function upload(chat, shown, file) {
       redrawMessage(chatId, shown);
     }, controller.signal)
     .then(async (descriptor) => {
+      if (controller.signal.aborted) throw new DOMException('cancelled', 'AbortError');
       shown.file = descriptor;
       shown.source = undefined;
       shown.transfer = undefined;
@@ -1069,8 +1070,10 @@ function setupChrome() {
     }
   });
   $('messages').addEventListener('click', onLogClick);
-  $('chat-list').addEventListener('pointerdown', () => {
-    listPressed = true;
+  $('chat-list').addEventListener('pointerdown', (e) => {
+    // A press of the main button on an entry; not one on the scrollbar, whose
+    // release the page never sees, nor one that opens a context menu.
+    if (e.button === 0 && /** @type {Element} */ (e.target).closest('#chat-list button')) listPressed = true;
   });
   const released = () => {
     if (!listPressed) return;
@@ -1078,7 +1081,7 @@ function setupChrome() {
     // After the click this release makes: the order catches up.
     setTimeout(drawList);
   };
-  for (const type of ['pointerup', 'pointercancel', 'blur']) window.addEventListener(type, released);
+  for (const type of ['pointerup', 'pointercancel', 'contextmenu', 'blur']) window.addEventListener(type, released);
   $('back').addEventListener('click', () => {
     $('app').classList.remove('in-chat');
     $('chat-list').querySelector('[aria-current="true"]')?.focus();

@@ -128,6 +128,8 @@ export async function upload(file, chat, onProgress, signal) {
     }
   }
   const sha256 = await run({ op: 'digest', blob: file });
+  // Cancelled after the last chunk (the file is being deleted): not to be sent.
+  if (signal.aborted) throw new DOMException('cancelled', 'AbortError');
   return {
     id: status.id,
     name: file.name || 'file',
