@@ -1,5 +1,5 @@
 //! Accounts and sessions (SECURITY.md §1–§3): username rules, Argon2id of the
-//! client's auth key on the blocking pool behind a semaphore, session tokens
+//! client's auth key on a pool of low-priority threads behind a semaphore, session tokens
 //! (only their SHA-256 is stored), the session cookie, the authenticated-user
 //! extractor, and the login throttling arithmetic.
 
@@ -64,10 +64,12 @@ pub fn canonical_username(raw: &str) -> Result<String, ApiError> {
 }
 
 /// Hashes and verifies auth keys with Argon2id, at most `concurrency` at a
-/// time, on the blocking thread pool.
+/// time, on [`Hashers`]: threads of their own at the lowest priority.
 pub struct Passwords {
     /// Bounds concurrent hashes: each takes 19 MiB and a whole core.
     semaphore: Semaphore,
+    /// The threads that run the hashes, one per permit.
+    hashers: Hashers,
     /// A hash of random bytes, verified against for unknown users so that a
     /// login's timing does not tell whether the user exists.
     dummy_hash: String,
@@ -88,8 +90,10 @@ impl Passwords {
             .hash_password_with_salt(&dummy, &random_bytes::<16>())
             .map_err(|e| e.to_string())?
             .to_string();
+        let concurrency = concurrency.max(1);
         Ok(Self {
-            semaphore: Semaphore::new(concurrency.max(1)),
+            semaphore: Semaphore::new(concurrency),
+            hashers: Hashers::start(concurrency)?,
             dummy_hash,
             memory: Mutex::new(Vec::new()),
             pending: AtomicUsize::new(0),
@@ -99,14 +103,14 @@ impl Passwords {
     /// The Argon2id PHC string of `auth_key` with a fresh 16-byte salt.
     pub async fn hash(&self, auth_key: Vec<u8>) -> Result<String, ApiError> {
         let _permit = self.semaphore.acquire().await.map_err(ApiError::internal)?;
-        tokio::task::spawn_blocking(move || {
-            argon2()
-                .hash_password_with_salt(&auth_key, &random_bytes::<16>())
-                .map(|h| h.to_string())
-                .map_err(ApiError::internal)
-        })
-        .await
-        .map_err(ApiError::internal)?
+        self.hashers
+            .run(move || {
+                argon2()
+                    .hash_password_with_salt(&auth_key, &random_bytes::<16>())
+                    .map(|h| h.to_string())
+                    .map_err(ApiError::internal)
+            })
+            .await?
     }
 
     /// True if and only if `auth_key` matches `hash`. With no hash (unknown
@@ -119,13 +123,14 @@ impl Passwords {
         let _pending = Pending(&self.pending);
         let _permit = self.semaphore.acquire().await.map_err(ApiError::internal)?;
         let memory = self.memory.lock().ok().and_then(|mut m| m.pop());
-        let (ok, memory) = tokio::task::spawn_blocking(move || {
-            let mut memory = memory.unwrap_or_default();
-            let ok = verify_in(&mut memory, &auth_key, &hash);
-            (ok, memory)
-        })
-        .await
-        .map_err(ApiError::internal)?;
+        let (ok, memory) = self
+            .hashers
+            .run(move || {
+                let mut memory = memory.unwrap_or_default();
+                let ok = verify_in(&mut memory, &auth_key, &hash);
+                (ok, memory)
+            })
+            .await?;
         if let Ok(mut kept) = self.memory.lock() {
             if self.pending.load(Ordering::SeqCst) > 1 {
                 kept.push(memory);
@@ -135,6 +140,92 @@ impl Passwords {
         }
         Ok(known && ok)
     }
+}
+
+/// A job for [`Hashers`].
+type HashJob = Box<dyn FnOnce() + Send>;
+
+/// Threads that run Argon2id and nothing else, at the lowest priority the
+/// OS has for a thread (Linux: `SCHED_IDLE`). The kernel then hands the
+/// core at once to any other thread of the host that wakes up (the chat's
+/// socket tasks, the store's commits) instead of at the end of the hash's
+/// time slice, so a storm of sign-ins delays the chat less; a hash still
+/// gets every cycle the rest of the host leaves (docs/BENCHMARKS.md, "The
+/// sign-ins' hashes at idle priority"). The blocking pool cannot be used
+/// for this: a thread that left `SCHED_IDLE` could not go back to normal
+/// priority without privileges, and would then run the store's calls.
+/// Elsewhere the threads keep the normal priority.
+struct Hashers {
+    jobs: std::sync::mpsc::Sender<HashJob>,
+}
+
+impl Hashers {
+    /// Starts `count` threads. They end when the last sender is dropped.
+    fn start(count: usize) -> Result<Self, String> {
+        let (jobs, queue) = std::sync::mpsc::channel::<HashJob>();
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..count {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || {
+                    if let Err(e) = lowest_priority() {
+                        tracing::debug!("Argon2id runs at normal priority: {e}");
+                    }
+                    loop {
+                        let next = queue
+                            .lock()
+                            .unwrap_or_else(|poisoned| poisoned.into_inner())
+                            .recv();
+                        let Ok(job) = next else { return };
+                        // A panicking job drops its answer's sender, which
+                        // its caller sees as an error; the thread goes on.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                    }
+                })
+                .map_err(|e| format!("starting the hashing threads: {e}"))?;
+        }
+        Ok(Self { jobs })
+    }
+
+    /// Runs `f` on one of the threads and returns what it returned.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = answer.send(f());
+            }))
+            .map_err(|_| ApiError::internal("the hashing threads have stopped"))?;
+        answered
+            .await
+            .map_err(|_| ApiError::internal("a hashing job failed"))
+    }
+}
+
+/// Puts the calling thread at `SCHED_IDLE`: it runs only when no thread of
+/// a normal policy wants its core.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn lowest_priority() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid `sched_param` that outlives the call, and
+    // pid 0 names the calling thread; nothing else is read or written.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lowest_priority() -> std::io::Result<()> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "no idle priority on this platform",
+    ))
 }
 
 /// Counts a verification as pending until dropped.
@@ -460,6 +551,52 @@ mod tests {
         assert!(!passwords.verify(None, b"key".to_vec()).await.unwrap());
         assert_eq!(passwords.pending.load(Ordering::SeqCst), 0);
         assert!(passwords.memory.lock().unwrap().is_empty());
+    }
+
+    /// The calling thread's scheduling policy (field 41 of its `stat`).
+    #[cfg(target_os = "linux")]
+    fn own_policy() -> u32 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        let after_name = &stat[stat.rfind(')').unwrap() + 1..];
+        // Fields from the third (the state) on.
+        after_name
+            .split_whitespace()
+            .nth(41 - 3)
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn hashes_run_on_threads_of_their_own_at_idle_priority() {
+        let passwords = Passwords::new(2).unwrap();
+        let (name, policy) = passwords
+            .hashers
+            .run(|| {
+                (
+                    std::thread::current().name().map(str::to_owned),
+                    own_policy(),
+                )
+            })
+            .await
+            .unwrap();
+        assert!(name.unwrap().starts_with("argon2-"));
+        assert_eq!(policy, 5, "SCHED_IDLE is 5");
+        // The caller's own thread is left as it was.
+        assert_eq!(own_policy(), 0, "SCHED_OTHER is 0");
+    }
+
+    #[tokio::test]
+    async fn a_hashing_job_that_panics_is_an_error_and_the_threads_go_on() {
+        let passwords = Passwords::new(1).unwrap();
+        let failed = passwords
+            .hashers
+            .run(|| -> u8 { panic!("a failing job") })
+            .await;
+        assert_eq!(failed.unwrap_err().code, "internal");
+        let hash = passwords.hash(b"key".to_vec()).await.unwrap();
+        assert!(passwords.verify(Some(hash), b"key".to_vec()).await.unwrap());
     }
 
     #[test]
