@@ -703,7 +703,7 @@ function upload(chat, shown, file) {
       redrawMessage(chatId, shown);
     }, controller.signal)
     .then(async (descriptor) => {
-      if (controller.signal.aborted) throw new DOMException('cancelled', 'AbortError');
+      if (controller.signal.aborted) throw files.cancelled();
       shown.file = descriptor;
       shown.source = undefined;
       shown.transfer = undefined;

@@ -81,6 +81,9 @@ async function putChunk(fileId, index, body, signal) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/** The error a cancelled transfer ends with. */
+export const cancelled = () => new DOMException('cancelled', 'AbortError');
+
 /**
  * Uploads `file` to `chat`, encrypting in the worker; resumes by itself after
  * a dropped connection. Resolves with the descriptor to send.
@@ -95,13 +98,15 @@ export async function upload(file, chat, onProgress, signal) {
   const started = performance.now();
   let sent = 0;
   const report = () => onProgress({ loaded: sent, total: file.size, rate: sent / Math.max(0.001, (performance.now() - started) / 1000) });
-  signal.addEventListener('abort', () => call('DELETE', `/api/files/${status.id}`).catch(() => {}), { once: true });
+  // Frees the space the host set aside for the file, and what it holds of it.
+  const discard = () => call('DELETE', `/api/files/${status.id}`).catch(() => {});
+  signal.addEventListener('abort', discard, { once: true });
   let held = new Set();
   for (let attempt = 0; ; attempt++) {
     try {
       for (let index = 0; index < chunks; index++) {
         if (held.has(index)) continue;
-        if (signal.aborted) throw new DOMException('cancelled', 'AbortError');
+        if (signal.aborted) throw cancelled();
         const ct = await run({ op: 'encrypt', blob: file, key, prefix, fileId: status.id, index, chunks });
         await putChunk(status.id, index, ct, signal);
         held.add(index);
@@ -114,8 +119,8 @@ export async function upload(file, chat, onProgress, signal) {
       const transient = err instanceof ApiError && (err.code === 'offline' || err.status >= 500 || err.status === 429);
       if (signal.aborted) throw err;
       if (!transient || attempt >= 30) {
-        // Given up: the host frees the space it set aside (a cancel does so above).
-        call('DELETE', `/api/files/${status.id}`).catch(() => {});
+        // Given up (a cancel discards the file above).
+        discard();
         throw err;
       }
       // The connection dropped: wait, then ask the server what it holds.
@@ -129,7 +134,7 @@ export async function upload(file, chat, onProgress, signal) {
   }
   const sha256 = await run({ op: 'digest', blob: file });
   // Cancelled after the last chunk (the file is being deleted): not to be sent.
-  if (signal.aborted) throw new DOMException('cancelled', 'AbortError');
+  if (signal.aborted) throw cancelled();
   return {
     id: status.id,
     name: file.name || 'file',
