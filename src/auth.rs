@@ -16,7 +16,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, header};
 use hmac::{KeyInit, Mac};
 use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Limits;
 use crate::error::ApiError;
@@ -66,8 +66,10 @@ pub fn canonical_username(raw: &str) -> Result<String, ApiError> {
 /// Hashes and verifies auth keys with Argon2id, at most `concurrency` at a
 /// time, on [`Hashers`]: threads of their own at the lowest priority.
 pub struct Passwords {
-    /// Bounds concurrent hashes: each takes 19 MiB and a whole core.
-    semaphore: Semaphore,
+    /// Bounds the hashes queued or running: each takes 19 MiB and a whole
+    /// core. A permit is held until the hash ends, even if its caller has
+    /// gone (a dropped request).
+    semaphore: Arc<Semaphore>,
     /// The threads that run the hashes, one per permit.
     hashers: Hashers,
     /// A hash of random bytes, verified against for unknown users so that a
@@ -92,7 +94,7 @@ impl Passwords {
             .to_string();
         let concurrency = concurrency.max(1);
         Ok(Self {
-            semaphore: Semaphore::new(concurrency),
+            semaphore: Arc::new(Semaphore::new(concurrency)),
             hashers: Hashers::start(concurrency)?,
             dummy_hash,
             memory: Mutex::new(Vec::new()),
@@ -102,9 +104,9 @@ impl Passwords {
 
     /// The Argon2id PHC string of `auth_key` with a fresh 16-byte salt.
     pub async fn hash(&self, auth_key: Vec<u8>) -> Result<String, ApiError> {
-        let _permit = self.semaphore.acquire().await.map_err(ApiError::internal)?;
+        let permit = self.permit().await?;
         self.hashers
-            .run(move || {
+            .run(permit, move || {
                 argon2()
                     .hash_password_with_salt(&auth_key, &random_bytes::<16>())
                     .map(|h| h.to_string())
@@ -121,11 +123,11 @@ impl Passwords {
         let hash = hash.unwrap_or_else(|| self.dummy_hash.clone());
         self.pending.fetch_add(1, Ordering::SeqCst);
         let _pending = Pending(&self.pending);
-        let _permit = self.semaphore.acquire().await.map_err(ApiError::internal)?;
+        let permit = self.permit().await?;
         let memory = self.memory.lock().ok().and_then(|mut m| m.pop());
         let (ok, memory) = self
             .hashers
-            .run(move || {
+            .run(permit, move || {
                 let mut memory = memory.unwrap_or_default();
                 let ok = verify_in(&mut memory, &auth_key, &hash);
                 (ok, memory)
@@ -140,21 +142,29 @@ impl Passwords {
         }
         Ok(known && ok)
     }
+
+    /// Waits for room for one more hash.
+    async fn permit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.semaphore
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(ApiError::internal)
+    }
 }
 
 /// A job for [`Hashers`].
 type HashJob = Box<dyn FnOnce() + Send>;
 
-/// Threads that run Argon2id and nothing else, at the lowest priority the
-/// OS has for a thread (Linux: `SCHED_IDLE`). The kernel then hands the
-/// core at once to any other thread of the host that wakes up (the chat's
-/// socket tasks, the store's commits) instead of at the end of the hash's
-/// time slice, so a storm of sign-ins delays the chat less; a hash still
-/// gets every cycle the rest of the host leaves (docs/BENCHMARKS.md, "The
-/// sign-ins' hashes at idle priority"). The blocking pool cannot be used
-/// for this: a thread that left `SCHED_IDLE` could not go back to normal
-/// priority without privileges, and would then run the store's calls.
-/// Elsewhere the threads keep the normal priority.
+/// Threads that run Argon2id and nothing else, on Linux at nice
+/// [`HASH_NICE`]. The kernel then hands the core sooner to the host's other
+/// threads when they wake up (the chat's socket tasks, the store's
+/// commits), so a storm of sign-ins delays the chat less, while a hash
+/// still gets a tenth of a core that something else keeps busy
+/// (docs/BENCHMARKS.md, "The sign-ins' hashes at a lower priority"). The
+/// blocking pool cannot be used for this: a thread could not take its
+/// priority back without privileges, and would then run the store's
+/// calls at the lower one. Elsewhere the threads keep the host's priority.
 struct Hashers {
     jobs: std::sync::mpsc::Sender<HashJob>,
 }
@@ -169,8 +179,11 @@ impl Hashers {
             std::thread::Builder::new()
                 .name(format!("argon2-{i}"))
                 .spawn(move || {
-                    if let Err(e) = lowest_priority() {
-                        tracing::debug!("Argon2id runs at normal priority: {e}");
+                    #[cfg(target_os = "linux")]
+                    if let Err(e) = lower_priority()
+                        && i == 0
+                    {
+                        tracing::warn!("Argon2id runs at the host's own priority: {e}");
                     }
                     loop {
                         let next = queue
@@ -188,15 +201,21 @@ impl Hashers {
         Ok(Self { jobs })
     }
 
-    /// Runs `f` on one of the threads and returns what it returned.
+    /// Runs `f` on one of the threads and returns what it returned;
+    /// `permit` is released when `f` has run. A job whose caller has gone
+    /// before a thread takes it is skipped.
     async fn run<T: Send + 'static>(
         &self,
+        permit: OwnedSemaphorePermit,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, ApiError> {
         let (answer, answered) = tokio::sync::oneshot::channel();
         self.jobs
             .send(Box::new(move || {
-                let _ = answer.send(f());
+                let _permit = permit;
+                if !answer.is_closed() {
+                    let _ = answer.send(f());
+                }
             }))
             .map_err(|_| ApiError::internal("the hashing threads have stopped"))?;
         answered
@@ -205,27 +224,25 @@ impl Hashers {
     }
 }
 
-/// Puts the calling thread at `SCHED_IDLE`: it runs only when no thread of
-/// a normal policy wants its core.
+/// The nice value of the threads that hash, on Linux. At 10 a hash gets
+/// about a tenth of a core beside a busy thread of the default 0: a
+/// sign-in on a host whose cores are all busy takes a few tenths of a
+/// second. (`SCHED_IDLE`, tried first, let one take 8–16 s there.)
+#[cfg(target_os = "linux")]
+const HASH_NICE: libc::c_int = 10;
+
+/// Sets the calling thread's nice value to [`HASH_NICE`]. On Linux the
+/// nice value belongs to each thread, and `who = 0` names the caller.
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
-fn lowest_priority() -> std::io::Result<()> {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: `param` is a valid `sched_param` that outlives the call, and
-    // pid 0 names the calling thread; nothing else is read or written.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0 {
+fn lower_priority() -> std::io::Result<()> {
+    // SAFETY: a plain system call on the calling thread with constant
+    // arguments; no memory is passed.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, HASH_NICE) } == 0 {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
     }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn lowest_priority() -> std::io::Result<()> {
-    Err(std::io::Error::new(
-        std::io::ErrorKind::Unsupported,
-        "no idle priority on this platform",
-    ))
 }
 
 /// Counts a verification as pending until dropped.
@@ -553,50 +570,100 @@ mod tests {
         assert!(passwords.memory.lock().unwrap().is_empty());
     }
 
-    /// The calling thread's scheduling policy (field 41 of its `stat`).
+    /// The calling thread's nice value (field 19 of its `stat`).
     #[cfg(target_os = "linux")]
-    fn own_policy() -> u32 {
+    fn own_nice() -> i32 {
         let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
         let after_name = &stat[stat.rfind(')').unwrap() + 1..];
         // Fields from the third (the state) on.
-        after_name
-            .split_whitespace()
-            .nth(41 - 3)
-            .unwrap()
-            .parse()
-            .unwrap()
+        let field = after_name.split_whitespace().nth(19 - 3).unwrap();
+        field.parse().unwrap()
     }
 
     #[cfg(target_os = "linux")]
     #[tokio::test]
-    async fn hashes_run_on_threads_of_their_own_at_idle_priority() {
+    async fn hashes_run_on_threads_of_their_own_at_a_lower_priority() {
         let passwords = Passwords::new(2).unwrap();
-        let (name, policy) = passwords
+        let permit = passwords.permit().await.unwrap();
+        let (name, nice) = passwords
             .hashers
-            .run(|| {
-                (
-                    std::thread::current().name().map(str::to_owned),
-                    own_policy(),
-                )
+            .run(permit, || {
+                (std::thread::current().name().map(str::to_owned), own_nice())
             })
             .await
             .unwrap();
         assert!(name.unwrap().starts_with("argon2-"));
-        assert_eq!(policy, 5, "SCHED_IDLE is 5");
-        // The caller's own thread is left as it was.
-        assert_eq!(own_policy(), 0, "SCHED_OTHER is 0");
+        // A process already nicer than that keeps its own value.
+        assert_eq!(nice, own_nice().max(HASH_NICE));
     }
 
     #[tokio::test]
     async fn a_hashing_job_that_panics_is_an_error_and_the_threads_go_on() {
         let passwords = Passwords::new(1).unwrap();
+        let permit = passwords.permit().await.unwrap();
         let failed = passwords
             .hashers
-            .run(|| -> u8 { panic!("a failing job") })
+            .run(permit, || -> u8 { panic!("a failing job") })
             .await;
         assert_eq!(failed.unwrap_err().code, "internal");
+        // The one thread is still there.
         let hash = passwords.hash(b"key".to_vec()).await.unwrap();
         assert!(passwords.verify(Some(hash), b"key".to_vec()).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_job_holds_its_permit_until_it_ends_and_one_whose_caller_left_is_skipped() {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::mpsc;
+        let hashers = Arc::new(Hashers::start(1).unwrap());
+        let permits = Arc::new(Semaphore::new(2));
+        // A job that runs until the test lets it go; its caller leaves.
+        let (started, running) = mpsc::channel();
+        let (release, gate) = mpsc::channel::<()>();
+        let first = {
+            let (hashers, permit) = (
+                hashers.clone(),
+                permits.clone().acquire_owned().await.unwrap(),
+            );
+            tokio::spawn(async move {
+                hashers
+                    .run(permit, move || {
+                        started.send(()).unwrap();
+                        gate.recv().unwrap();
+                    })
+                    .await
+            })
+        };
+        tokio::task::spawn_blocking(move || running.recv().unwrap())
+            .await
+            .unwrap();
+        // A second job waits for the thread; its caller leaves too.
+        let ran = Arc::new(AtomicBool::new(false));
+        let second = {
+            let (hashers, permit, ran) = (
+                hashers.clone(),
+                permits.clone().acquire_owned().await.unwrap(),
+                ran.clone(),
+            );
+            tokio::spawn(async move {
+                hashers
+                    .run(permit, move || ran.store(true, Ordering::SeqCst))
+                    .await
+            })
+        };
+        tokio::task::yield_now().await;
+        first.abort();
+        second.abort();
+        assert!(first.await.unwrap_err().is_cancelled());
+        assert!(second.await.unwrap_err().is_cancelled());
+        // Both permits are still held: one by the running job, one by the queued one.
+        assert_eq!(permits.available_permits(), 0);
+        release.send(()).unwrap();
+        // Both come back once the thread is past them, and the second never ran.
+        let third = permits.clone().acquire_many_owned(2).await.unwrap();
+        let after = hashers.run(third, || ()).await;
+        assert!(after.is_ok());
+        assert!(!ran.load(Ordering::SeqCst));
     }
 
     #[test]
