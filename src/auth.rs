@@ -64,7 +64,7 @@ pub fn canonical_username(raw: &str) -> Result<String, ApiError> {
 }
 
 /// Hashes and verifies auth keys with Argon2id, at most `concurrency` at a
-/// time, on [`Hashers`]: threads of their own at the lowest priority.
+/// time, on [`Hashers`]: threads of their own at a lower priority.
 pub struct Passwords {
     /// Bounds the hashes queued or running: each takes 19 MiB and a whole
     /// core. A permit is held until the hash ends, even if its caller has
