@@ -294,6 +294,25 @@ struct EnvelopeText {
 }
 
 impl EnvelopeText {
+    /// The parts of `envelope`, encoded.
+    fn of(envelope: &Envelope) -> Self {
+        let b64 = |b: &B64| B64Text {
+            text: B64::encode(&b.0),
+            len: b.len(),
+        };
+        Self {
+            v: envelope.v,
+            iv: b64(&envelope.iv),
+            ct: b64(&envelope.ct),
+            keys: envelope
+                .keys
+                .iter()
+                .map(|(name, key)| (name.clone(), b64(key)))
+                .collect(),
+            sig: b64(&envelope.sig),
+        }
+    }
+
     /// The JSON text that serde_json writes for the [`Envelope`] these parts
     /// encode: compact, its fields in order, the keys sorted by name.
     ///
@@ -306,7 +325,7 @@ impl EnvelopeText {
     /// word at a time), so a text that is not JSON is refused, never stored.
     /// The length is computed first, so the text is written without growing
     /// and becomes the `RawValue` without being copied.
-    fn to_raw_value(&self) -> Result<Box<serde_json::value::RawValue>, serde_json::Error> {
+    fn write(self) -> Result<SerializedEnvelope, serde_json::Error> {
         let names = self
             .keys
             .keys()
@@ -332,20 +351,38 @@ impl EnvelopeText {
         out.push_str(r#"","ct":""#);
         out.push_str(&self.ct.text);
         out.push_str(r#"","keys":{"#);
+        let keys_start = out.len();
+        let mut entries = Vec::with_capacity(names.len());
         for (i, (name, key)) in names.iter().zip(self.keys.values()).enumerate() {
             if i > 0 {
                 out.push(',');
             }
+            let start = out.len();
             out.push_str(name);
             out.push_str(r#":""#);
             out.push_str(&key.text);
             out.push('"');
+            entries.push(start..out.len());
         }
+        let keys = keys_start..out.len();
         out.push_str(r#"},"sig":""#);
         out.push_str(&self.sig.text);
         out.push_str(r#""}"#);
         debug_assert_eq!(out.len(), len);
-        serde_json::value::RawValue::from_string(out)
+        let sizes = EnvelopeSizes::of(
+            self.v,
+            self.iv.len,
+            self.ct.len,
+            self.sig.len,
+            self.keys.values().map(|k| k.len),
+        );
+        Ok(SerializedEnvelope {
+            json: serde_json::value::RawValue::from_string(out)?,
+            recipients: self.keys.into_keys().collect(),
+            entries,
+            keys,
+            sizes,
+        })
     }
 }
 
@@ -385,7 +422,8 @@ impl EnvelopeSizes {
 }
 
 /// An envelope serialised once, when it is accepted: the same JSON text is
-/// stored in the database and placed verbatim in every `message` frame, so
+/// stored in the database, and each `message` frame is cut from it (with
+/// only its reader's wrapped key, [`SerializedEnvelope::write_for`]), so
 /// the host never encodes a message's base64 twice. The server parses a
 /// `send` frame's envelope straight into it (see [`ClientFrame`]): the text
 /// is then the envelope written out again in [`Envelope`]'s own form, with
@@ -395,6 +433,11 @@ pub struct SerializedEnvelope {
     json: Box<serde_json::value::RawValue>,
     /// The usernames it wraps a key for, sorted (the key map's order).
     recipients: Vec<String>,
+    /// Where each recipient's `"name":"key"` entry lies in `json`, in the
+    /// order of `recipients`.
+    entries: Vec<std::ops::Range<usize>>,
+    /// Where the key map's entries lie in `json`: between its braces.
+    keys: std::ops::Range<usize>,
     sizes: EnvelopeSizes,
 }
 
@@ -405,22 +448,39 @@ impl SerializedEnvelope {
     /// Only if serde_json fails to write JSON text, which these plain
     /// types never make it do.
     pub fn new(envelope: &Envelope) -> Result<Self, serde_json::Error> {
-        Ok(Self {
-            json: serde_json::value::to_raw_value(envelope)?,
-            recipients: envelope.keys.keys().cloned().collect(),
-            sizes: EnvelopeSizes::of(
-                envelope.v,
-                envelope.iv.len(),
-                envelope.ct.len(),
-                envelope.sig.len(),
-                envelope.keys.values().map(B64::len),
-            ),
-        })
+        EnvelopeText::of(envelope).write()
     }
 
     /// The envelope's JSON text.
     pub fn json(&self) -> &serde_json::value::RawValue {
         &self.json
+    }
+
+    /// The envelope's JSON text as `reader` receives it, appended to
+    /// `out`: the same text with only `reader`'s own entry left in `keys`
+    /// (none if it wraps no key for them). Receivers use their own entry
+    /// only, and the signature does not cover `keys` (PROTOCOL.md §2.7), so
+    /// a member of a group of N gets one wrapped key, not N.
+    pub fn write_for(&self, reader: &str, out: &mut String) {
+        let json = self.json.get();
+        out.reserve(self.len_for(reader));
+        out.push_str(&json[..self.keys.start]);
+        if let Some(entry) = self.entry_of(reader) {
+            out.push_str(&json[entry.clone()]);
+        }
+        out.push_str(&json[self.keys.end..]);
+    }
+
+    /// The length of what [`SerializedEnvelope::write_for`] writes.
+    pub fn len_for(&self, reader: &str) -> usize {
+        self.json.get().len() - self.keys.len() + self.entry_of(reader).map_or(0, |e| e.len())
+    }
+
+    fn entry_of(&self, reader: &str) -> Option<&std::ops::Range<usize>> {
+        self.recipients
+            .binary_search_by(|r| r.as_str().cmp(reader))
+            .ok()
+            .and_then(|i| self.entries.get(i))
     }
 
     /// The usernames it wraps a key for, sorted.
@@ -430,9 +490,7 @@ impl SerializedEnvelope {
 
     /// Whether it wraps a key for `username`.
     pub fn wraps_for(&self, username: &str) -> bool {
-        self.recipients
-            .binary_search_by(|r| r.as_str().cmp(username))
-            .is_ok()
+        self.entry_of(username).is_some()
     }
 
     /// Its version and the lengths of its parts.
@@ -459,20 +517,9 @@ impl std::fmt::Debug for SerializedEnvelope {
 
 impl<'de> Deserialize<'de> for SerializedEnvelope {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = EnvelopeText::deserialize(d)?;
-        let json = text.to_raw_value().map_err(serde::de::Error::custom)?;
-        let sizes = EnvelopeSizes::of(
-            text.v,
-            text.iv.len,
-            text.ct.len,
-            text.sig.len,
-            text.keys.values().map(|k| k.len),
-        );
-        Ok(Self {
-            json,
-            recipients: text.keys.into_keys().collect(),
-            sizes,
-        })
+        EnvelopeText::deserialize(d)?
+            .write()
+            .map_err(serde::de::Error::custom)
     }
 }
 

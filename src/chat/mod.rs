@@ -103,34 +103,71 @@ struct StoredRecord<'a> {
     envelope: &'a RawValue,
 }
 
-/// The `message` frame of a message just stored as `seq` at `ts`, with the
-/// log event its delivery implies.
-pub fn encode_stored(
-    id: &str,
-    chat: &str,
-    sender: &str,
-    seq: u64,
-    ts: i64,
-    envelope: &SerializedEnvelope,
-) -> Outbound {
-    let frame = StoredFrame {
-        message: StoredRecord {
-            id,
-            chat,
-            sender,
-            seq,
-            ts,
-            envelope: envelope.json(),
-        },
-    };
-    let (chat_seq, log) = delivered(id, chat, sender, seq, envelope.ct_len());
-    Outbound {
-        // Serialising these plain structs cannot fail.
-        text: Utf8Bytes::from(serde_json::to_string(&frame).unwrap_or_default()),
-        chat_seq: Some(chat_seq),
-        log: Some(log),
+/// The `message` frames of a message just stored as `seq` at `ts`, one
+/// for each reader: the envelope with only the reader's own wrapped key
+/// ([`SerializedEnvelope::write_for`]). Each frame's text is exactly what
+/// [`encode`] makes of the same [`ServerFrame::Message`] with the
+/// envelope's `keys` cut down to that entry.
+pub struct StoredFrames<'a> {
+    /// The frame's text up to its envelope, which is its last field.
+    head: String,
+    envelope: &'a SerializedEnvelope,
+    chat_seq: (Arc<str>, u64),
+    log: LogEvent,
+}
+
+impl<'a> StoredFrames<'a> {
+    /// What the frames share, written once.
+    pub fn new(
+        id: &str,
+        chat: &str,
+        sender: &str,
+        seq: u64,
+        ts: i64,
+        envelope: &'a SerializedEnvelope,
+    ) -> Self {
+        let frame = StoredFrame {
+            message: StoredRecord {
+                id,
+                chat,
+                sender,
+                seq,
+                ts,
+                envelope: RawValue::NULL,
+            },
+        };
+        // Serialising these plain structs cannot fail; the text ends with
+        // the envelope's `null` and the two objects' closing braces.
+        let mut head = serde_json::to_string(&frame).unwrap_or_default();
+        head.truncate(head.len().saturating_sub(ENDS_WITH.len()));
+        let (chat_seq, log) = delivered(id, chat, sender, seq, envelope.ct_len());
+        Self {
+            head,
+            envelope,
+            chat_seq,
+            log,
+        }
+    }
+
+    /// The frame `reader` (a username) receives.
+    pub fn for_reader(&self, reader: &str) -> Outbound {
+        let mut text =
+            String::with_capacity(self.head.len() + self.envelope.len_for(reader) + CLOSING.len());
+        text.push_str(&self.head);
+        self.envelope.write_for(reader, &mut text);
+        text.push_str(CLOSING);
+        Outbound {
+            text: Utf8Bytes::from(text),
+            chat_seq: Some(self.chat_seq.clone()),
+            log: Some(self.log.clone()),
+        }
     }
 }
+
+/// How a [`StoredFrame`] with a `null` envelope ends.
+const ENDS_WITH: &str = "null}}";
+/// What follows the envelope in a [`StoredFrame`].
+const CLOSING: &str = "}}";
 
 /// A `message` frame's chat and sequence number, and the log event of
 /// delivering it.
@@ -378,6 +415,30 @@ impl Hub {
         }
     }
 
+    /// Queues, for every live socket of `members` (user id and username)
+    /// but `except`, the frame `make` writes for that member: made once per
+    /// member, and only for members with such a socket.
+    pub fn send_to_members<'m>(
+        &self,
+        members: impl IntoIterator<Item = (i64, &'m str)>,
+        except: Option<u64>,
+        make: impl Fn(&str) -> Outbound,
+    ) {
+        let inner = self.lock();
+        for (user_id, username) in members {
+            let Some(user) = inner.users.get(&user_id) else {
+                continue;
+            };
+            let mut frame = None;
+            for (id, conn) in &user.conns {
+                if Some(*id) != except {
+                    let frame = frame.get_or_insert_with(|| Arc::new(make(username)));
+                    Self::push(conn, frame);
+                }
+            }
+        }
+    }
+
     /// Queues `frame` for one socket (`conn_id` of `user_id`), behind what
     /// is already queued for it.
     pub fn send_to_conn(&self, user_id: i64, conn_id: u64, frame: &Outbound) {
@@ -463,41 +524,86 @@ mod tests {
 
     const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
-    #[test]
-    fn a_stored_message_frame_is_the_same_text_as_its_record() {
-        use crate::protocol::{Envelope, MessageRecord};
-        let envelope = Envelope {
+    fn group_envelope() -> crate::protocol::Envelope {
+        crate::protocol::Envelope {
             v: 1,
             iv: vec![1; 12].into(),
             ct: vec![2; 40].into(),
-            keys: [("bob", 3u8), ("alice \"a\"", 4)]
+            keys: [("bob", 3u8), ("alice \"a\"", 4), ("zoë", 6)]
                 .into_iter()
                 .map(|(name, b)| (name.to_owned(), vec![b; 512].into()))
                 .collect(),
             sig: vec![5; 512].into(),
-        };
+        }
+    }
+
+    #[test]
+    fn a_stored_message_frame_is_its_record_with_the_reader_s_key_only() {
+        use crate::protocol::MessageRecord;
+        let envelope = group_envelope();
         let serialized = SerializedEnvelope::new(&envelope).unwrap();
-        assert_eq!(serialized.recipients(), ["alice \"a\"", "bob"]);
+        assert_eq!(serialized.recipients(), ["alice \"a\"", "bob", "zoë"]);
         assert!(serialized.wraps_for("bob") && !serialized.wraps_for("carol"));
-        let fast = encode_stored("m-1", "chat \\ 1", "bob", 7, 99, &serialized);
-        let slow = encode(&ServerFrame::Message {
-            message: MessageRecord {
-                id: "m-1".into(),
-                chat: "chat \\ 1".into(),
-                sender: "bob".into(),
-                seq: 7,
-                ts: 99,
-                envelope,
+        let frames = StoredFrames::new("m-1", "chat \\ 1", "bob", 7, 99, &serialized);
+        // Each member, and someone the message was not sealed for (a member
+        // added later reads it in the history with no key).
+        for reader in ["alice \"a\"", "bob", "zoë", "carol", ""] {
+            let fast = frames.for_reader(reader);
+            let mut own = envelope.clone();
+            own.keys.retain(|name, _| name == reader);
+            assert_eq!(
+                own.keys.len(),
+                usize::from(reader != "carol" && !reader.is_empty())
+            );
+            let slow = encode(&ServerFrame::Message {
+                message: MessageRecord {
+                    id: "m-1".into(),
+                    chat: "chat \\ 1".into(),
+                    sender: "bob".into(),
+                    seq: 7,
+                    ts: 99,
+                    envelope: own,
+                },
+            });
+            assert_eq!(fast.text, slow.text, "{reader}");
+            assert_eq!(fast.chat_seq, slow.chat_seq);
+            let line = |o: &Outbound| match &o.log {
+                Some(LogEvent::Chat { chat, line }) => (chat.to_string(), line.to_string()),
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(line(&fast), line(&slow));
+            assert!(line(&fast).1.ends_with("bytes=40"));
+            let mut written = String::new();
+            serialized.write_for(reader, &mut written);
+            assert_eq!(written.len(), serialized.len_for(reader));
+        }
+    }
+
+    #[tokio::test]
+    async fn each_member_s_sockets_get_that_member_s_frame_made_once() {
+        let hub = Hub::new(4, 4, 10, Duration::from_millis(10));
+        let (a1, _) = hub.register(1, "alice", IP, [1; 32]).unwrap();
+        let (a2, _) = hub.register(1, "alice", IP, [1; 32]).unwrap();
+        let (b, _) = hub.register(2, "bob", IP, [2; 32]).unwrap();
+        let (c, _) = hub.register(3, "carol", IP, [3; 32]).unwrap();
+        let made = std::sync::Mutex::new(Vec::new());
+        // Bob's only socket is the sender's; dave (4) has none.
+        hub.send_to_members(
+            [(1, "alice"), (2, "bob"), (4, "dave")],
+            Some(b.id),
+            |name| {
+                made.lock().unwrap().push(name.to_owned());
+                encode_logged(&ServerFrame::Synced {}, "c", name)
             },
-        });
-        assert_eq!(fast.text, slow.text);
-        assert_eq!(fast.chat_seq, slow.chat_seq);
-        let line = |o: &Outbound| match &o.log {
-            Some(LogEvent::Chat { chat, line }) => (chat.to_string(), line.to_string()),
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(line(&fast), line(&slow));
-        assert!(line(&fast).1.ends_with("bytes=40"));
+        );
+        assert_eq!(*made.lock().unwrap(), ["alice"]);
+        for mut rx in [a1.rx, a2.rx] {
+            let got = rx.try_recv().unwrap();
+            assert!(matches!(&got.log, Some(LogEvent::Chat { line, .. }) if &**line == "alice"));
+        }
+        for mut rx in [b.rx, c.rx] {
+            assert!(rx.try_recv().is_err());
+        }
     }
 
     #[tokio::test]

@@ -107,8 +107,10 @@ pub fn chat_info(chat: &ChatRow, user_id: i64) -> ChatInfo {
     }
 }
 
-/// A stored message on the wire.
-pub fn message_record(m: MessageRow) -> MessageRecord {
+/// A stored message on the wire, as `reader` (a username) receives it:
+/// with only the reader's own wrapped key (PROTOCOL.md §2.7).
+pub fn message_record(mut m: MessageRow, reader: &str) -> MessageRecord {
+    m.envelope.keys.retain(|name, _| name == reader);
     MessageRecord {
         id: m.id,
         chat: m.chat_id,
@@ -961,7 +963,10 @@ pub async fn history(
         }
     }
     Ok(Json(HistoryPage {
-        messages: rows.into_iter().map(message_record).collect(),
+        messages: rows
+            .into_iter()
+            .map(|row| message_record(row, &user.user.username))
+            .collect(),
         more,
     }))
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::chat::{LogEvent, encode, encode_stored};
+use crate::chat::{LogEvent, StoredFrames, encode};
 use crate::protocol::{SerializedEnvelope, ServerFrame};
 use crate::server::App;
 use crate::store::{Insert, NewMessage, StoreError};
@@ -190,7 +190,7 @@ pub async fn run(app: App, mut queue: mpsc::Receiver<Pending>) {
         };
         for ((p, row), result) in batch.into_iter().zip(rows).zip(results) {
             if let Ok(Insert::Stored { seq, ts, members }) = &result {
-                let frame = encode_stored(&p.id, &p.chat, &p.sender, *seq, *ts, &row.envelope);
+                let frames = StoredFrames::new(&p.id, &p.chat, &p.sender, *seq, *ts, &row.envelope);
                 let line = format!(
                     "message-sent id={} seq={seq} bytes={}",
                     p.id,
@@ -202,9 +202,13 @@ pub async fn run(app: App, mut queue: mpsc::Receiver<Pending>) {
                 };
                 app.logger
                     .events(&p.log_session, &p.sender, vec![event], *ts);
-                // The sender's other sockets get the message; its socket the ack.
-                app.hub
-                    .send_to_users(members.iter().map(|m| m.user_id), &frame, Some(p.conn_id));
+                // The sender's other sockets get the message; its socket the
+                // ack. Each member gets its own wrapped key only.
+                app.hub.send_to_members(
+                    members.iter().map(|m| (m.user_id, m.username.as_str())),
+                    Some(p.conn_id),
+                    |reader| frames.for_reader(reader),
+                );
             }
             let frame = answer(p.id, p.chat, result);
             app.hub

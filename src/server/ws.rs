@@ -640,7 +640,7 @@ impl Connection {
         let mut rows = replay.into_iter().peekable();
         while let Some(row) = rows.next() {
             let out = encode(&ServerFrame::Message {
-                message: message_record(row),
+                message: message_record(row, &self.user.username),
             });
             if let Some((chat, seq)) = &out.chat_seq {
                 self.replayed.insert(chat.clone(), *seq);

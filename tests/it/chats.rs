@@ -1,5 +1,7 @@
+use std::collections::BTreeMap;
+
 use reqwest::{Method, StatusCode};
-use securechat::protocol::{ClientFrame, ServerFrame};
+use securechat::protocol::{ClientFrame, MessageRecord, ServerFrame};
 
 use super::harness::{
     TestServer, expect, expect_error, expect_message, expect_nothing_queued, online, send_envelope,
@@ -97,11 +99,37 @@ async fn group_members_all_decrypt_and_a_removed_member_gets_nothing_more() {
         })
         .await;
     }
+    // The sender's second socket gets the message too.
+    let mut s1b = u1.connect().await.unwrap();
+    s1b.hello(BTreeMap::new()).await.unwrap();
     send_text(&mut u1, &mut s1, &group, "to everyone").await;
-    for (client, socket) in [(&mut u2, &mut s2), (&mut u3, &mut s3)] {
+    // Each reader gets its own wrapped key only: live, in the history, and
+    // replayed after `hello`.
+    let own = |m: &MessageRecord, me: &str| {
+        assert_eq!(m.envelope.keys.keys().collect::<Vec<_>>(), [me], "{m:?}");
+    };
+    for (client, socket, me) in [
+        (&mut u1, &mut s1b, "user1"),
+        (&mut u2, &mut s2, "user2"),
+        (&mut u3, &mut s3, "user3"),
+    ] {
         let m = expect_message(socket).await;
+        own(&m, me);
         assert_eq!(client.open(&m).await.unwrap(), "to everyone");
+        let page = client.history(&group.id, "after=0").await.unwrap();
+        assert_eq!(page.messages.len(), 1);
+        own(&page.messages[0], me);
+        assert_eq!(client.open(&page.messages[0]).await.unwrap(), "to everyone");
+        let mut again = client.connect().await.unwrap();
+        let (_, replayed) = again
+            .hello(BTreeMap::from([(group.id.clone(), 0)]))
+            .await
+            .unwrap();
+        assert_eq!(replayed.len(), 1);
+        own(&replayed[0], me);
+        again.close().await;
     }
+    s1b.close().await;
     send_text(&mut u3, &mut s3, &group, "three says hi").await;
     for (client, socket) in [(&mut u1, &mut s1), (&mut u2, &mut s2)] {
         let m = expect_message(socket).await;
