@@ -139,6 +139,7 @@ impl<'a> StoredFrames<'a> {
         // Serialising these plain structs cannot fail; the text ends with
         // the envelope's `null` and the two objects' closing braces.
         let mut head = serde_json::to_string(&frame).unwrap_or_default();
+        debug_assert!(head.ends_with(ENDS_WITH), "{head}");
         head.truncate(head.len().saturating_sub(ENDS_WITH.len()));
         let (chat_seq, log) = delivered(id, chat, sender, seq, envelope.ct_len());
         Self {
@@ -417,22 +418,38 @@ impl Hub {
 
     /// Queues, for every live socket of `members` (user id and username)
     /// but `except`, the frame `make` writes for that member: made once per
-    /// member, and only for members with such a socket.
+    /// member, and only for members with such a socket. The frames are made
+    /// outside the hub's lock, which is held only to find the sockets and
+    /// to queue. A socket that opens in between gets its user's frame if
+    /// the user already had one, and otherwise the message in the replay
+    /// after its `hello` (the message is stored before it is sent).
     pub fn send_to_members<'m>(
         &self,
         members: impl IntoIterator<Item = (i64, &'m str)>,
         except: Option<u64>,
         make: impl Fn(&str) -> Outbound,
     ) {
+        let to = |conn: &u64| Some(*conn) != except;
+        let live: Vec<(i64, &str)> = {
+            let inner = self.lock();
+            members
+                .into_iter()
+                .filter(|(user_id, _)| {
+                    inner
+                        .users
+                        .get(user_id)
+                        .is_some_and(|user| user.conns.keys().any(to))
+                })
+                .collect()
+        };
+        let frames: Vec<(i64, Arc<Outbound>)> = live
+            .into_iter()
+            .map(|(user_id, username)| (user_id, Arc::new(make(username))))
+            .collect();
         let inner = self.lock();
-        for (user_id, username) in members {
-            let Some(user) = inner.users.get(&user_id) else {
-                continue;
-            };
-            let mut frame = None;
-            for (id, conn) in &user.conns {
-                if Some(*id) != except {
-                    let frame = frame.get_or_insert_with(|| Arc::new(make(username)));
+        for (user_id, frame) in &frames {
+            if let Some(user) = inner.users.get(user_id) {
+                for (_, conn) in user.conns.iter().filter(|(id, _)| to(id)) {
                     Self::push(conn, frame);
                 }
             }
