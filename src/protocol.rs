@@ -313,8 +313,9 @@ impl EnvelopeText {
         }
     }
 
-    /// The JSON text that serde_json writes for the [`Envelope`] these parts
-    /// encode: compact, its fields in order, the keys sorted by name.
+    /// The envelope of these parts, as the JSON text that serde_json writes
+    /// for the [`Envelope`] they encode (compact, its fields in order, the
+    /// keys sorted by name), with where each key's entry lies in it.
     ///
     /// Written out here rather than by serde_json, which would look up every
     /// character of the base64 (nearly all of an envelope) in its table of
