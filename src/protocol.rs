@@ -457,14 +457,14 @@ impl SerializedEnvelope {
         &self.json
     }
 
-    /// The envelope's JSON text as `reader` receives it, appended to
-    /// `out`: the same text with only `reader`'s own entry left in `keys`
+    /// The envelope's JSON text as `reader` receives it, appended to `out`
+    /// (which the caller sizes with [`SerializedEnvelope::len_for`]): the
+    /// same text with only `reader`'s own entry left in `keys`
     /// (none if it wraps no key for them). Receivers use their own entry
     /// only, and the signature does not cover `keys` (PROTOCOL.md §2.7), so
     /// a member of a group of N gets one wrapped key, not N.
     pub fn write_for(&self, reader: &str, out: &mut String) {
         let json = self.json.get();
-        out.reserve(self.len_for(reader));
         out.push_str(&json[..self.keys.start]);
         if let Some(entry) = self.entry_of(reader) {
             out.push_str(&json[entry.clone()]);
