@@ -156,15 +156,12 @@ impl Passwords {
 /// A job for [`Hashers`].
 type HashJob = Box<dyn FnOnce() + Send>;
 
-/// Threads that run Argon2id and nothing else, on Linux at nice
-/// [`HASH_NICE`]. The kernel then hands the core sooner to the host's other
-/// threads when they wake up (the chat's socket tasks, the store's
-/// commits), so a storm of sign-ins delays the chat less, while a hash
-/// still gets a tenth of a core that something else keeps busy
+/// Threads that run Argon2id and nothing else, at a lower priority on
+/// Linux ([`crate::priority`]), so a storm of sign-ins delays the chat less
 /// (docs/BENCHMARKS.md, "The sign-ins' hashes at a lower priority"). The
 /// blocking pool cannot be used for this: a thread could not take its
 /// priority back without privileges, and would then run the store's
-/// calls at the lower one. Elsewhere the threads keep the host's priority.
+/// calls at the lower one.
 struct Hashers {
     jobs: std::sync::mpsc::Sender<HashJob>,
 }
@@ -179,8 +176,7 @@ impl Hashers {
             std::thread::Builder::new()
                 .name(format!("argon2-{i}"))
                 .spawn(move || {
-                    #[cfg(target_os = "linux")]
-                    if let Err(e) = lower_priority()
+                    if let Err(e) = crate::priority::lower()
                         && i == 0
                     {
                         tracing::warn!("Argon2id runs at the host's own priority: {e}");
@@ -221,27 +217,6 @@ impl Hashers {
         answered
             .await
             .map_err(|_| ApiError::internal("a hashing job failed"))
-    }
-}
-
-/// The nice value of the threads that hash, on Linux. At 10 a hash gets
-/// about a tenth of a core beside a busy thread of the default 0: a
-/// sign-in on a host whose cores are all busy takes a few tenths of a
-/// second. (`SCHED_IDLE`, tried first, let one take 8–16 s there.)
-#[cfg(target_os = "linux")]
-const HASH_NICE: libc::c_int = 10;
-
-/// Sets the calling thread's nice value to [`HASH_NICE`]. On Linux the
-/// nice value belongs to each thread, and `who = 0` names the caller.
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
-fn lower_priority() -> std::io::Result<()> {
-    // SAFETY: a plain system call on the calling thread with constant
-    // arguments; no memory is passed.
-    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, HASH_NICE) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -570,16 +545,6 @@ mod tests {
         assert!(passwords.memory.lock().unwrap().is_empty());
     }
 
-    /// The calling thread's nice value (field 19 of its `stat`).
-    #[cfg(target_os = "linux")]
-    fn own_nice() -> i32 {
-        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-        let after_name = &stat[stat.rfind(')').unwrap() + 1..];
-        // Fields from the third (the state) on.
-        let field = after_name.split_whitespace().nth(19 - 3).unwrap();
-        field.parse().unwrap()
-    }
-
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn hashes_run_on_threads_of_their_own_at_a_lower_priority() {
@@ -588,13 +553,17 @@ mod tests {
         let (name, nice) = passwords
             .hashers
             .run(permit, || {
-                (std::thread::current().name().map(str::to_owned), own_nice())
+                (
+                    std::thread::current().name().map(str::to_owned),
+                    crate::priority::nice_of(None).unwrap(),
+                )
             })
             .await
             .unwrap();
         assert!(name.unwrap().starts_with("argon2-"));
         // A process already nicer than that keeps its own value.
-        assert_eq!(nice, own_nice().max(HASH_NICE));
+        let own = crate::priority::nice_of(None).unwrap();
+        assert_eq!(nice, own.max(crate::priority::NICE));
     }
 
     #[tokio::test]

@@ -31,6 +31,8 @@
 //! - [`protocol`]: the wire types shared by the server and the native client.
 //! - [`client`]: a native client of the protocol with the end-to-end crypto.
 //! - [`error`]: the API error type, mapped to HTTP status and a safe message.
+//! - [`priority`]: background threads (hashing, copying the store's log) at
+//!   a lower priority.
 
 pub mod admin;
 pub mod auth;
@@ -46,6 +48,7 @@ pub mod discovery;
 pub mod error;
 pub mod files;
 pub mod launcher;
+pub mod priority;
 pub mod protocol;
 pub mod relay;
 pub mod secrets;
