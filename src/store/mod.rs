@@ -719,11 +719,15 @@ const CHECKPOINT_BEHIND_PAGES: std::ffi::c_int = 8 * CHECKPOINT_PAGES;
 /// than any copy and sync takes, so the thread alone never catches up: the
 /// log used to grow to [`CHECKPOINT_BEHIND_PAGES`], and the commit there
 /// copied the rest and synced the database file with up to 66 MB of
-/// unsynced pages, 7 to 105 ms during which no message was acked or
+/// unsynced pages, 7 to 106 ms during which no message was acked or
 /// delivered. So, once the thread has synced its copy, the next commit
 /// copies what was committed since (tens or hundreds of pages) and syncs
-/// those, a millisecond or two, and the commit after it starts the log
-/// again.
+/// those (3 ms at the median, 10 ms at most in a traced second), and the
+/// commit after it starts the log again. The price is two syncs of the
+/// database file per 1 000 pages instead of one per 8 000, which the
+/// commits' syncs of the log can wait behind: direct chats under
+/// sustained load lost a quarter of their maximum (docs/BENCHMARKS.md,
+/// "The half-load tail").
 struct Checkpointer {
     wake: std::sync::mpsc::SyncSender<()>,
     shared: Arc<CheckpointState>,
