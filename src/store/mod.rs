@@ -743,7 +743,8 @@ struct CheckpointState {
     synced: std::sync::atomic::AtomicBool,
     /// For tests: the log's pages after the last commit, the thread's
     /// checkpoints that succeeded, the commits' copies of the rest after
-    /// them, and the commits' copies of a log that grew too long.
+    /// them (and of the whole log once the thread is gone), and the
+    /// commits' copies of a log that grew too long.
     #[cfg_attr(not(test), allow(dead_code))]
     log_pages: std::sync::atomic::AtomicI32,
     #[cfg_attr(not(test), allow(dead_code))]
