@@ -692,14 +692,21 @@ pub struct Store {
 }
 
 /// The log pages written since the checkpointer was last woken at which it
-/// is woken again (SQLite's own threshold for its automatic checkpoint).
-const CHECKPOINT_PAGES: std::ffi::c_int = 1_000;
+/// is woken again: a quarter of SQLite's own threshold (1 000 pages), so
+/// that each of its copies, and the sync of the database file after it,
+/// carries about 2 MB. On a disk whose flush carries every write it has
+/// accepted, whatever the file (a virtual disk with a write-back cache),
+/// a commit's sync of the log that comes while the thread's copy reaches
+/// the disk waits for all of it: 8 MB copies at 1 000 pages held the
+/// group's p99 at half load at 21–29 ms in full `fanout` runs, 2 MB ones
+/// at 10–15 ms (docs/BENCHMARKS.md, "Checkpoints of 250 pages").
+const CHECKPOINT_PAGES: std::ffi::c_int = 250;
 
 /// The log's length at which a commit copies the log back itself (8 000
 /// pages of 8 KiB, about 66 MB of log file), should the checkpointer fall
 /// behind (a host whose core is never idle, where its thread waits) or be
 /// gone: this bounds the log's file (give or take one commit).
-const CHECKPOINT_BEHIND_PAGES: std::ffi::c_int = 8 * CHECKPOINT_PAGES;
+const CHECKPOINT_BEHIND_PAGES: std::ffi::c_int = 8_000;
 
 /// Copies the write-ahead log back into the database file on a thread of
 /// its own, with a second connection, so that commits never wait for the
@@ -708,10 +715,10 @@ const CHECKPOINT_BEHIND_PAGES: std::ffi::c_int = 8 * CHECKPOINT_PAGES;
 /// SQLite's automatic checkpoint runs inside the commit that takes the log
 /// past 1 000 pages: that commit (and so every message acked after it)
 /// waits for the page copies and a sync of the database file. Here that
-/// commit only wakes the thread (once per 1 000 pages written, as often as
-/// SQLite would checkpoint). The thread copies the log with a passive
-/// checkpoint while later commits go on, then syncs the database file, so
-/// that the pages it copied are on disk.
+/// commit only wakes the thread (once per [`CHECKPOINT_PAGES`] written).
+/// The thread copies the log with a passive checkpoint while later
+/// commits go on, then syncs the database file, so that the pages it
+/// copied are on disk.
 ///
 /// The log starts again from its beginning only at the first commit after
 /// a checkpoint that copied every commit and synced the database file. A
@@ -721,13 +728,12 @@ const CHECKPOINT_BEHIND_PAGES: std::ffi::c_int = 8 * CHECKPOINT_PAGES;
 /// copied the rest and synced the database file with up to 66 MB of
 /// unsynced pages, 7 to 106 ms during which no message was acked or
 /// delivered. So, once the thread has synced its copy, the next commit
-/// copies what was committed since (tens or hundreds of pages) and syncs
-/// those (3 ms at the median, 10 ms at most in a traced second), and the
-/// commit after it starts the log again. The price is two syncs of the
-/// database file per 1 000 pages instead of one per 8 000, which the
-/// commits' syncs of the log can wait behind: direct chats under
-/// sustained load lost a quarter of their maximum (docs/BENCHMARKS.md,
-/// "The half-load tail").
+/// copies what was committed since (tens of pages) and syncs those, and
+/// the commit after it starts the log again. The price is two syncs of
+/// the database file per [`CHECKPOINT_PAGES`] instead of one per 8 000,
+/// which the commits' syncs of the log can wait behind; small copies keep
+/// each such wait short (docs/BENCHMARKS.md, "The half-load tail" and
+/// "Checkpoints of 250 pages").
 struct Checkpointer {
     wake: std::sync::mpsc::SyncSender<()>,
     shared: Arc<CheckpointState>,
@@ -805,7 +811,7 @@ impl Checkpointer {
     }
 
     /// The hook run after each commit, which leaves `pages` in the log:
-    /// wakes the thread once per 1 000 pages written, copies what the
+    /// wakes the thread once per [`CHECKPOINT_PAGES`] written, copies what the
     /// thread left once it has synced its copy, and copies the log back
     /// itself if the thread is gone or the log too long.
     fn hook(
