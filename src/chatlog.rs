@@ -9,7 +9,10 @@
 //! The log thread seals each line as it comes and writes the records of a
 //! burst with one `write` call, before it waits for more: a crash loses at
 //! most the lines not yet written, and the reader reports a torn tail and
-//! keeps every record before it.
+//! keeps every record before it. The thread flushes the logs to disk once
+//! it has written 512 KiB (`SYNC_BYTES`) since the last flush (and a log whose
+//! session ends, and every audit line, at once), so a crash of the machine
+//! loses at most that much more.
 //!
 //! Paths name no user and no chat: `logs/<opaque chat id>/<UTC start>_<opaque
 //! session id>.txt.enc` and `audit/<UTC start>_<opaque run id>.log.enc`. The
@@ -122,6 +125,8 @@ pub struct Writer {
     /// The file's length and record count as last written in full.
     written_len: u64,
     written_index: u64,
+    /// How much of the file was last flushed to disk.
+    synced_len: u64,
     /// A failed write could not be cut back: the file ends in a torn
     /// record, after which nothing would be readable, so nothing more is
     /// written to it.
@@ -152,6 +157,7 @@ impl Writer {
             index: 0,
             written_len: 0,
             written_index: 0,
+            synced_len: 0,
             broken: false,
         })
     }
@@ -235,7 +241,14 @@ impl Writer {
     /// Writes what is pending and flushes the file to disk.
     pub fn sync(&mut self) -> std::io::Result<()> {
         self.write_out()?;
-        self.file.sync_data()
+        self.file.sync_data()?;
+        self.synced_len = self.written_len;
+        Ok(())
+    }
+
+    /// Bytes written to the file but not yet flushed to disk.
+    fn unsynced(&self) -> u64 {
+        self.written_len - self.synced_len
     }
 }
 
@@ -334,6 +347,14 @@ const BATCH: usize = 256;
 /// it once per pause rather than once per line.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
+/// How many bytes the log thread writes before it flushes them to disk.
+/// Left to the kernel, written logs stay in memory until they are 30
+/// seconds old and then go to disk all at once: tens of megabytes on a busy
+/// host. A disk that flushes everything it holds on every sync then makes
+/// the store's next commit wait for all of it, hundreds of milliseconds.
+/// Flushed in steps of this size, a commit waits for at most about one.
+const SYNC_BYTES: u64 = 512 * 1024;
+
 /// What the log thread is asked to do.
 enum Command {
     /// What happened in one chat session of `user`, in order: a chat line
@@ -398,6 +419,8 @@ struct Worker {
     /// The last time written out, and when: a busy host logs many lines
     /// in the same millisecond.
     last_stamp: (i64, String),
+    /// Bytes written since the last flush of every log (see [`SYNC_BYTES`]).
+    unsynced: u64,
 }
 
 impl Logger {
@@ -405,17 +428,7 @@ impl Logger {
     /// `logs` and `log-names` subkeys.
     pub fn start(data_dir: &Path, db: Db, key: [u8; 32], names_key: [u8; 32], now: i64) -> Self {
         let (tx, rx) = mpsc::channel::<Command>();
-        let mut worker = Worker {
-            data_dir: data_dir.to_owned(),
-            db,
-            key,
-            names_key,
-            run_started: now,
-            run_id: opaque_id(),
-            open: HashMap::new(),
-            audit: None,
-            last_stamp: (0, timestamp(0)),
-        };
+        let mut worker = Worker::new(data_dir, db, key, names_key, now);
         std::thread::Builder::new()
             .name("securechat-logs".into())
             .spawn(move || {
@@ -503,11 +516,40 @@ impl Logger {
 }
 
 impl Worker {
-    /// Writes every log's sealed records.
+    fn new(data_dir: &Path, db: Db, key: [u8; 32], names_key: [u8; 32], now: i64) -> Self {
+        Self {
+            data_dir: data_dir.to_owned(),
+            db,
+            key,
+            names_key,
+            run_started: now,
+            run_id: opaque_id(),
+            open: HashMap::new(),
+            audit: None,
+            last_stamp: (0, timestamp(0)),
+            unsynced: 0,
+        }
+    }
+
+    /// Writes every log's sealed records, and once [`SYNC_BYTES`] have
+    /// been written since the last flush, flushes every log that has
+    /// unflushed bytes.
     fn write_out(&mut self) {
         for writer in self.open.values_mut().chain(self.audit.as_mut()) {
+            let before = writer.written_len;
             if let Err(e) = writer.write_out() {
                 tracing::error!(error = %e, "writing a log failed");
+            }
+            self.unsynced += writer.written_len - before;
+        }
+        if self.unsynced >= SYNC_BYTES {
+            self.unsynced = 0;
+            for writer in self.open.values_mut().chain(self.audit.as_mut()) {
+                if writer.unsynced() > 0
+                    && let Err(e) = writer.sync()
+                {
+                    tracing::error!(error = %e, "flushing a log to disk failed");
+                }
             }
         }
     }
@@ -793,6 +835,60 @@ mod tests {
         let other = "logs/abc/other.txt.enc";
         std::fs::copy(&path, dir.path().join(other)).unwrap();
         assert!(read(dir.path(), other, &key).unwrap().damage.is_some());
+    }
+
+    #[test]
+    fn the_log_thread_flushes_every_log_once_sync_bytes_are_written() {
+        use crate::store::{Admission, Store, tests::user};
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open_in_memory().unwrap();
+        let [alice, bob, carol] = ["alice", "bob", "carol"]
+            .map(|name| store.create_user(user(name), Admission::Open, 1).unwrap());
+        store.direct_chat(alice.id, bob.id, "c-bob", 1).unwrap();
+        store.direct_chat(alice.id, carol.id, "c-carol", 1).unwrap();
+        let mut worker = Worker::new(dir.path(), Db::new(store), [7u8; 32], [8u8; 32], 1);
+        let (session, me): (Arc<str>, Arc<str>) = (Arc::from("s1"), Arc::from("alice"));
+        let text: Arc<str> = Arc::from("x".repeat(1000));
+        let lines = |chat: &str, n: usize| Command::Events {
+            session: session.clone(),
+            user: me.clone(),
+            events: (0..n)
+                .map(|_| LogEvent::Chat {
+                    chat: Arc::from(chat),
+                    line: text.clone(),
+                })
+                .collect(),
+            at: 1_767_225_600_000,
+        };
+        let unsynced = |worker: &Worker, chat: &str| {
+            let writer = &worker.open[&(session.clone(), Arc::from(chat))];
+            (writer.written_len, writer.unsynced())
+        };
+
+        // Below the threshold, written lines are left to the kernel.
+        assert!(worker.handle(lines("c-bob", 10)).is_none());
+        worker.write_out();
+        let (written, bob_unsynced) = unsynced(&worker, "c-bob");
+        assert!(written > 10_000 && bob_unsynced == written);
+        assert_eq!(worker.unsynced, written);
+
+        // The write that crosses it flushes every log with unflushed bytes,
+        // the one that had only a little included.
+        let many = (SYNC_BYTES / 1000) as usize;
+        assert!(worker.handle(lines("c-carol", many)).is_none());
+        worker.write_out();
+        let ((bob_written, bob_left), (carol_written, carol_left)) =
+            (unsynced(&worker, "c-bob"), unsynced(&worker, "c-carol"));
+        assert_eq!((bob_written, bob_left), (written, 0));
+        assert!(carol_written > SYNC_BYTES - written && carol_left == 0);
+        assert_eq!(worker.unsynced, 0);
+
+        // Every record is there.
+        for (chat, n) in [("c-bob", 10), ("c-carol", many)] {
+            let rel = worker.open[&(session.clone(), Arc::from(chat))].rel.clone();
+            let contents = read(dir.path(), &rel, &[7u8; 32]).unwrap();
+            assert_eq!((contents.lines.len(), contents.damage), (n + 1, None));
+        }
     }
 
     #[test]
