@@ -355,6 +355,13 @@ const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 /// Flushed in steps of this size, a commit waits for at most about one.
 const SYNC_BYTES: u64 = 512 * 1024;
 
+/// After a flush of N logs, the next flush waits at least N times this:
+/// every log flushed costs a sync of its own, and when many logs each take
+/// a few lines (a large group's members), flushes every 512 KiB would cost
+/// a sync per log every few messages. So the thread flushes at most about
+/// a thousand logs a second, and holds more than 512 KiB only then.
+const SYNC_PAUSE_PER_LOG: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// What the log thread is asked to do.
 enum Command {
     /// What happened in one chat session of `user`, in order: a chat line
@@ -421,6 +428,8 @@ struct Worker {
     last_stamp: (i64, String),
     /// Bytes written since the last flush of every log (see [`SYNC_BYTES`]).
     unsynced: u64,
+    /// No flush before then (see [`SYNC_PAUSE_PER_LOG`]).
+    next_sync: std::time::Instant,
 }
 
 impl Logger {
@@ -528,12 +537,15 @@ impl Worker {
             audit: None,
             last_stamp: (0, timestamp(0)),
             unsynced: 0,
+            next_sync: std::time::Instant::now(),
         }
     }
 
     /// Writes every log's sealed records, and once [`SYNC_BYTES`] have
-    /// been written since the last flush, flushes every log that has
-    /// unflushed bytes.
+    /// been written since the last flush (and [`SYNC_PAUSE_PER_LOG`] for
+    /// every log it flushed has passed), flushes every log that has
+    /// unflushed bytes. A flush that fails is reported, and not tried again
+    /// before the next 512 KiB.
     fn write_out(&mut self) {
         for writer in self.open.values_mut().chain(self.audit.as_mut()) {
             let before = writer.written_len;
@@ -542,15 +554,18 @@ impl Worker {
             }
             self.unsynced += writer.written_len - before;
         }
-        if self.unsynced >= SYNC_BYTES {
-            self.unsynced = 0;
+        if self.unsynced >= SYNC_BYTES && std::time::Instant::now() >= self.next_sync {
+            let mut flushed = 0u32;
             for writer in self.open.values_mut().chain(self.audit.as_mut()) {
-                if writer.unsynced() > 0
-                    && let Err(e) = writer.sync()
-                {
-                    tracing::error!(error = %e, "flushing a log to disk failed");
+                if writer.unsynced() > 0 {
+                    flushed += 1;
+                    if let Err(e) = writer.sync() {
+                        tracing::error!(error = %e, "flushing a log to disk failed");
+                    }
                 }
             }
+            self.unsynced = 0;
+            self.next_sync = std::time::Instant::now() + SYNC_PAUSE_PER_LOG * flushed;
         }
     }
 
@@ -840,6 +855,7 @@ mod tests {
     #[test]
     fn the_log_thread_flushes_every_log_once_sync_bytes_are_written() {
         use crate::store::{Admission, Store, tests::user};
+        use std::time::{Duration, Instant};
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open_in_memory().unwrap();
         let [alice, bob, carol] = ["alice", "bob", "carol"]
@@ -849,42 +865,72 @@ mod tests {
         let mut worker = Worker::new(dir.path(), Db::new(store), [7u8; 32], [8u8; 32], 1);
         let (session, me): (Arc<str>, Arc<str>) = (Arc::from("s1"), Arc::from("alice"));
         let text: Arc<str> = Arc::from("x".repeat(1000));
-        let lines = |chat: &str, n: usize| Command::Events {
-            session: session.clone(),
-            user: me.clone(),
-            events: (0..n)
+        // Writes `n` lines to `chat`'s log, as one burst of the thread.
+        let burst = |worker: &mut Worker, chat: &str, n: usize| {
+            let events = (0..n)
                 .map(|_| LogEvent::Chat {
                     chat: Arc::from(chat),
                     line: text.clone(),
                 })
-                .collect(),
-            at: 1_767_225_600_000,
+                .collect();
+            let command = Command::Events {
+                session: session.clone(),
+                user: me.clone(),
+                events,
+                at: 1_767_225_600_000,
+            };
+            assert!(worker.handle(command).is_none());
+            worker.write_out();
         };
-        let unsynced = |worker: &Worker, chat: &str| {
-            let writer = &worker.open[&(session.clone(), Arc::from(chat))];
+        let state = |worker: &Worker, chat: &str| {
+            let writer = &worker.open[&(Arc::from("s1"), Arc::from(chat))];
             (writer.written_len, writer.unsynced())
         };
 
-        // Below the threshold, written lines are left to the kernel.
-        assert!(worker.handle(lines("c-bob", 10)).is_none());
-        worker.write_out();
-        let (written, bob_unsynced) = unsynced(&worker, "c-bob");
-        assert!(written > 10_000 && bob_unsynced == written);
-        assert_eq!(worker.unsynced, written);
+        // A few lines to bob's log; then bursts of about 64 KB to carol's,
+        // as the thread writes them, until 512 KiB have been written in
+        // all. Until then, nothing is flushed.
+        burst(&mut worker, "c-bob", 10);
+        let (bob_written, _) = state(&worker, "c-bob");
+        let (mut bursts, mut per_burst) = (0, 0);
+        while bursts == 0 || worker.unsynced + per_burst < SYNC_BYTES {
+            let before = worker.unsynced;
+            burst(&mut worker, "c-carol", 64);
+            (bursts, per_burst) = (bursts + 1, worker.unsynced - before);
+            assert_eq!(state(&worker, "c-bob"), (bob_written, bob_written));
+            let (carol_written, carol_unsynced) = state(&worker, "c-carol");
+            assert_eq!(carol_unsynced, carol_written);
+            assert_eq!(worker.unsynced, bob_written + carol_written);
+        }
+        assert!(bursts >= 6, "{bursts}");
 
-        // The write that crosses it flushes every log with unflushed bytes,
-        // the one that had only a little included.
-        let many = (SYNC_BYTES / 1000) as usize;
-        assert!(worker.handle(lines("c-carol", many)).is_none());
-        worker.write_out();
-        let ((bob_written, bob_left), (carol_written, carol_left)) =
-            (unsynced(&worker, "c-bob"), unsynced(&worker, "c-carol"));
-        assert_eq!((bob_written, bob_left), (written, 0));
-        assert!(carol_written > SYNC_BYTES - written && carol_left == 0);
+        // The burst that crosses 512 KiB flushes every log with unflushed
+        // bytes, bob's few lines included.
+        burst(&mut worker, "c-carol", 64);
+        assert_eq!(state(&worker, "c-bob"), (bob_written, 0));
+        assert_eq!(state(&worker, "c-carol").1, 0);
         assert_eq!(worker.unsynced, 0);
 
+        // Until the pause after the last flush is over, more than 512 KiB
+        // may wait.
+        worker.next_sync = Instant::now() + Duration::from_secs(3600);
+        burst(&mut worker, "c-carol", 600);
+        assert!(worker.unsynced >= SYNC_BYTES);
+        assert!(state(&worker, "c-carol").1 >= SYNC_BYTES);
+        // Then the next burst flushes both logs, and the next flush waits
+        // for a pause of two logs.
+        worker.next_sync = Instant::now();
+        let before = Instant::now();
+        burst(&mut worker, "c-bob", 1);
+        assert_eq!(
+            (state(&worker, "c-carol").1, state(&worker, "c-bob").1),
+            (0, 0)
+        );
+        assert!(worker.next_sync >= before + SYNC_PAUSE_PER_LOG * 2);
+        assert!(worker.next_sync <= Instant::now() + SYNC_PAUSE_PER_LOG * 2);
+
         // Every record is there.
-        for (chat, n) in [("c-bob", 10), ("c-carol", many)] {
+        for (chat, n) in [("c-bob", 11), ("c-carol", 64 * (bursts + 1) + 600)] {
             let rel = worker.open[&(session.clone(), Arc::from(chat))].rel.clone();
             let contents = read(dir.path(), &rel, &[7u8; 32]).unwrap();
             assert_eq!((contents.lines.len(), contents.damage), (n + 1, None));
