@@ -736,16 +736,21 @@ impl Worker {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_sessions_events_reach_its_logs_in_order_and_presence_only_where_a_member() {
+    /// A store where alice has direct chats `c-bob` and `c-carol`.
+    fn alice_with_two_chats() -> Db {
         use crate::store::{Admission, Store, tests::user};
-        let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open_in_memory().unwrap();
         let [alice, bob, carol] = ["alice", "bob", "carol"]
             .map(|name| store.create_user(user(name), Admission::Open, 1).unwrap());
         store.direct_chat(alice.id, bob.id, "c-bob", 1).unwrap();
         store.direct_chat(alice.id, carol.id, "c-carol", 1).unwrap();
-        let db = Db::new(store);
+        Db::new(store)
+    }
+
+    #[test]
+    fn a_sessions_events_reach_its_logs_in_order_and_presence_only_where_a_member() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = alice_with_two_chats();
         let key = [7u8; 32];
         let logger = Logger::start(dir.path(), db.clone(), key, [8u8; 32], 1);
 
@@ -854,15 +859,10 @@ mod tests {
 
     #[test]
     fn the_log_thread_flushes_every_log_once_sync_bytes_are_written() {
-        use crate::store::{Admission, Store, tests::user};
         use std::time::{Duration, Instant};
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open_in_memory().unwrap();
-        let [alice, bob, carol] = ["alice", "bob", "carol"]
-            .map(|name| store.create_user(user(name), Admission::Open, 1).unwrap());
-        store.direct_chat(alice.id, bob.id, "c-bob", 1).unwrap();
-        store.direct_chat(alice.id, carol.id, "c-carol", 1).unwrap();
-        let mut worker = Worker::new(dir.path(), Db::new(store), [7u8; 32], [8u8; 32], 1);
+        let db = alice_with_two_chats();
+        let mut worker = Worker::new(dir.path(), db, [7u8; 32], [8u8; 32], 1);
         let (session, me): (Arc<str>, Arc<str>) = (Arc::from("s1"), Arc::from("alice"));
         let text: Arc<str> = Arc::from("x".repeat(1000));
         // Writes `n` lines to `chat`'s log, as one burst of the thread.
