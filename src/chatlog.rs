@@ -12,7 +12,8 @@
 //! keeps every record before it. The thread flushes the logs to disk once
 //! it has written 512 KiB (`SYNC_BYTES`) since the last flush (and a log whose
 //! session ends, and every audit line, at once), so a crash of the machine
-//! loses at most that much more.
+//! loses at most about that much more (more only while the thread pauses
+//! after flushing many logs: `SYNC_PAUSE_PER_LOG`).
 //!
 //! Paths name no user and no chat: `logs/<opaque chat id>/<UTC start>_<opaque
 //! session id>.txt.enc` and `audit/<UTC start>_<opaque run id>.log.enc`. The
@@ -427,6 +428,8 @@ struct Worker {
     /// in the same millisecond.
     last_stamp: (i64, String),
     /// Bytes written since the last flush of every log (see [`SYNC_BYTES`]).
+    /// It still counts the bytes of a log flushed and closed at its
+    /// session's end, so the next flush may come a little early.
     unsynced: u64,
     /// No flush before then (see [`SYNC_PAUSE_PER_LOG`]).
     next_sync: std::time::Instant,
