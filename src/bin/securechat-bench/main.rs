@@ -1476,13 +1476,24 @@ mod tests {
         }
     }
 
-    /// The rates probed (with `again`) and the steps of a search from 100/s.
+    /// What a search from 100/s did.
+    struct Outcome {
+        /// The rates probed, in order.
+        rates: Vec<f64>,
+        /// The probes told that they were a second try.
+        again: Vec<bool>,
+        /// Each step's `uncounted`.
+        uncounted: Vec<bool>,
+        max: f64,
+        steps: Vec<Step>,
+    }
+
     async fn search_with(
         capacity: f64,
         busy_at_limit: f64,
         stalls: &[f64],
         max_steps: usize,
-    ) -> (Vec<(f64, bool)>, Vec<Step>) {
+    ) -> Outcome {
         let mut fake = Fake {
             capacity,
             busy_at_limit,
@@ -1490,66 +1501,55 @@ mod tests {
             probed: Vec::new(),
         };
         let steps = search(&mut fake, 100.0, max_steps).await.unwrap();
-        (fake.probed, steps)
-    }
-
-    fn uncounted(steps: &[Step]) -> Vec<bool> {
-        steps.iter().map(|s| s.uncounted).collect()
+        Outcome {
+            rates: fake.probed.iter().map(|p| p.0).collect(),
+            again: fake.probed.iter().map(|p| p.1).collect(),
+            uncounted: steps.iter().map(|s| s.uncounted).collect(),
+            max: maximum(&steps),
+            steps,
+        }
     }
 
     #[tokio::test]
     async fn a_stalled_step_is_measured_again_and_a_saturated_one_stops_the_search() {
-        let (probed, steps) = search_with(1000.0, 1.0, &[400.0], 12).await;
+        let o = search_with(1000.0, 1.0, &[400.0], 12).await;
         // 400/s stalls once and is delivered on the second try; 800/s and
         // 600/s fall short with the core busy (the server's limit), once
         // each; 500/s is delivered.
+        assert_eq!(o.rates, [100.0, 200.0, 400.0, 400.0, 800.0, 600.0, 500.0]);
+        assert_eq!(o.again, [false, false, false, true, false, false, false]);
         assert_eq!(
-            probed,
-            [
-                (100.0, false),
-                (200.0, false),
-                (400.0, false),
-                (400.0, true),
-                (800.0, false),
-                (600.0, false),
-                (500.0, false)
-            ]
-        );
-        assert_eq!(
-            uncounted(&steps),
+            o.uncounted,
             [false, false, true, false, false, false, false]
         );
-        assert_eq!(maximum(&steps), 1000.0);
+        assert_eq!(o.max, 1000.0);
     }
 
     #[tokio::test]
     async fn a_rate_that_stalls_twice_counts_as_short() {
-        let (probed, steps) = search_with(1000.0, 1.0, &[400.0, 400.0], 12).await;
-        let rates: Vec<f64> = probed.iter().map(|p| p.0).collect();
-        assert_eq!(rates, [100.0, 200.0, 400.0, 400.0, 300.0, 350.0]);
-        assert_eq!(uncounted(&steps), [false, false, false, true, false, false]);
-        assert_eq!(maximum(&steps), 700.0);
+        let o = search_with(1000.0, 1.0, &[400.0, 400.0], 12).await;
+        assert_eq!(o.rates, [100.0, 200.0, 400.0, 400.0, 300.0, 350.0]);
+        assert_eq!(o.uncounted, [false, false, false, true, false, false]);
+        assert_eq!(o.max, 700.0);
     }
 
     #[tokio::test]
     async fn a_stall_while_narrowing_is_measured_again() {
-        let (probed, steps) = search_with(1000.0, 1.0, &[600.0], 12).await;
-        let rates: Vec<f64> = probed.iter().map(|p| p.0).collect();
+        let o = search_with(1000.0, 1.0, &[600.0], 12).await;
         // 600/s stalls, then falls short at the limit: it only confirms.
-        assert_eq!(rates, [100.0, 200.0, 400.0, 800.0, 600.0, 600.0, 500.0]);
+        assert_eq!(o.rates, [100.0, 200.0, 400.0, 800.0, 600.0, 600.0, 500.0]);
         assert_eq!(
-            uncounted(&steps),
+            o.uncounted,
             [false, false, false, false, false, true, false]
         );
-        assert_eq!(maximum(&steps), 1000.0);
+        assert_eq!(o.max, 1000.0);
     }
 
     #[tokio::test]
     async fn a_server_at_its_limit_with_some_core_to_spare_is_not_tried_again() {
         // SecureChat's direct chats fall short with the core 83–87 % busy.
-        let (probed, _) = search_with(1000.0, 0.83, &[], 12).await;
-        let rates: Vec<f64> = probed.iter().map(|p| p.0).collect();
-        assert_eq!(rates, [100.0, 200.0, 400.0, 800.0, 600.0, 500.0]);
+        let o = search_with(1000.0, 0.83, &[], 12).await;
+        assert_eq!(o.rates, [100.0, 200.0, 400.0, 800.0, 600.0, 500.0]);
     }
 
     #[test]
@@ -1589,9 +1589,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_search_stops_at_its_last_step_when_nothing_falls_short() {
-        let (probed, steps) = search_with(f64::INFINITY, 1.0, &[], 3).await;
-        let rates: Vec<f64> = probed.iter().map(|p| p.0).collect();
-        assert_eq!(rates, [100.0, 200.0, 400.0]);
-        assert!(steps.iter().all(|s| !s.uncounted && !falls_short(s)));
+        let o = search_with(f64::INFINITY, 1.0, &[], 3).await;
+        assert_eq!(o.rates, [100.0, 200.0, 400.0]);
+        assert!(o.steps.iter().all(|s| !s.uncounted && !falls_short(s)));
     }
 }
