@@ -602,12 +602,12 @@ impl Fanout {
         self.set(0.0);
         // Every frame delivered before the next step, so that none of this
         // step's backlog is counted as the next one's delivery.
-        let stalled = if self.target.kind == Kind::SecureChat {
+        let patience = if self.target.kind == Kind::SecureChat {
             DRAIN_STALLED
         } else {
             BASELINE_DRAIN_STALLED
         };
-        let missing = self.collector.drain(self.receivers, stalled).await;
+        let missing = self.collector.drain(self.receivers, patience).await;
         step.undelivered = missing.saturating_sub(missing0);
         step.closed = self.collector.closed();
         step.refused = self.collector.refused() - refused0;
