@@ -14,6 +14,7 @@
 mod load;
 mod servers;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,7 +29,7 @@ use securechat::protocol::ClientFrame;
 use serde_json::{Value, json};
 
 use load::{Collector, Target, Template, Window};
-use servers::{Certs, CoreTicks, Error, Kind, Server};
+use servers::{Certs, CoreTicks, Error, Kind, Server, Threads};
 
 #[derive(Parser)]
 #[command(
@@ -463,7 +464,7 @@ async fn group(
 const STOLEN_WARNING: f64 = 0.05;
 
 /// One offered load and what came of it.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 struct Step {
     /// Receipts per second offered (sends/s × receivers).
     offered: f64,
@@ -479,6 +480,14 @@ struct Step {
     /// core to another guest (its "steal" time): the server had that much
     /// less of a core than the wall clock says.
     server_core_stolen: f64,
+    /// Each kind of the server's threads (by name, numbers left out: see
+    /// [`servers::Threads::shares_since`]) and its share of a core during
+    /// the step. Empty for `--url`'s host.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    server_threads: BTreeMap<String, f64>,
+    /// The server's resident memory at the step's end, before its drain
+    /// (0 for `--url`'s host).
+    server_rss_bytes: u64,
     /// Sockets the server had closed by the end of the step's drain (a
     /// close the server signalled during the step may reach the load only
     /// after the frames already on their way).
@@ -576,10 +585,12 @@ impl Fanout {
             Instant::now(),
         );
         let core0 = server.map_or_else(CoreTicks::default, Server::core_ticks);
+        let threads0 = server.map_or_else(Threads::default, Server::threads);
         self.collector.start();
         tokio::time::sleep(length).await;
         let w: Window = self.collector.stop();
         let secs = t0.elapsed().as_secs_f64();
+        let threads = server.map_or_else(Threads::default, Server::threads);
         let mut core = CoreTicks::default();
         core.add_since(core0);
         let mut step = Step {
@@ -593,6 +604,8 @@ impl Fanout {
             server_cpu: (server.map_or(0.0, Server::cpu) - cpu0) / secs,
             load_cpu: (servers::cpu_of("self") - load0) / secs,
             server_core_stolen: core.stolen(),
+            server_threads: threads.shares_since(&threads0, secs),
+            server_rss_bytes: server.map_or(0, Server::rss),
             // Filled in after the drain.
             closed: 0,
             refused: 0,
@@ -693,9 +706,10 @@ async fn search(
     let mut steps = Vec::new();
     let mut short = async |steps: &mut Vec<Step>, sends: f64| -> Result<bool, Error> {
         let first = probe.probe(sends, false).await?;
+        let (stall, first_short) = (stalled(&first), falls_short(&first));
         steps.push(first);
-        if !stalled(&first) {
-            return Ok(falls_short(&first));
+        if !stall {
+            return Ok(first_short);
         }
         let mut again = probe.probe(sends, true).await?;
         let short = falls_short(&again);
@@ -757,25 +771,27 @@ impl Rising<'_> {
     /// One step, on fresh sockets when the step before closed some (in
     /// overload the server closes readers that fall behind).
     async fn measure(&mut self, sends_per_s: f64, label: &str) -> Result<Step, Error> {
-        if self.last.is_some_and(|s| s.closed > 0) {
+        if self.last.as_ref().is_some_and(|s| s.closed > 0) {
             self.fan.reconnect().await?;
         }
         let step = self
             .fan
             .step(Some(self.server), sends_per_s, self.length)
             .await;
-        self.last = Some(step);
+        self.last = Some(step.clone());
         let what = self.what;
         say(&format!(
-            "{what}{label}: offered {:.0}/s, delivered {:.0}/s, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms, server CPU {:.0} %, load CPU {:.0} %, server's core stolen {:.0} %, sockets closed {}, refused {}, lost {}",
+            "{what}{label}: offered {:.0}/s, delivered {:.0}/s, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms, server CPU {:.0} %{}, load CPU {:.0} %, server's core stolen {:.0} %, server RSS {:.1} MiB, sockets closed {}, refused {}, lost {}",
             step.offered,
             step.delivered,
             step.p99_ms,
             step.p999_ms,
             step.max_ms,
             step.server_cpu * 100.0,
+            threads_text(&step.server_threads),
             step.load_cpu * 100.0,
             step.server_core_stolen * 100.0,
+            step.server_rss_bytes as f64 / f64::from(1 << 20),
             step.closed,
             step.refused,
             step.undelivered
@@ -789,6 +805,21 @@ impl Rising<'_> {
         }
         Ok(step)
     }
+}
+
+/// The server's threads' shares of a core, busiest first: " (tokio-rt-worker
+/// 80 %, db-checkpoint 5 %)", or nothing when they were not measured.
+fn threads_text(threads: &BTreeMap<String, f64>) -> String {
+    if threads.is_empty() {
+        return String::new();
+    }
+    let mut busiest: Vec<(&String, &f64)> = threads.iter().collect();
+    busiest.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
+    let parts: Vec<String> = busiest
+        .iter()
+        .map(|(kind, share)| format!("{kind} {:.0} %", *share * 100.0))
+        .collect();
+    format!(" ({})", parts.join(", "))
 }
 
 impl Probe for Rising<'_> {
@@ -916,13 +947,13 @@ async fn fanout_all(
     for kind in kinds {
         let (m, half, steps) = fanout(bench, kind, &mut template).await?;
         max.insert(kind.name(), m);
-        if kind == Kind::SecureChat {
-            half_load = Some(half);
-        }
         curves.insert(
             kind.name().into(),
             json!({ "max": m, "half_load": half, "steps": steps }),
         );
+        if kind == Kind::SecureChat {
+            half_load = Some(half);
+        }
     }
     let sc = max["securechat"];
     let ratio = |k: &str| max.get(k).map(|m| if *m > 0.0 { sc / m } else { 0.0 });
@@ -1563,17 +1594,20 @@ mod tests {
         assert!(stalled(&short));
         assert!(!stalled(&Step {
             server_core_stolen: 0.4,
-            ..short
+            ..short.clone()
         }));
-        assert!(!stalled(&Step { closed: 1, ..short }));
+        assert!(!stalled(&Step {
+            closed: 1,
+            ..short.clone()
+        }));
         assert!(!stalled(&Step {
             delivered: 950.0,
-            ..short
+            ..short.clone()
         }));
         assert!(stalled(&Step {
             delivered: 950.0,
             p99_ms: 1500.0,
-            ..short
+            ..short.clone()
         }));
     }
 

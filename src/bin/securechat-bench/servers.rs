@@ -4,6 +4,7 @@
 //! to core 0 when the machine has two cores or more (the load gets the
 //! others), so its memory and CPU time can be read from /proc.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -83,6 +84,15 @@ impl Server {
         cpu_of(&self.pid.to_string())
     }
 
+    /// Its threads' CPU time so far (none for `--url`'s host).
+    pub fn threads(&self) -> Threads {
+        if self.is_local() {
+            Threads::of(self.pid)
+        } else {
+            Threads::default()
+        }
+    }
+
     /// Whether this tool started it on this machine (not `--url`'s host).
     fn is_local(&self) -> bool {
         self.child.is_some()
@@ -147,6 +157,89 @@ impl Server {
     }
 }
 
+/// The CPU ticks (user + system, 1/100 s on Linux) of each thread of a
+/// process so far, by thread id, with the thread's name.
+#[derive(Debug, Default, Clone)]
+pub struct Threads {
+    ticks: HashMap<u32, (String, u64)>,
+    /// The whole process's ticks, ended threads' included.
+    process: u64,
+}
+
+impl Threads {
+    /// The threads of `pid` now (none where `/proc` cannot be read).
+    pub fn of(pid: u32) -> Self {
+        let process = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| parse_stat(&stat).map(|(_, ticks)| ticks))
+            .unwrap_or(0);
+        let ticks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| {
+                let tid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+                let (name, ticks) = parse_stat(&stat)?;
+                Some((tid, (name.to_owned(), ticks)))
+            })
+            .collect();
+        Self { ticks, process }
+    }
+
+    /// Each kind of thread's share of a core from `start` to these ticks,
+    /// `secs` apart: threads named alike but for a number (`argon2-0`,
+    /// `argon2-1`) count as one kind (`argon2`), and the time of threads
+    /// that ended meanwhile as `(ended)`. Shares under 0.5 % are left out.
+    pub fn shares_since(&self, start: &Self, secs: f64) -> BTreeMap<String, f64> {
+        if secs <= 0.0 || self.ticks.is_empty() {
+            return BTreeMap::new();
+        }
+        let mut by_kind: BTreeMap<String, u64> = BTreeMap::new();
+        for (tid, (name, end)) in &self.ticks {
+            let begun = start.ticks.get(tid).map_or(0, |(_, t)| *t);
+            *by_kind.entry(kind_of_thread(name).to_owned()).or_default() +=
+                end.saturating_sub(begun);
+        }
+        let counted: u64 = by_kind.values().sum();
+        let ended = self
+            .process
+            .saturating_sub(start.process)
+            .saturating_sub(counted);
+        if ended > 0 {
+            by_kind.insert("(ended)".to_owned(), ended);
+        }
+        by_kind
+            .into_iter()
+            .map(|(kind, ticks)| (kind, ticks as f64 / 100.0 / secs))
+            .filter(|(_, share)| *share >= 0.005)
+            .collect()
+    }
+}
+
+/// The name and CPU ticks (user + system) of a `/proc/…/stat` line. The
+/// name, in parentheses, may itself hold spaces and parentheses.
+fn parse_stat(stat: &str) -> Option<(&str, u64)> {
+    let (head, rest) = stat.rsplit_once(')')?;
+    let (_, name) = head.split_once('(')?;
+    // After the name: the state, then 10 fields, then utime and stime.
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((name, utime + stime))
+}
+
+/// A thread's name without a trailing `-NUMBER` (`argon2-3` → `argon2`).
+fn kind_of_thread(name: &str) -> &str {
+    match name.rsplit_once('-') {
+        Some((kind, n))
+            if !kind.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            kind
+        }
+        _ => name,
+    }
+}
+
 pub fn rss_of(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -194,21 +287,10 @@ fn children_of(pid: u32) -> Vec<u32> {
 
 /// CPU seconds (user + system) of a process (`self` or a pid).
 pub fn cpu_of(pid: &str) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime, in clock ticks of 1/100 s on Linux.
-    (ticks(11) + ticks(12)) / 100.0
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| parse_stat(&stat).map(|(_, ticks)| ticks as f64 / 100.0))
+        .unwrap_or(0.0)
 }
 
 /// Clock ticks of the core the servers run on (of the whole machine when
@@ -549,6 +631,57 @@ mod tests {
         // A program that forks nothing is its own.
         let (_, comm) = found_below("sleep", &["30"]);
         assert_eq!(comm, "sleep");
+    }
+
+    #[test]
+    fn threads_are_counted_by_kind_and_ended_ones_together() {
+        let stat = "42 (odd ) name) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0\n";
+        assert_eq!(parse_stat(stat), Some(("odd ) name", 300)));
+        assert_eq!(parse_stat("42 (short) S 1 2"), None);
+        assert_eq!(kind_of_thread("argon2-12"), "argon2");
+        assert_eq!(kind_of_thread("tokio-rt-worker"), "tokio-rt-worker");
+        assert_eq!(kind_of_thread("-7"), "-7");
+        assert_eq!(kind_of_thread("db-"), "db-");
+        let snapshot = |threads: &[(u32, &str, u64)], process| Threads {
+            ticks: threads
+                .iter()
+                .map(|&(tid, name, t)| (tid, (name.to_owned(), t)))
+                .collect(),
+            process,
+        };
+        // Thread 2 ended after 10 ticks of the window, 4 began; 5 did
+        // almost nothing.
+        let start = snapshot(
+            &[
+                (1, "worker", 100),
+                (2, "argon2-0", 40),
+                (3, "argon2-1", 0),
+                (5, "idle", 7),
+            ],
+            147,
+        );
+        let end = snapshot(
+            &[
+                (1, "worker", 180),
+                (3, "argon2-1", 30),
+                (4, "argon2-2", 20),
+                (5, "idle", 7),
+            ],
+            147 + 80 + 10 + 30 + 20,
+        );
+        let shares = end.shares_since(&start, 2.0);
+        let expected = [("(ended)", 0.05), ("argon2", 0.25), ("worker", 0.4)];
+        assert_eq!(shares.len(), expected.len(), "{shares:?}");
+        for (kind, share) in expected {
+            assert!((shares[kind] - share).abs() < 1e-9, "{shares:?}");
+        }
+        assert!(end.shares_since(&start, 0.0).is_empty());
+        assert!(Threads::default().shares_since(&start, 1.0).is_empty());
+        // This process's own threads, where there is a `/proc`.
+        if std::path::Path::new("/proc/self/task").exists() {
+            let me = Threads::of(std::process::id());
+            assert!(!me.ticks.is_empty());
+        }
     }
 
     #[test]
