@@ -1,11 +1,14 @@
 //! Background threads at a lower priority. On Linux a thread whose work can
-//! wait (Argon2id for a sign-in, copying the store's write-ahead log back)
-//! runs at nice [`NICE`], so that the kernel hands the core sooner to the
-//! host's other threads when they wake up (the chat's socket tasks, the
-//! store's commits), while the background work still gets about a tenth of
-//! a core that something else keeps busy. A thread cannot take its priority
-//! back without privileges, so only threads of their own are lowered, never
-//! those of a shared pool. Elsewhere the threads keep the host's priority.
+//! wait (Argon2id for a sign-in) runs at nice [`NICE`], so that the kernel
+//! hands the core sooner to the host's other threads when they wake up (the
+//! chat's socket tasks, the store's commits), while the background work
+//! still gets about a tenth of a core that something else keeps busy. A
+//! thread cannot take its priority back without privileges, so only threads
+//! of their own are lowered, never those of a shared pool. A thread that
+//! holds a lock others need must not be lowered: the store's checkpointer
+//! was, until a busy core starved it while it held the copy's lock and the
+//! commits' own copies found it taken. Elsewhere the threads keep the
+//! host's priority.
 
 /// The nice value of background threads, on Linux. At 10 a thread gets
 /// about a tenth of a core beside a busy thread of the default 0: a sign-in
