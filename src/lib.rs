@@ -31,8 +31,8 @@
 //! - [`protocol`]: the wire types shared by the server and the native client.
 //! - [`client`]: a native client of the protocol with the end-to-end crypto.
 //! - [`error`]: the API error type, mapped to HTTP status and a safe message.
-//! - [`priority`]: background threads (hashing, copying the store's log) at
-//!   a lower priority.
+//! - [`priority`]: background threads (the password hashing) at a lower
+//!   priority.
 
 pub mod admin;
 pub mod auth;

@@ -704,8 +704,11 @@ const CHECKPOINT_PAGES: std::ffi::c_int = 250;
 
 /// The log's length at which a commit copies the log back itself (8 000
 /// pages of 8 KiB, about 66 MB of log file), should the checkpointer fall
-/// behind (a host whose core is never idle, where its thread waits) or be
-/// gone: this bounds the log's file (give or take one commit).
+/// behind (a host whose core is never idle) or be gone. It does not bound
+/// the log's file while the thread holds the checkpoint's lock: a commit's
+/// copy then finds it taken and leaves the log to the thread (in overloaded
+/// benchmark steps the log reached 97 MB, and 220–350 MB when the thread
+/// ran at a lower priority).
 const CHECKPOINT_BEHIND_PAGES: std::ffi::c_int = 8_000;
 
 /// Copies the write-ahead log back into the database file on a thread of
@@ -779,12 +782,12 @@ impl Checkpointer {
                     // sign-ins' hashes are: a lowered thread got too little
                     // of a core that overload kept busy, and held the
                     // checkpoint's lock meanwhile, so the commits' own
-                    // copies found it busy and the log grew to over 250 MB;
-                    // the commit that finally copied it took about a second
-                    // of the core, and the host delivered half as much as
-                    // before the overload until the load went down
-                    // (docs/BENCHMARKS.md, "The checkpointer at the host's
-                    // priority").
+                    // copies found it taken and the log grew to 220–350 MB;
+                    // a commit that then copied it took about a second of
+                    // the core, the host delivered 40–80 % of its maximum
+                    // after the overload, and its half-load latency
+                    // suffered (docs/BENCHMARKS.md, "The checkpointer at
+                    // the host's priority").
                     while woken.recv().is_ok() {
                         if shared.stop.load(Ordering::Acquire) {
                             return;

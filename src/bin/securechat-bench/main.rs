@@ -482,7 +482,8 @@ struct Step {
     server_core_stolen: f64,
     /// Each kind of the server's threads (by name, numbers left out: see
     /// [`servers::Threads::shares_since`]) and its share of a core during
-    /// the step. Empty for `--url`'s host.
+    /// the step; kinds under 0.5 % are left out, and the key too when none
+    /// is left (always for `--url`'s host).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     server_threads: BTreeMap<String, f64>,
     /// The server's resident memory at the step's end, before its drain
