@@ -580,11 +580,7 @@ impl Fanout {
         );
         self.set(sends_per_s);
         tokio::time::sleep(length / 4).await;
-        let (cpu0, load0, t0) = (
-            server.map_or(0.0, Server::cpu),
-            servers::cpu_of("self"),
-            Instant::now(),
-        );
+        let (load0, t0) = (servers::cpu_of("self"), Instant::now());
         let core0 = server.map_or_else(CoreTicks::default, Server::core_ticks);
         let threads0 = server.map_or_else(Threads::default, Server::threads);
         self.collector.start();
@@ -602,7 +598,7 @@ impl Fanout {
             p99_ms: w.p99_ms,
             p999_ms: w.p999_ms,
             max_ms: w.max_ms,
-            server_cpu: (server.map_or(0.0, Server::cpu) - cpu0) / secs,
+            server_cpu: threads.cpu_seconds_since(&threads0) / secs,
             load_cpu: (servers::cpu_of("self") - load0) / secs,
             server_core_stolen: core.stolen(),
             server_threads: threads.shares_since(&threads0, secs),
@@ -764,22 +760,22 @@ struct Rising<'a> {
     /// A receipt lost while no socket was closed is an error: the server
     /// promises that every frame it accepts reaches every member.
     keeps_all: bool,
-    /// The step before, if any.
-    last: Option<Step>,
+    /// Whether the step before closed sockets.
+    closed_before: bool,
 }
 
 impl Rising<'_> {
     /// One step, on fresh sockets when the step before closed some (in
     /// overload the server closes readers that fall behind).
     async fn measure(&mut self, sends_per_s: f64, label: &str) -> Result<Step, Error> {
-        if self.last.as_ref().is_some_and(|s| s.closed > 0) {
+        if self.closed_before {
             self.fan.reconnect().await?;
         }
         let step = self
             .fan
             .step(Some(self.server), sends_per_s, self.length)
             .await;
-        self.last = Some(step.clone());
+        self.closed_before = step.closed > 0;
         let what = self.what;
         say(&format!(
             "{what}{label}: offered {:.0}/s, delivered {:.0}/s, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms, server CPU {:.0} %{}, load CPU {:.0} %, server's core stolen {:.0} %, server RSS {:.1} MiB, sockets closed {}, refused {}, lost {}",
@@ -851,7 +847,7 @@ async fn rising(
         what,
         length: s.step,
         keeps_all,
-        last: None,
+        closed_before: false,
     };
     let steps = search(&mut rising, s.first_rate, s.max_steps).await?;
     let max = maximum(&steps);

@@ -186,6 +186,11 @@ impl Threads {
         Self { ticks, process }
     }
 
+    /// The whole process's CPU seconds from `start` to these ticks.
+    pub fn cpu_seconds_since(&self, start: &Self) -> f64 {
+        self.process.saturating_sub(start.process) as f64 / 100.0
+    }
+
     /// Each kind of thread's share of a core from `start` to these ticks,
     /// `secs` apart: threads named alike but for a number (`argon2-0`,
     /// `argon2-1`) count as one kind (`argon2`), and the time of threads
@@ -675,6 +680,7 @@ mod tests {
         for (kind, share) in expected {
             assert!((shares[kind] - share).abs() < 1e-9, "{shares:?}");
         }
+        assert!((end.cpu_seconds_since(&start) - 1.4).abs() < 1e-9);
         assert!(end.shares_since(&start, 0.0).is_empty());
         assert!(Threads::default().shares_since(&start, 1.0).is_empty());
         // This process's own threads, where there is a `/proc`.
