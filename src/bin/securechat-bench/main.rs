@@ -12,6 +12,7 @@
 //! (taskset) when there are two cores or more.
 
 mod load;
+mod memory;
 mod servers;
 
 use std::collections::BTreeMap;
@@ -70,6 +71,11 @@ struct Cli {
     /// up to 0.5.0).
     #[arg(long, global = true, value_enum, default_value = "v7")]
     ids: load::Ids,
+    /// The memory cap, in MiB, of a cgroup the servers run in (Linux, where
+    /// this tool may create one; 0: none), so that the files they write
+    /// reuse the page cache instead of growing it (docs/BENCHMARKS.md).
+    #[arg(long, global = true, default_value_t = 1024)]
+    server_memory: u64,
 }
 
 #[derive(Subcommand, Clone, Copy, PartialEq, Eq)]
@@ -182,6 +188,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     load::set_ids(cli.ids);
     servers::pin_load();
+    memory::confine(cli.server_memory);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -196,7 +203,10 @@ fn main() -> std::process::ExitCode {
     // connections it drives then share a thread instead of waking each
     // other across threads on the load's one core.
     let scenario = runtime.spawn(async move { run(&cli).await });
-    match runtime.block_on(scenario).unwrap_or_else(|e| Err(e.into())) {
+    let result = runtime.block_on(scenario).unwrap_or_else(|e| Err(e.into()));
+    drop(runtime);
+    memory::release();
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("securechat-bench: {e}");
@@ -379,6 +389,7 @@ async fn run(cli: &Cli) -> Result<(), Error> {
         json!({
             "cores": servers::cores(),
             "pinned": servers::pinning(),
+            "server_memory_mib": memory::limit_mib(),
             "mode": if cli.tiny { "tiny" } else if cli.quick { "quick" } else { "full" },
         }),
     );
