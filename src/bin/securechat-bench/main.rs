@@ -5,11 +5,14 @@
 //!
 //! ```text
 //! securechat-bench fanout|idle|login|files|start|all [--quick|--tiny] [--json] [--svg FILE]
+//!                  [--server-memory MIB]
 //! ```
 //! `--quick` runs each scenario against SecureChat in under a minute (the
 //! fan-out's baselines add about 50 s); `--tiny` only proves the
 //! scenarios work (CI). Servers run on core 0 and the load on the others
-//! (taskset) when there are two cores or more.
+//! (taskset) when there are two cores or more, and in a memory cgroup
+//! capped at `--server-memory` MiB where the tool may create one
+//! (`memory.rs`).
 
 mod load;
 mod memory;

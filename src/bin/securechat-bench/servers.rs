@@ -2,7 +2,8 @@
 //! real `securechat` executable for the cold start), the bare relay, and the
 //! Python and Node broadcast servers. Each runs as its own process, pinned
 //! to core 0 when the machine has two cores or more (the load gets the
-//! others), so its memory and CPU time can be read from /proc.
+//! others) and in the servers' memory cgroup if there is one
+//! (`memory.rs`), so its memory and CPU time can be read from /proc.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
