@@ -25,7 +25,18 @@ static CGROUP: std::sync::OnceLock<Option<Cgroup>> = std::sync::OnceLock::new();
 #[derive(Debug)]
 struct Cgroup {
     dir: PathBuf,
+    version: Version,
     limit_mib: u64,
+}
+
+impl Cgroup {
+    fn set_limit(&self, mib: u64) -> Result<(), String> {
+        std::fs::write(
+            self.dir.join(self.version.limit_file()),
+            mib.saturating_mul(1 << 20).to_string(),
+        )
+        .map_err(|e| format!("setting the limit of {}: {e}", self.dir.display()))
+    }
 }
 
 /// Which cgroup file system holds the memory controller.
@@ -69,12 +80,42 @@ pub fn limit_mib() -> Option<u64> {
 }
 
 /// Moves process `pid` (a server just started) into the servers' cgroup.
-pub fn admit(pid: u32) -> Result<(), String> {
+/// What it took before the move stays counted where it was (its start).
+pub fn admit(pid: Option<u32>) -> Result<(), String> {
     let Some(Some(cgroup)) = CGROUP.get() else {
         return Ok(());
     };
+    // Pid 0 in `cgroup.procs` would be this tool itself.
+    let pid = pid
+        .filter(|&p| p != 0)
+        .ok_or("a server ended before it could be moved into its cgroup")?;
     std::fs::write(cgroup.dir.join("cgroup.procs"), pid.to_string())
         .map_err(|e| format!("moving server {pid} into {}: {e}", cgroup.dir.display()))
+}
+
+/// The servers' cap raised by `mib` MiB until the guard is dropped: for a
+/// server that must keep a file of that size in its page cache, as the
+/// file curl fetches is kept in the tool's.
+pub struct Raised(Option<&'static Cgroup>);
+
+pub fn raise_by(mib: u64) -> Raised {
+    let cgroup = CGROUP.get().and_then(Option::as_ref);
+    if let Some(c) = cgroup
+        && let Err(e) = c.set_limit(c.limit_mib.saturating_add(mib))
+    {
+        eprintln!("securechat-bench: {e}");
+    }
+    Raised(cgroup)
+}
+
+impl Drop for Raised {
+    fn drop(&mut self) {
+        if let Some(c) = self.0
+            && let Err(e) = c.set_limit(c.limit_mib)
+        {
+            eprintln!("securechat-bench: {e}");
+        }
+    }
 }
 
 /// Removes the servers' cgroup once its processes have ended (it waits up
@@ -103,19 +144,50 @@ fn create(limit_mib: u64) -> Result<Cgroup, String> {
     if version == Version::V2 {
         memory_enabled_below(&own)?;
     }
-    let dir = own.join(format!("securechat-bench-{}", std::process::id()));
+    remove_stale(&own);
+    let dir = own.join(format!("{PREFIX}{}", std::process::id()));
     std::fs::create_dir(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let bytes = limit_mib.saturating_mul(1 << 20);
-    if let Err(e) = std::fs::write(dir.join(version.limit_file()), bytes.to_string()) {
-        let _ = std::fs::remove_dir(&dir);
-        return Err(format!("setting the limit of {}: {e}", dir.display()));
+    let cgroup = Cgroup {
+        dir,
+        version,
+        limit_mib,
+    };
+    if let Err(e) = cgroup.set_limit(limit_mib) {
+        let _ = std::fs::remove_dir(&cgroup.dir);
+        return Err(e);
     }
-    Ok(Cgroup { dir, limit_mib })
+    Ok(cgroup)
+}
+
+/// How the servers' cgroup is named, before the tool's pid.
+const PREFIX: &str = "securechat-bench-";
+
+/// Removes the servers' cgroups that runs of this tool stopped by a signal
+/// left behind (empty, their tool gone); a cgroup still in use is not
+/// removed (the kernel refuses).
+fn remove_stale(own: &Path) {
+    let Ok(entries) = std::fs::read_dir(own) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let gone = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(PREFIX))
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+        if gone {
+            let _ = std::fs::remove_dir(entry.path());
+        }
+    }
 }
 
 /// On the unified hierarchy, a cgroup's children get the memory controller
-/// only if the cgroup lists it for them. This tool does not turn it on
-/// (that would change the machine's setup beyond its own cgroup).
+/// only if the cgroup lists it for them, which a cgroup with processes of
+/// its own cannot, the root's aside: so there the tool caps its servers
+/// only when it runs in the root cgroup (of the machine or a container's
+/// namespace) with the controller on. It does not turn it on (that would
+/// change the machine's setup beyond its own cgroup).
 fn memory_enabled_below(dir: &Path) -> Result<(), String> {
     let subtree = dir.join("cgroup.subtree_control");
     let enabled = std::fs::read_to_string(&subtree).unwrap_or_default();
@@ -180,11 +252,12 @@ mod tests {
     fn the_memory_cgroup_is_found_on_either_hierarchy() {
         // This machine's kind: v1 hierarchies beside a unified one, the
         // process in a cgroup of its own for memory only.
+        // The unified hierarchy's line comes first: the v1 one still wins.
         let mountinfo = "\
             30 25 0:26 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
+            40 30 0:36 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n\
             31 30 0:27 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n\
-            35 30 0:31 / /sys/fs/cgroup/memory rw,relatime shared:9 - cgroup cgroup rw,memory\n\
-            40 30 0:36 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+            35 30 0:31 / /sys/fs/cgroup/memory rw,relatime shared:9 - cgroup cgroup rw,memory\n";
         let cgroups = "9:name=systemd:/\n4:memory:/jobs/abc\n1:cpu:/\n0::/\n";
         assert_eq!(
             own_memory_cgroup(mountinfo, cgroups),
@@ -208,6 +281,12 @@ mod tests {
                 PathBuf::from("/sys/fs/cgroup/user.slice/session-1.scope"),
                 Version::V2
             ))
+        );
+        // A container's unified hierarchy, seen from its own cgroup.
+        let inner = "28 22 0:25 /ctr /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            own_memory_cgroup(inner, "0::/ctr/job\n"),
+            Some((PathBuf::from("/sys/fs/cgroup/job"), Version::V2))
         );
         // No cgroup file system, or no line for it.
         assert_eq!(

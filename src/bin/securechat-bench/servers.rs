@@ -430,8 +430,8 @@ async fn started(mut cmd: Command, what: &str) -> Result<Server, Error> {
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot start {what}: {e}"))?;
+    crate::memory::admit(child.id())?;
     let pid = child.id().unwrap_or(0);
-    crate::memory::admit(pid)?;
     let mut lines = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
     let url = tokio::time::timeout(Duration::from_secs(60), async {
         while let Ok(Some(line)) = lines.next_line().await {
