@@ -72,6 +72,10 @@ pub struct Server {
     /// `https://127.0.0.1:PORT`
     pub url: String,
     pub pid: u32,
+    /// Its data directory, removed when it stops: a host's database runs
+    /// to gigabytes, whose page cache would otherwise stay counted against
+    /// the servers' memory cap (see `memory.rs`) for the rest of the run.
+    data: Option<PathBuf>,
 }
 
 impl Server {
@@ -141,6 +145,7 @@ impl Server {
         let Some(mut child) = self.child else {
             return;
         };
+        let data = self.data;
         let signal = |signal: &'static str| {
             let pid = self.pid.to_string();
             async move {
@@ -154,6 +159,9 @@ impl Server {
         {
             signal("-KILL").await;
             let _ = child.kill().await;
+        }
+        if let Some(data) = data {
+            let _ = std::fs::remove_dir_all(data);
         }
     }
 }
@@ -453,6 +461,7 @@ async fn started(mut cmd: Command, what: &str) -> Result<Server, Error> {
         child: Some(child),
         url,
         pid,
+        data: None,
     })
 }
 
@@ -495,13 +504,15 @@ pub async fn start(
             child: None,
             url: url.trim_end_matches('/').to_owned(),
             pid: 0,
+            data: None,
         });
     }
     let base = baselines_dir();
     let mut wrapper = false;
+    let data = (kind == Kind::SecureChat)
+        .then(|| dir.join(format!("securechat-{}", securechat::chatlog::opaque_id())));
     let cmd = match kind {
         Kind::SecureChat => {
-            let data = dir.join(format!("securechat-{}", securechat::chatlog::opaque_id()));
             // SECURECHAT_BENCH_WRAP runs the host under a profiler, e.g.
             // "valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out".
             let wrap = std::env::var("SECURECHAT_BENCH_WRAP").unwrap_or_default();
@@ -519,7 +530,7 @@ pub async fn start(
             };
             c.arg("serve")
                 .arg("--data-dir")
-                .arg(data)
+                .args(&data)
                 .arg("--cert")
                 .arg(&certs.chain)
                 .arg("--key")
@@ -557,6 +568,7 @@ pub async fn start(
     if wrapper {
         server.pid = wrapped(server.pid);
     }
+    server.data = data;
     Ok(server)
 }
 
