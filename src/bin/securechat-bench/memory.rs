@@ -12,9 +12,9 @@
 //! and its checkpoint's copies into the database file then took a quarter
 //! of its core. Capped, the same writes stayed at 0.6–0.8 ms per MB
 //! however much was written (docs/BENCHMARKS.md, "Page cache on this
-//! machine"). A server of a real deployment writes far less a second, on
-//! memory it has long touched; the cap gives the benchmark that steady
-//! state.
+//! machine"). A server in use should write far less a second, on memory
+//! it has long touched (not measured); the cap gives the benchmark that
+//! steady state.
 
 use std::path::{Path, PathBuf};
 
