@@ -145,7 +145,6 @@ impl Server {
         let Some(mut child) = self.child else {
             return;
         };
-        let data = self.data;
         let signal = |signal: &'static str| {
             let pid = self.pid.to_string();
             async move {
@@ -160,8 +159,10 @@ impl Server {
             signal("-KILL").await;
             let _ = child.kill().await;
         }
-        if let Some(data) = data {
-            let _ = std::fs::remove_dir_all(data);
+        // Off the load's runtime thread: a database of gigabytes takes a
+        // while to unlink.
+        if let Some(data) = self.data {
+            let _ = tokio::fs::remove_dir_all(data).await;
         }
     }
 }
