@@ -25,6 +25,14 @@ test('a server restart mid-conversation: Reconnecting, then every message exactl
     await expect(messages(a.page).locator('.msg .body', { hasText: new RegExp(`^${text}$`) })).toHaveCount(1);
   }
   await expect(messages(a.page).locator('.msg .state', { hasText: /Sending|Not sent/ })).toHaveCount(0);
+  // Once acknowledged, a send is forgotten: nothing of it is kept to reseal
+  // or send again, however long the page stays open.
+  const kept = () =>
+    a.page.evaluate(async () => {
+      const app = await import('/js/app.js');
+      return { unacknowledged: app.unacknowledged(), outbox: app.state.conn?.outbox.size };
+    });
+  await expect.poll(kept).toEqual({ unacknowledged: 0, outbox: 0 });
   for (const u of [a, b]) await u.context.close();
 });
 

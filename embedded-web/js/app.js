@@ -815,6 +815,8 @@ async function onFrame(frame) {
       break;
     }
     case 'ack': {
+      // Stored: nothing left to reseal or retry.
+      pending.delete(frame.id);
       const chat = state.chats.get(frame.chat);
       const m = chat?.shown.get(frame.id);
       if (chat && m) {
@@ -878,6 +880,11 @@ async function onFrame(frame) {
 
 /** Messages sent but not acknowledged, by id: what is needed to reseal them. */
 const pending = new Map();
+
+/** How many sent messages wait for their `ack` (kept to reseal or retry them). */
+export function unacknowledged() {
+  return pending.size;
+}
 
 async function onSendError(frame) {
   const p = frame.id && pending.get(frame.id);
