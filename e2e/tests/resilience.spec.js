@@ -1,5 +1,5 @@
 const { test, expect } = require('@playwright/test');
-const { PASSWORD, messages, newUser, openChat, send, url } = require('./helpers');
+const { PASSWORD, admin, messages, newUser, openChat, send, url } = require('./helpers');
 const server = require('../server');
 
 test('a server restart mid-conversation: Reconnecting, then every message exactly once', async ({ browser }) => {
@@ -34,6 +34,20 @@ test('a server restart mid-conversation: Reconnecting, then every message exactl
     });
   await expect.poll(kept).toEqual({ unacknowledged: 0, outbox: 0 });
   for (const u of [a, b]) await u.context.close();
+});
+
+test('a session that ended while the page was away: the sign-in page, not Reconnecting for good', async ({ browser }) => {
+  const away = await newUser(browser, 'away');
+  const stopped = server.stop(server.current().pid);
+  await expect(away.page.getByRole('status')).toHaveText('Reconnecting…');
+  await stopped;
+  // Its sessions end while the page cannot hear of it: the host then
+  // refuses the page's upgrade with 401, which the browser reports as any
+  // failed connection.
+  admin('user', 'disable', 'away');
+  await server.restart();
+  await expect(away.page.getByRole('button', { name: 'Sign in' })).toBeVisible({ timeout: 60_000 });
+  await away.context.close();
 });
 
 test('a wrong password shows the generic error, repeated failures the lockout time', async ({ browser }) => {

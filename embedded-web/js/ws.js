@@ -42,7 +42,9 @@ export class Connection {
     const ws = new WebSocket(url);
     this.ws = ws;
     this.synced = false;
+    let opened = false;
     ws.onopen = () => {
+      opened = true;
       this.lastHeard = Date.now();
       ws.send(JSON.stringify({ type: 'hello', since: this.handlers.since() }));
     };
@@ -72,8 +74,35 @@ export class Connection {
         this.handlers.onState('signed-out');
         return;
       }
+      if (!opened) {
+        this.checkSession();
+        return;
+      }
       this.retry();
     };
+  }
+
+  /**
+   * After a socket refused before it opened. A browser reports a refused
+   * upgrade (401: the session ended or expired while the page was away,
+   * asleep or offline) like any network failure, so ask the host whether
+   * the session still holds: if not, the page is signed out instead of
+   * reconnecting for good.
+   */
+  async checkSession() {
+    let status = 0;
+    try {
+      status = (await fetch('/api/me', { cache: 'no-store' })).status;
+    } catch {
+      // The host is unreachable: reconnect as usual.
+    }
+    if (this.stopped) return;
+    if (status === 401) {
+      this.stopped = true;
+      this.handlers.onState('signed-out');
+      return;
+    }
+    this.retry();
   }
 
   retry() {
