@@ -85,3 +85,36 @@ test('a click on the chat list lands when a message redraws the list between pre
   await expect(top).toContainText('during the press');
   for (const u of [a, b, c]) await u.context.close();
 });
+
+test('a redraw builds again only the messages whose look changed', async ({ browser }) => {
+  const a = await newUser(browser, 'redraw.a');
+  const b = await newUser(browser, 'redraw.b');
+  await openChat(a.page, 'redraw.b');
+  for (let i = 1; i <= 12; i++) await send(a.page, `line ${i} with **bold**, _italics_ and https://example.com/${i}`);
+  await openChat(b.page, 'redraw.a');
+  await expect(messages(b.page)).toContainText('line 12 with bold');
+  // Acknowledged, then read: the last changes a message's look gets.
+  await expect(messages(a.page).locator('.msg .state', { hasText: 'Read' })).toHaveCount(12);
+  /** The elements one redraw of the open chat creates. */
+  const built = (page) =>
+    page.evaluate(async () => {
+      const app = await import('/js/app.js');
+      const create = document.createElement;
+      let n = 0;
+      document.createElement = function (...args) {
+        n += 1;
+        return create.apply(this, args);
+      };
+      try {
+        app.drawMessages();
+      } finally {
+        document.createElement = create;
+      }
+      return n;
+    });
+  expect(await built(a.page)).toBe(0);
+  expect(await built(b.page)).toBe(0);
+  await expect(messages(a.page).locator('.msg')).toHaveCount(12);
+  await expect(messages(a.page).locator('.msg').last()).toContainText('line 12 with bold, italics and https://example.com/12');
+  for (const u of [a, b]) await u.context.close();
+});

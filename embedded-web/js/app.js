@@ -334,6 +334,13 @@ function listEntry(id) {
  */
 let listPressed = false;
 
+/** The chat's newest message shown (the last of the newest time), or null. @param {ChatState} chat @returns {Shown|null} */
+function newestOf(chat) {
+  let newest = null;
+  for (const m of chat.shown.values()) if (!newest || m.ts >= newest.ts) newest = m;
+  return newest;
+}
+
 function drawList() {
   const list = $('chat-list');
   const q = /** @type {HTMLInputElement} */ ($('filter')).value.trim().toLowerCase();
@@ -347,7 +354,10 @@ function drawList() {
     const chat = directWith(u.username);
     entries.push({ id: `user:${u.username}`, key: chat ? chat.info.id : `user:${u.username}`, name: u.username, chat, online: state.online.has(u.username), group: false });
   }
-  const latest = (e) => Math.max(e.chat?.info.created_at ?? 0, ...[...(e.chat?.shown.values() ?? [])].map((m) => m.ts));
+  // Each chat's newest message, found once per drawing (not once per
+  // comparison of the sort, nor by copying its messages).
+  const newest = new Map(entries.map((e) => [e, e.chat ? newestOf(e.chat) : null]));
+  const latest = (e) => Math.max(e.chat?.info.created_at ?? 0, newest.get(e)?.ts ?? 0);
   entries.sort((a, b) => latest(b) - latest(a) || a.name.localeCompare(b.name));
   /** @type {HTMLLIElement[]} */
   const shown = [];
@@ -362,7 +372,7 @@ function drawList() {
     extra.className = e.chat?.unread ? 'unread' : '';
     extra.textContent = e.chat?.unread ? String(e.chat.unread) : '';
     status.textContent = `${e.group ? ', group' : e.online ? ', online' : ', offline'}${e.chat?.unread ? `, ${e.chat.unread} unread` : ''}`;
-    const last = e.chat ? [...e.chat.shown.values()].at(-1) : null;
+    const last = newest.get(e);
     preview.textContent = last ? `${last.sender === state.me.username ? 'You: ' : ''}${last.text ?? ''}` : '';
     shown.push(li);
   }
@@ -442,8 +452,13 @@ function drawHeader() {
   /** @type {HTMLButtonElement} */ ($('send')).disabled = changed.length > 0;
 }
 
+// Made once: a date's `toLocale…String` builds a formatter on every call,
+// which for a long chat was most of a redraw.
+const DAY = new Intl.DateTimeFormat(undefined, { weekday: 'long', year: 'numeric', month: 'long', day: 'numeric' });
+const TIME = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit' });
+
 function dayOf(ts) {
-  return new Date(ts).toLocaleDateString(undefined, { weekday: 'long', year: 'numeric', month: 'long', day: 'numeric' });
+  return DAY.format(ts);
 }
 
 /**
@@ -452,7 +467,12 @@ function dayOf(ts) {
  * while a message arrives still gets its click, a selection and the reading
  * position stay, and a preview is not loaded again.
  */
-const log = { chat: /** @type {string|null} */ (null), items: /** @type {Map<string, HTMLLIElement>} */ (new Map()) };
+const log = {
+  chat: /** @type {string|null} */ (null),
+  items: /** @type {Map<string, HTMLLIElement>} */ (new Map()),
+  /** What each text message's item was last built from (see `messageLogItem`). @type {Map<string, any[]>} */
+  drawnFrom: new Map(),
+};
 
 /** The log item `key` as `fresh` shows it: the kept element, patched, or `fresh`. @param {string} key @param {HTMLLIElement} fresh */
 function logItem(key, fresh) {
@@ -468,6 +488,7 @@ function logItem(key, fresh) {
 function clearLog() {
   log.chat = null;
   log.items.clear();
+  log.drawnFrom.clear();
   $('messages').replaceChildren();
 }
 
@@ -488,17 +509,42 @@ function drawMessages(restoreScroll = false) {
     const d = dayOf(m.ts);
     if (d !== day) {
       day = d;
-      const sep = document.createElement('li');
-      sep.className = 'day';
-      sep.textContent = d;
-      items.push(logItem(`day:${m.id}`, sep));
+      const kept = log.items.get(`day:${m.id}`);
+      if (kept?.textContent === d) items.push(kept);
+      else {
+        const sep = document.createElement('li');
+        sep.className = 'day';
+        sep.textContent = d;
+        items.push(logItem(`day:${m.id}`, sep));
+      }
     }
-    items.push(logItem(m.id, messageItem(chat, m)));
+    items.push(messageLogItem(chat, m));
   }
   placeInOrder(list, items);
-  for (const [key, li] of log.items) if (!li.isConnected) log.items.delete(key);
+  for (const [key, li] of log.items) {
+    if (li.isConnected) continue;
+    log.items.delete(key);
+    log.drawnFrom.delete(key);
+  }
   if (restoreScroll && chat.scroll !== null) list.scrollTop = chat.scroll;
   else if (restoreScroll || atBottom) list.scrollTop = list.scrollHeight;
+}
+
+/**
+ * The log item of message `m`. A text message's item is built again only
+ * when something it shows has changed, so a redraw of a long chat (every
+ * message, acknowledgement and read receipt makes one) costs little for
+ * the messages it leaves alone; a file's is built every time, as its card
+ * follows the transfer. @param {ChatState} chat @param {Shown} m
+ */
+function messageLogItem(chat, m) {
+  const kept = log.items.get(m.id);
+  const from = m.file || m.transfer ? null : [m, m.state, m.seq, m.ts, m.text, m.error, m.seq !== null && chat.info.kind === 'direct' && readBy(chat, m.seq)];
+  const before = log.drawnFrom.get(m.id);
+  if (kept && from && before && from.every((v, i) => v === before[i])) return kept;
+  if (from) log.drawnFrom.set(m.id, from);
+  else log.drawnFrom.delete(m.id);
+  return logItem(m.id, messageItem(chat, m));
 }
 
 /** The log's buttons: what a click does is read from the message as it is now. @param {MouseEvent} event */
@@ -534,7 +580,7 @@ function messageItem(chat, m) {
   who.textContent = mine ? 'You' : m.sender;
   const when = document.createElement('time');
   when.dateTime = new Date(m.ts).toISOString();
-  when.textContent = new Date(m.ts).toLocaleTimeString(undefined, { hour: '2-digit', minute: '2-digit' });
+  when.textContent = TIME.format(m.ts);
   meta.append(who, when);
   if (mine) {
     const st = document.createElement('span');
@@ -1109,7 +1155,7 @@ function setupChrome() {
   });
 }
 
-export { drawList, drawHeader, addChat, setStatus };
+export { drawList, drawHeader, drawMessages, addChat, setStatus };
 
 async function boot() {
   applyTheme();
