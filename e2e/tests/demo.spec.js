@@ -118,3 +118,39 @@ test('a redraw builds again only the messages whose look changed', async ({ brow
   await expect(messages(a.page).locator('.msg').last()).toContainText('line 12 with bold, italics and https://example.com/12');
   for (const u of [a, b]) await u.context.close();
 });
+
+test('while a changed key is not accepted, a send gives its text back and a file is not uploaded', async ({ browser }) => {
+  const fs = require('node:fs');
+  const os = require('node:os');
+  const path = require('node:path');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'securechat-guard-'));
+  const file = path.join(dir, 'note.txt');
+  fs.writeFileSync(file, 'a small file');
+  const a = await newUser(browser, 'guard.a');
+  const b = await newUser(browser, 'guard.b');
+  const attach = async () => {
+    const [chooser] = await Promise.all([a.page.waitForEvent('filechooser'), a.page.getByRole('button', { name: 'Attach file' }).click()]);
+    await chooser.setFiles(file);
+  };
+  try {
+    await openChat(a.page, 'guard.b');
+    await send(a.page, 'before the change');
+    await expect(messages(a.page).locator('.msg .state', { hasText: /Sent|Read/ })).toHaveCount(1);
+    // The page learns of the change only as it seals (as after a time
+    // offline): Send is still enabled when the text goes.
+    await a.page.evaluate(async () => (await import('/js/app.js')).state.changed.add('guard.b'));
+    await send(a.page, 'not for keys nobody accepted');
+    await expect(a.page.getByRole('alert').filter({ hasText: 'keys of guard.b changed' })).toBeVisible();
+    await expect(a.page.getByRole('textbox', { name: 'Message' })).toHaveValue('not for keys nobody accepted');
+    await attach();
+    // Accepted: the same file goes, and only now.
+    await a.page.evaluate(async () => (await import('/js/app.js')).acceptKeys('guard.b'));
+    await attach();
+    await expect(messages(a.page).locator('.msg')).toHaveCount(2);
+    await expect(messages(a.page).locator('.msg .state', { hasText: /Sent|Read/ })).toHaveCount(2);
+    await expect(messages(a.page)).not.toContainText('not for keys nobody accepted');
+  } finally {
+    for (const u of [a, b]) await u.context.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});

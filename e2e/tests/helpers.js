@@ -9,6 +9,12 @@ function url() {
 /** A new browser context with a user who has just created an account. */
 async function newUser(browser, name, password = PASSWORD) {
   const context = await browser.newContext({ ignoreHTTPSErrors: true });
+  const page = await signUp(context, name, password);
+  return { context, page };
+}
+
+/** A new page of `context` with a user who has just created an account. */
+async function signUp(context, name, password = PASSWORD) {
   const page = await context.newPage();
   page.on('dialog', (d) => {
     throw new Error(`unexpected dialog: ${d.message()}`);
@@ -20,7 +26,7 @@ async function newUser(browser, name, password = PASSWORD) {
   await page.getByRole('textbox', { name: 'Confirm password' }).fill(password);
   await page.getByRole('button', { name: 'Create account' }).click();
   await expect(page.getByRole('navigation', { name: 'Chats' })).toBeVisible({ timeout: 60_000 });
-  return { context, page };
+  return page;
 }
 
 /** Opens the chat whose entry's name starts with `name`. */
@@ -39,7 +45,7 @@ function messages(page) {
   return page.getByRole('log', { name: 'Messages' });
 }
 
-module.exports = { PASSWORD, messages, newUser, openChat, send, url };
+module.exports = { PASSWORD, messages, newUser, openChat, send, signUp, url };
 
 const { spawn, execFileSync } = require('node:child_process');
 const path = require('node:path');

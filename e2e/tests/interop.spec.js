@@ -1,5 +1,5 @@
 const { test, expect } = require('@playwright/test');
-const { admin, messages, newUser, openChat, resetPeer, send, startPeer } = require('./helpers');
+const { admin, messages, newUser, openChat, resetPeer, send, signUp, startPeer } = require('./helpers');
 
 test('a browser user and a native-client user exchange messages both ways', async ({ browser }) => {
   const web = await newUser(browser, 'webber');
@@ -101,5 +101,41 @@ test('the browser sends time-ordered UUID version 7 message ids', async ({ brows
     expect(ids[0]).not.toBe(ids[1]);
   } finally {
     for (const u of [a, b]) await u.context.close();
+  }
+});
+
+test("a contact's key change made while the page was away is found on reconnecting", async ({ browser }) => {
+  const context = await browser.newContext({ ignoreHTTPSErrors: true });
+  // The page's socket runs through a stand-in that can drop the host's
+  // `user` frames, as a page that is away misses them, and close.
+  let away = false;
+  /** @type {import('@playwright/test').WebSocketRoute | null} */
+  let socket = null;
+  await context.routeWebSocket(/\/ws$/, (ws) => {
+    socket = ws;
+    const host = ws.connectToServer();
+    host.onMessage((message) => {
+      if (away && JSON.parse(String(message)).type === 'user') return;
+      ws.send(message);
+    });
+  });
+  const page = await signUp(context, 'returner');
+  const peer = await startPeer('reborn', 'returner');
+  try {
+    await openChat(page, 'reborn');
+    await expect(messages(page)).toContainText('hello from rust');
+    peer.kill();
+    away = true;
+    const code = admin('user', 'reset', 'reborn').split('\n')[1].trim();
+    resetPeer('reborn', code);
+    const warning = page.getByRole('alert').filter({ hasText: 'keys of reborn changed' });
+    await expect(page.getByRole('button', { name: 'Send' })).toBeEnabled();
+    away = false;
+    socket?.close({ code: 1001, reason: 'away' });
+    await expect(warning).toBeVisible();
+    await expect(page.getByRole('button', { name: 'Send' })).toBeDisabled();
+  } finally {
+    peer.kill();
+    await context.close();
   }
 });

@@ -1,5 +1,5 @@
 const { test, expect } = require('@playwright/test');
-const { PASSWORD, admin, messages, newUser, openChat, send, url } = require('./helpers');
+const { PASSWORD, admin, messages, newUser, openChat, send, signUp, url } = require('./helpers');
 const server = require('../server');
 
 test('a server restart mid-conversation: Reconnecting, then every message exactly once', async ({ browser }) => {
@@ -93,4 +93,72 @@ test('export produces the decrypted chat as a TXT file', async ({ browser }) => 
   expect(text).toMatch(/Z exp\.b: first line for the transcript\n/);
   expect(text).toMatch(/Z exp\.a: second line, with ünïcødé\n/);
   for (const u of [a, b]) await u.context.close();
+});
+
+test("send errors get what the protocol's table asks: resent, resealed, renamed, or Not sent with Retry", async ({ browser }) => {
+  const b = await newUser(browser, 'errs.b');
+  // The page's socket runs through a stand-in that answers chosen `send`
+  // frames with an error, as the host would, and passes the rest on.
+  const context = await browser.newContext({ ignoreHTTPSErrors: true });
+  /** @type {string[]} */
+  const plan = [];
+  /** The ids of the `send` frames the page sent. @type {{id: string}[]} */
+  const sends = [];
+  await context.routeWebSocket(/\/ws$/, (ws) => {
+    const host = ws.connectToServer();
+    ws.onMessage((message) => {
+      const frame = JSON.parse(String(message));
+      if (frame.type === 'send') {
+        sends.push({ id: frame.id });
+        const code = plan.shift();
+        if (code) {
+          const members = code === 'members_mismatch' ? { members: ['errs.a', 'errs.b'] } : {};
+          ws.send(JSON.stringify({ type: 'error', code, id: frame.id, message: `refused: ${code}`, ...members }));
+          return;
+        }
+      }
+      host.send(message);
+    });
+  });
+  const page = await signUp(context, 'errs.a');
+  await openChat(page, 'errs.b');
+  const state = (text) => messages(page).locator('.msg', { hasText: text }).locator('.state');
+  const sentOf = async (text, n) => {
+    await expect(state(text)).toHaveText(/Sent|Read/);
+    return sends.slice(-n).map((s) => s.id);
+  };
+
+  plan.push('store_failed');
+  await send(page, 'one: stored on the second try');
+  const one = await sentOf('one: stored', 2);
+  expect(one[0]).toBe(one[1]);
+
+  plan.push('duplicate_id');
+  await send(page, 'two: under a new id');
+  const two = await sentOf('two: under', 2);
+  expect(two[0]).not.toBe(two[1]);
+
+  plan.push('members_mismatch');
+  await send(page, 'three: sealed again');
+  const three = await sentOf('three: sealed', 2);
+  expect(three[0]).toBe(three[1]);
+
+  plan.push('bad_envelope');
+  await send(page, 'four: sent with Retry');
+  await expect(state('four: sent')).toHaveText('Not sent');
+  await messages(page).locator('.msg', { hasText: 'four: sent' }).getByRole('button', { name: 'Retry' }).click();
+  await expect(state('four: sent')).toHaveText(/Sent|Read/);
+
+  plan.push('store_failed', 'store_failed', 'store_failed', 'store_failed');
+  await send(page, 'five: refused four times');
+  await expect(state('five: refused')).toHaveText('Not sent', { timeout: 30_000 });
+  expect(plan).toHaveLength(0);
+
+  await openChat(b.page, 'errs.a');
+  for (const text of ['one: stored on the second try', 'two: under a new id', 'three: sealed again', 'four: sent with Retry']) {
+    await expect(messages(b.page).locator('.msg .body', { hasText: new RegExp(`^${text}$`) })).toHaveCount(1);
+  }
+  await expect(messages(b.page)).not.toContainText('five: refused');
+  await expect(messages(page).locator('.msg')).toHaveCount(5);
+  for (const c of [context, b.context]) await c.close();
 });

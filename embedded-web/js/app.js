@@ -723,7 +723,7 @@ async function fetchFile(m, saveIt) {
 /** Uploads and shares each file in the open chat. @param {File[]} list */
 async function sendFiles(list) {
   const chat = activeChat();
-  if (!chat) return;
+  if (!chat || !(await keysAccepted(chat))) return;
   for (const file of list) {
     /** @type {Shown} */
     const shown = { id: e2e.messageId(), sender: state.me.username, ts: Date.now(), seq: null, text: `📎 ${file.name}`, state: 'sending', source: file };
@@ -843,13 +843,50 @@ function markRead() {
   drawList();
 }
 
+/** Whether a `welcome` came before: the next one follows a reconnect. */
+let welcomed = false;
+
+/** The user is no longer in chat `id`. @param {string} id */
+function removeChat(id) {
+  state.chats.delete(id);
+  if (state.active === id) {
+    state.active = null;
+    $('composer').hidden = true;
+    clearLog();
+    $('chat-title').textContent = 'You left this chat';
+  }
+}
+
+/** A user's account as the host has it now; new keys are checked against the pinned ones. */
+async function updateUser(user) {
+  const before = state.users.get(user.username);
+  state.users.set(user.username, user);
+  if (before && (before.enc_public !== user.enc_public || before.sig_public !== user.sig_public)) {
+    state.publicKeys.delete(user.username);
+    await publicKeys(user.username).catch(() => {});
+    drawHeader();
+  }
+}
+
 async function onFrame(frame) {
   switch (frame.type) {
-    case 'welcome':
+    case 'welcome': {
       state.online = new Set(frame.online);
+      // Every chat the user belongs to: one missing was left (or its
+      // member removed) while the page was away.
+      const listed = new Set(frame.chats.map((c) => c.id));
       for (const c of frame.chats) addChat(c);
+      for (const id of [...state.chats.keys()]) if (!listed.has(id)) removeChat(id);
+      if (welcomed) {
+        // A reconnect: `user` frames sent meanwhile were missed (a
+        // contact's account reset, with new keys), so read them all again.
+        const users = await get('/api/users').catch(() => []);
+        for (const u of users) await updateUser(u);
+      }
+      welcomed = true;
       drawList();
       break;
+    }
     case 'message': {
       await receive(frame.message, true);
       const chat = state.chats.get(frame.message.chat);
@@ -899,26 +936,13 @@ async function onFrame(frame) {
       if (state.active === frame.chat.id) drawHeader();
       break;
     case 'chat_removed':
-      state.chats.delete(frame.chat);
-      if (state.active === frame.chat) {
-        state.active = null;
-        $('composer').hidden = true;
-        clearLog();
-        $('chat-title').textContent = 'You left this chat';
-      }
+      removeChat(frame.chat);
       drawList();
       break;
-    case 'user': {
-      const before = state.users.get(frame.user.username);
-      state.users.set(frame.user.username, frame.user);
-      if (before && (before.enc_public !== frame.user.enc_public || before.sig_public !== frame.user.sig_public)) {
-        state.publicKeys.delete(frame.user.username);
-        await publicKeys(frame.user.username).catch(() => {});
-        drawHeader();
-      }
+    case 'user':
+      await updateUser(frame.user);
       drawList();
       break;
-    }
     default:
       break;
   }
@@ -932,6 +956,10 @@ export function unacknowledged() {
   return pending.size;
 }
 
+/** How often one message is resealed or resent by itself after an error, before it shows "Not sent". */
+const AUTOMATIC_TRIES = 3;
+
+/** What the host's `error` for a send asks of the client (docs/PROTOCOL.md §5.5). */
 async function onSendError(frame) {
   const p = frame.id && pending.get(frame.id);
   if (!p) return;
@@ -941,38 +969,93 @@ async function onSendError(frame) {
     setTimeout(() => state.conn?.sendMessage(p.frame), frame.retry_after_ms ?? 1000);
     return;
   }
-  if (frame.code === 'members_mismatch' && chat && !p.resealed) {
-    chat.info = await get(`/api/chats/${p.chat}`);
-    p.resealed = true;
-    p.frame = await sealFrame(chat, frame.id, p.content);
-    state.conn?.sendMessage(p.frame);
+  const again = chat && m && p.tries < AUTOMATIC_TRIES;
+  if (again) p.tries += 1;
+  try {
+    if (again && frame.code === 'store_failed') {
+      // The host could not store it (its disk, say): the same frame, later.
+      setTimeout(() => state.conn?.sendMessage(p.frame), 1000 * p.tries);
+      return;
+    }
+    if (again && frame.code === 'members_mismatch') {
+      // Members came or went since it was sealed: seal it for them.
+      chat.info = await get(`/api/chats/${p.chat}`);
+      await reseal(chat, m, p, m.id);
+      return;
+    }
+    if (again && frame.code === 'duplicate_id') {
+      // Its id is taken (another chat's or sender's): a new id, and a new
+      // seal, since the id is in what the signature covers.
+      await reseal(chat, m, p, e2e.messageId());
+      return;
+    }
+  } catch (err) {
+    failed(p.chat, m, err instanceof Error ? err.message : String(err), frame.id);
     return;
   }
-  state.conn?.replace(frame.id, null);
-  if (m) {
-    m.state = 'failed';
-    m.error = frame.message;
-    if (state.active === p.chat) drawMessages();
-  }
+  failed(p.chat, m, frame.message, frame.id);
 }
 
+/** A send that will not go by itself: "Not sent", with Retry. @param {string} chatId @param {Shown|undefined} m @param {string} error @param {string} id */
+function failed(chatId, m, error, id) {
+  state.conn?.replace(id, null);
+  if (!m) return;
+  m.state = 'failed';
+  m.error = error;
+  if (state.active === chatId) drawMessages();
+}
+
+/**
+ * Seals `m` again, under `id`, for the chat's members as they are now, and
+ * sends it.
+ * @param {ChatState} chat @param {Shown} m @param {{chat: string, content: any, frame: any, tries: number}} p @param {string} id
+ */
+async function reseal(chat, m, p, id) {
+  const frame = await sealFrame(chat, id, p.content);
+  if (id !== m.id) {
+    state.conn?.replace(m.id, null);
+    pending.delete(m.id);
+    chat.shown.delete(m.id);
+    m.id = id;
+    chat.shown.set(id, m);
+  }
+  p.frame = frame;
+  pending.set(id, p);
+  state.conn?.sendMessage(frame);
+}
+
+/** A `send` frame of `content` for the chat's members; refused while a member's keys changed and are not accepted. */
 async function sealFrame(chat, id, content) {
   const recipients = await Promise.all(
     chat.info.members.map(async (m) => ({ username: m.username, keys: await publicKeys(m.username) })),
   );
+  if (recipients.some((r) => state.changed.has(r.username))) {
+    drawHeader();
+    throw new Error('The encryption keys of a member changed: compare safety numbers and accept them, then use Retry.');
+  }
   const envelope = await e2e.seal(id, state.me.username, chat.info.id, content, recipients, state.keys.sig);
   return { type: 'send', id, chat: chat.info.id, envelope };
 }
 
-async function send(text) {
-  const chat = activeChat();
-  if (!chat || !text.trim()) return;
+/**
+ * Whether every member's keys are known and none changed without being
+ * accepted; if one did, the header says so and sending is blocked.
+ * @param {ChatState} chat
+ */
+async function keysAccepted(chat) {
   const members = chat.info.members.map((m) => m.username);
   await Promise.all(members.map((u) => publicKeys(u)));
   if (members.some((u) => state.changed.has(u))) {
     drawHeader();
-    return;
+    return false;
   }
+  return true;
+}
+
+/** Sends `text` to the open chat; false when it was not taken (a member's keys changed). @returns {Promise<boolean>} */
+async function send(text) {
+  const chat = activeChat();
+  if (!chat || !text.trim() || !(await keysAccepted(chat))) return false;
   const id = e2e.messageId();
   /** @type {Shown} */
   const shown = { id, sender: state.me.username, ts: Date.now(), seq: null, text, state: 'sending' };
@@ -980,6 +1063,7 @@ async function send(text) {
   drawMessages();
   drawList();
   await sealAndSend(chat, shown, { v: 1, type: 'text', text });
+  return true;
 }
 
 /**
@@ -989,7 +1073,7 @@ async function send(text) {
 async function sealAndSend(chat, shown, content) {
   try {
     const frame = await sealFrame(chat, shown.id, content);
-    pending.set(shown.id, { chat: chat.info.id, content, frame, resealed: false });
+    pending.set(shown.id, { chat: chat.info.id, content, frame, tries: 0 });
     state.conn?.sendMessage(frame);
   } catch (err) {
     shown.state = 'failed';
@@ -1003,7 +1087,8 @@ function resend(chat, m) {
   const p = pending.get(m.id);
   m.state = 'sending';
   m.error = undefined;
-  if (p) state.conn?.sendMessage(p.frame);
+  // Sealed again: the chat's members may have changed since.
+  if (p) sealAndSend(chat, m, p.content);
   else if (m.file) sealAndSend(chat, m, { v: 1, type: 'file', file: m.file });
   else if (m.source) upload(chat, m, m.source);
   else sealAndSend(chat, m, { v: 1, type: 'text', text: m.text ?? '' });
@@ -1032,7 +1117,13 @@ function setupComposer() {
     const text = input.value;
     if (!text.trim() || /** @type {HTMLButtonElement} */ ($('send')).disabled) return;
     input.value = '';
-    send(text);
+    // Not taken (a member's keys changed, or their keys could not be
+    // fetched): the text comes back, unless something new was typed.
+    send(text)
+      .catch(() => false)
+      .then((taken) => {
+        if (!taken && !input.value) input.value = text;
+      });
   };
   form.addEventListener('submit', (e) => {
     e.preventDefault();
