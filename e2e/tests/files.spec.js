@@ -153,3 +153,39 @@ test('an upload can be cancelled, and one that failed is sent with Retry', async
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("a preview's picture is let go when its chat is left, and shown again on return", async ({ browser }) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'securechat-pics-'));
+  const image = path.join(dir, 'dot.png');
+  fs.writeFileSync(image, PNG);
+  const a = await newUser(browser, 'pics.a');
+  const b = await newUser(browser, 'pics.b');
+  const c = await newUser(browser, 'pics.c');
+  try {
+    await openChat(a.page, 'pics.b');
+    await attach(a.page, image);
+    await expect(a.page.getByRole('progressbar', { name: 'Progress of dot.png' })).toHaveAttribute('value', '100');
+    await openChat(b.page, 'pics.a');
+    const preview = messages(b.page).getByRole('img', { name: 'Preview of dot.png' });
+    await expect(preview).toBeVisible({ timeout: 60_000 });
+    const first = await preview.getAttribute('src');
+    /** Whether the picture at `src` still loads (the page's CSP lets images, not fetches, read blob: URLs). */
+    const loads = (src) =>
+      b.page.evaluate((u) => {
+        const img = new Image();
+        img.src = u;
+        return img.decode().then(() => true, () => false);
+      }, src);
+    expect(await loads(first)).toBe(true);
+    await openChat(b.page, 'pics.c');
+    expect(await loads(first)).toBe(false);
+    await openChat(b.page, 'pics.a');
+    await expect(preview).toBeVisible({ timeout: 60_000 });
+    const again = await preview.getAttribute('src');
+    expect(again).not.toBe(first);
+    expect(await loads(again)).toBe(true);
+  } finally {
+    for (const u of [a, b, c]) await u.context.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});

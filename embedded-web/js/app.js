@@ -385,6 +385,25 @@ function drawList() {
   document.title = unread ? `(${unread}) SecureChat` : 'SecureChat';
 }
 
+/** Whether message `m` gets a preview: an image of at most 20 MiB. @param {Shown} m */
+function previewed(m) {
+  return !!m.file?.mime?.startsWith('image/') && m.file.size <= 20 * 1024 * 1024;
+}
+
+/**
+ * Lets go of the decrypted pictures of `chat`'s previews, which would
+ * otherwise stay in memory until the page closes; they are fetched again
+ * when the chat is open next. @param {ChatState} chat
+ */
+function dropPreviews(chat) {
+  for (const m of chat.shown.values()) {
+    if (!m.preview) continue;
+    URL.revokeObjectURL(m.preview);
+    m.preview = undefined;
+    m.previewPending = previewed(m);
+  }
+}
+
 /** @param {string} key a chat id or "user:<name>" */
 export async function openChat(key) {
   const previous = state.active && state.chats.get(state.active);
@@ -392,6 +411,7 @@ export async function openChat(key) {
   if (previous) {
     previous.draft = input.value;
     previous.scroll = $('messages').scrollTop;
+    if (previous.info.id !== key) dropPreviews(previous);
   }
   if (key.startsWith('user:')) {
     const peer = key.slice(5);
@@ -708,7 +728,11 @@ async function fetchFile(m, saveIt) {
   redrawMessage(chatId, m);
   try {
     const blob = await files.download(m.file, onProgress);
-    if (m.file.mime.startsWith('image/') && !m.preview) m.preview = URL.createObjectURL(blob);
+    // Kept only while its chat is open (see `dropPreviews`).
+    if (previewed(m) && !m.preview) {
+      if (state.active === chatId) m.preview = URL.createObjectURL(blob);
+      else m.previewPending = true;
+    }
     if (saveIt) files.save(blob, m.file.name);
   } catch (err) {
     m.error = err instanceof Error ? err.message : String(err);
@@ -754,7 +778,10 @@ function upload(chat, shown, file) {
       shown.source = undefined;
       shown.transfer = undefined;
       shown.uploaded = true;
-      if (descriptor.mime.startsWith('image/')) shown.preview = URL.createObjectURL(file);
+      if (previewed(shown)) {
+        if (state.active === chatId) shown.preview = URL.createObjectURL(file);
+        else shown.previewPending = true;
+      }
       redrawMessage(chatId, shown);
       await sealAndSend(chat, shown, { v: 1, type: 'file', file: descriptor });
     })
@@ -807,8 +834,12 @@ async function receive(rec, live) {
     shown.state = 'bad';
     shown.error = 'This message failed its signature or decryption check and is not shown.';
   }
+  if (existing?.preview) {
+    // Our own picture, sent from this page: its preview is already here.
+    shown.preview = existing.preview;
+  }
   chat.shown.set(rec.id, shown);
-  if (shown.file?.mime?.startsWith('image/') && shown.file.size <= 20 * 1024 * 1024) {
+  if (previewed(shown) && !shown.preview) {
     // Images show a preview, decrypted here; fetched once drawn.
     queueMicrotask(() => {
       if (state.active === rec.chat) fetchFile(shown, false);
@@ -848,6 +879,8 @@ let welcomed = false;
 
 /** The user is no longer in chat `id`. @param {string} id */
 function removeChat(id) {
+  const chat = state.chats.get(id);
+  if (chat) dropPreviews(chat);
   state.chats.delete(id);
   if (state.active === id) {
     state.active = null;
