@@ -162,3 +162,51 @@ test("send errors get what the protocol's table asks: resent, resealed, renamed,
   await expect(messages(page).locator('.msg')).toHaveCount(5);
   for (const c of [context, b.context]) await c.close();
 });
+
+test('messages lost on their way are fetched: after a gap seen live, and after a replay that falls short', async ({ browser }) => {
+  const b = await newUser(browser, 'gaps.b');
+  const context = await browser.newContext({ ignoreHTTPSErrors: true });
+  // The page's socket runs through a stand-in that can drop the host's
+  // next `message` frame, or all of them, and close.
+  let [dropNext, dropAll] = [false, false];
+  /** @type {(() => void) | null} */
+  let close = null;
+  await context.routeWebSocket(/\/ws$/, (ws) => {
+    const host = ws.connectToServer();
+    close = () => {
+      ws.close();
+      host.close();
+    };
+    host.onMessage((message) => {
+      if ((dropNext || dropAll) && JSON.parse(String(message)).type === 'message') {
+        dropNext = false;
+        return;
+      }
+      ws.send(message);
+    });
+  });
+  const page = await signUp(context, 'gaps.a');
+  await openChat(page, 'gaps.b');
+  await openChat(b.page, 'gaps.a');
+  await send(b.page, 'first');
+  await expect(messages(page)).toContainText('first');
+  dropNext = true;
+  await send(b.page, 'second, lost on the way');
+  await expect.poll(() => dropNext).toBe(false);
+  await send(b.page, 'third');
+  await expect(messages(page)).toContainText('third');
+  await expect(messages(page)).toContainText('second, lost on the way');
+  // Messages missed and a replay that falls short (the host replays at
+  // most 1 000 a chat): what `welcome` says is there comes through history.
+  dropAll = true;
+  await send(b.page, 'fourth');
+  await send(b.page, 'fifth');
+  await expect(messages(b.page).locator('.msg .state', { hasText: /Sent|Read/ })).toHaveCount(5);
+  close?.();
+  await expect(messages(page)).toContainText('fifth');
+  await expect(messages(page)).toContainText('fourth');
+  for (const text of ['first', 'second, lost on the way', 'third', 'fourth', 'fifth']) {
+    await expect(messages(page).locator('.msg .body', { hasText: new RegExp(`^${text}$`) })).toHaveCount(1);
+  }
+  for (const c of [context, b.context]) await c.close();
+});

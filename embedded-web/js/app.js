@@ -18,7 +18,7 @@ import * as files from './files.js';
  * @typedef {{id: string, kind: 'direct'|'group', name: string|null, members: {username: string, role: string}[], last_seq: number, read_seq: number, created_at: number}} ChatInfo
  * @typedef {{id: string, chat: string, sender: string, seq: number, ts: number, envelope: e2e.Envelope}} MessageRecord
  * @typedef {{id: string, sender: string, ts: number, seq: number|null, text: string|null, state: 'sending'|'sent'|'failed'|'bad', error?: string, file?: files.FileDescriptor, transfer?: {loaded: number, total: number, rate: number, cancel?: () => void, label: string}, preview?: string, previewPending?: boolean, uploaded?: boolean, source?: File}} Shown
- * @typedef {{info: ChatInfo, shown: Map<string, Shown>, lastSeq: number, unread: number, draft: string, scroll: number|null, loaded: boolean}} ChatState
+ * @typedef {{info: ChatInfo, shown: Map<string, Shown>, lastSeq: number, held: number, ahead: Set<number>, filling: boolean, unread: number, draft: string, scroll: number|null, loaded: boolean}} ChatState
  */
 
 const $ = (id) => /** @type {HTMLElement} */ (document.getElementById(id));
@@ -260,10 +260,12 @@ async function start(me, keys) {
     onFrame,
     onState: (s) => {
       if (s === 'signed-out') signOut();
+      // Synced: fetch what the replay did not cover (docs/PROTOCOL.md §5.6).
+      if (s === 'online') for (const c of state.chats.values()) fill(c);
       setStatus(s === 'reconnecting' ? 'Reconnecting…' : s === 'connecting' ? 'Connecting…' : '');
       document.body.dataset.connection = s;
     },
-    since: () => Object.fromEntries([...state.chats].filter(([, c]) => c.loaded).map(([id, c]) => [id, c.lastSeq])),
+    since: () => Object.fromEntries([...state.chats].filter(([, c]) => c.loaded).map(([id, c]) => [id, c.held])),
   });
   state.conn.start();
   drawList();
@@ -277,7 +279,7 @@ function addChat(info) {
     return existing;
   }
   /** @type {ChatState} */
-  const chat = { info, shown: new Map(), lastSeq: 0, unread: Math.max(0, info.last_seq - info.read_seq), draft: '', scroll: null, loaded: false };
+  const chat = { info, shown: new Map(), lastSeq: 0, held: 0, ahead: new Set(), filling: false, unread: Math.max(0, info.last_seq - info.read_seq), draft: '', scroll: null, loaded: false };
   state.chats.set(info.id, chat);
   return chat;
 }
@@ -444,7 +446,58 @@ export async function openChat(key) {
 async function loadHistory(chat) {
   const page = await get(`/api/chats/${chat.info.id}/messages?limit=100`);
   chat.loaded = true;
+  // The newest page: what lies before it is not wanted until asked for.
+  if (page.messages.length) skipTo(chat, page.messages[0].seq - 1);
   for (const m of page.messages) await receive(m, false);
+}
+
+/**
+ * Counts message `seq` of `chat` as held, and keeps `chat.held` the
+ * highest number up to which nothing is missing: that is what the next
+ * `hello` asks to be replayed from. A number beyond a gap waits in
+ * `chat.ahead`; a gap seen live that is still open a second later (an
+ * `ack` may overtake messages on their way) is fetched through history.
+ * @param {ChatState} chat @param {number} seq @param {boolean} live
+ */
+function hold(chat, seq, live) {
+  if (seq <= chat.held) return;
+  chat.ahead.add(seq);
+  while (chat.ahead.delete(chat.held + 1)) chat.held += 1;
+  if (live && chat.ahead.size && state.conn?.synced) setTimeout(() => fill(chat), 1000);
+}
+
+/** Counts everything up to `seq` of `chat` as held: numbers the host no longer has. @param {ChatState} chat @param {number} seq */
+function skipTo(chat, seq) {
+  chat.held = Math.max(chat.held, seq);
+  for (const n of chat.ahead) if (n <= chat.held) chat.ahead.delete(n);
+  while (chat.ahead.delete(chat.held + 1)) chat.held += 1;
+}
+
+/**
+ * Fetches `chat`'s messages after what it holds without a gap, for as long
+ * as some are missing: beyond a replay cut at its limit, or lost on the way.
+ * @param {ChatState} chat
+ */
+async function fill(chat) {
+  if (chat.filling || !chat.loaded || (!chat.ahead.size && chat.info.last_seq <= chat.held)) return;
+  chat.filling = true;
+  try {
+    for (;;) {
+      const from = chat.held;
+      const page = await get(`/api/chats/${chat.info.id}/messages?after=${from}&limit=200`);
+      const first = page.messages[0]?.seq;
+      // Numbers before the first one the host has: its retention removed them.
+      if (first !== undefined && first > from + 1) skipTo(chat, first - 1);
+      for (const m of page.messages) await receive(m, false);
+      if (!page.more || chat.held === from) break;
+    }
+  } catch {
+    // Tried again at the next gap or reconnect.
+  } finally {
+    chat.filling = false;
+  }
+  if (state.active === chat.info.id) drawMessages();
+  drawList();
 }
 
 export function activeChat() {
@@ -813,6 +866,7 @@ async function receive(rec, live) {
     chat = addChat(await get(`/api/chats/${rec.chat}`));
   }
   chat.lastSeq = Math.max(chat.lastSeq, rec.seq);
+  hold(chat, rec.seq, live);
   const existing = chat.shown.get(rec.id);
   if (existing && existing.seq !== null) return;
   /** @type {Shown} */
@@ -940,6 +994,7 @@ async function onFrame(frame) {
         m.ts = frame.ts;
         m.state = 'sent';
         chat.lastSeq = Math.max(chat.lastSeq, frame.seq);
+        hold(chat, frame.seq, true);
         if (state.active === chat.info.id) drawMessages();
       }
       break;
