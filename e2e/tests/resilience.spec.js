@@ -210,3 +210,32 @@ test('messages lost on their way are fetched: after a gap seen live, and after a
   }
   for (const c of [context, b.context]) await c.close();
 });
+
+test('75 messages written during an outage go out at the pace the host allows, on one connection', async ({ browser }) => {
+  const a = await newUser(browser, 'pace.a');
+  const b = await newUser(browser, 'pace.b');
+  await openChat(a.page, 'pace.b');
+  await openChat(b.page, 'pace.a');
+  const stopped = server.stop(server.current().pid);
+  await expect(a.page.getByRole('status')).toHaveText('Reconnecting…');
+  await stopped;
+  const texts = Array.from({ length: 75 }, (_, i) => `written offline ${i + 1}`);
+  for (const text of texts) await send(a.page, text);
+  // Connections the host welcomed (attempts while it starts fail).
+  let sockets = 0;
+  a.page.on('websocket', (ws) => {
+    ws.on('framereceived', (f) => {
+      if (String(f.payload).startsWith('{"type":"welcome"')) sockets += 1;
+    });
+  });
+  await server.restart();
+  // All of them at once would pass the host's burst (20) and meet 50
+  // refusals in a row, which close the socket (1008), again and again.
+  await expect(messages(b.page).locator('.msg')).toHaveCount(75, { timeout: 90_000 });
+  await expect(messages(a.page).locator('.msg .state', { hasText: /Sending|Not sent/ })).toHaveCount(0);
+  for (const text of [texts[0], texts[37], texts[74]]) {
+    await expect(messages(b.page).locator('.msg .body', { hasText: new RegExp(`^${text}$`) })).toHaveCount(1);
+  }
+  expect(sockets).toBe(1);
+  for (const u of [a, b]) await u.context.close();
+});

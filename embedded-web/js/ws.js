@@ -10,6 +10,13 @@
 
 const PING_EVERY_MS = 10000;
 const SILENT_LIMIT_MS = 25000;
+/**
+ * At most this many sends wait for their answer at a time. A reconnect
+ * with many messages written offline would otherwise send them all at
+ * once, past the host's rate limit, whose refusals in a row (50) close
+ * the socket, and so on at every reconnect (docs/PROTOCOL.md §5.8).
+ */
+const SENDS_IN_FLIGHT = 5;
 
 export class Connection {
   /** @param {Handlers} handlers */
@@ -19,6 +26,15 @@ export class Connection {
     this.ws = null;
     /** Unacknowledged sends by message id, in order. @type {Map<string, any>} */
     this.outbox = new Map();
+    /** Sends of the outbox written on this socket and not yet answered. @type {Set<string>} */
+    this.inFlight = new Set();
+    /**
+     * Sends of the outbox the host refused, until the app queues them again
+     * (after the wait the host asked for) or drops them. They keep their
+     * place in the window: the next ones would only be refused as well.
+     * @type {Set<string>}
+     */
+    this.parked = new Set();
     this.attempt = 0;
     this.synced = false;
     this.stopped = false;
@@ -60,10 +76,17 @@ export class Connection {
       if (frame.type === 'synced') {
         this.synced = true;
         this.handlers.onState('online');
-        for (const f of this.outbox.values()) this.raw(f);
+        // Everything unacknowledged goes again, refused ones included.
+        this.inFlight.clear();
+        this.parked.clear();
       }
       if (frame.type === 'ack') this.outbox.delete(frame.id);
+      if ((frame.type === 'ack' || frame.type === 'error') && typeof frame.id === 'string' && this.inFlight.delete(frame.id)) {
+        // Refused: it waits until the app queues it again (or drops it).
+        if (frame.type === 'error') this.parked.add(frame.id);
+      }
       this.handlers.onFrame(frame);
+      this.pump();
     };
     ws.onclose = (event) => {
       if (this.ws !== ws) return;
@@ -145,16 +168,33 @@ export class Connection {
     if (this.synced) this.raw(frame);
   }
 
-  /** Queues a message send: sent now if possible, and again after every reconnect until acknowledged. */
+  /** Queues a message send: sent as soon as possible, and again after every reconnect until acknowledged. */
   sendMessage(frame) {
     this.outbox.set(frame.id, frame);
-    if (this.synced) this.raw(frame);
+    this.parked.delete(frame.id);
+    this.pump();
   }
 
   /** Replaces a queued send (after resealing for new members) or drops it. */
   replace(id, frame) {
     if (frame) this.outbox.set(id, frame);
-    else this.outbox.delete(id);
+    else {
+      this.outbox.delete(id);
+      this.inFlight.delete(id);
+      this.parked.delete(id);
+    }
+    this.pump();
+  }
+
+  /** Writes queued sends, in order, while fewer than SENDS_IN_FLIGHT wait for an answer or a retry. */
+  pump() {
+    if (!this.synced) return;
+    for (const [id, frame] of this.outbox) {
+      if (this.inFlight.size + this.parked.size >= SENDS_IN_FLIGHT) return;
+      if (this.inFlight.has(id) || this.parked.has(id)) continue;
+      this.inFlight.add(id);
+      this.raw(frame);
+    }
   }
 
   stop() {
