@@ -363,6 +363,14 @@ const SYNC_BYTES: u64 = 512 * 1024;
 /// a thousand logs a second, and holds more than 512 KiB only then.
 const SYNC_PAUSE_PER_LOG: std::time::Duration = std::time::Duration::from_millis(1);
 
+/// How long a chat session's logs stay open after it ends. A message is
+/// stored, and its `message-sent` line logged in its sender's session, a
+/// moment after it was read from the socket, which may have closed
+/// meanwhile: the line still goes to that session's log, after its
+/// `session-end` line, instead of starting a second log of the same
+/// session (whose name, taken in the same second, would be the first's).
+const LATE_LINES: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What the log thread is asked to do.
 enum Command {
     /// What happened in one chat session of `user`, in order: a chat line
@@ -423,6 +431,9 @@ struct Worker {
     run_id: String,
     /// Open chat logs by (session, chat).
     open: HashMap<(Arc<str>, Arc<str>), Writer>,
+    /// Logs of chat sessions that ended, by (session, chat), with when,
+    /// kept for [`LATE_LINES`].
+    ended: HashMap<(Arc<str>, Arc<str>), (Writer, std::time::Instant)>,
     audit: Option<Writer>,
     /// The last time written out, and when: a busy host logs many lines
     /// in the same millisecond.
@@ -537,6 +548,7 @@ impl Worker {
             run_started: now,
             run_id: opaque_id(),
             open: HashMap::new(),
+            ended: HashMap::new(),
             audit: None,
             last_stamp: (0, timestamp(0)),
             unsynced: 0,
@@ -550,13 +562,29 @@ impl Worker {
     /// unflushed bytes. A flush that fails is reported, and not tried again
     /// before the next 512 KiB.
     fn write_out(&mut self) {
-        for writer in self.open.values_mut().chain(self.audit.as_mut()) {
+        let ended = self.ended.values_mut().map(|(writer, _)| writer);
+        for writer in self
+            .open
+            .values_mut()
+            .chain(self.audit.as_mut())
+            .chain(ended)
+        {
             let before = writer.written_len;
             if let Err(e) = writer.write_out() {
                 tracing::error!(error = %e, "writing a log failed");
             }
             self.unsynced += writer.written_len - before;
         }
+        // Ended sessions' logs past their late lines: flushed and closed.
+        self.ended.retain(|_, (writer, ended)| {
+            if ended.elapsed() < LATE_LINES {
+                return true;
+            }
+            if let Err(e) = writer.sync() {
+                tracing::error!(error = %e, "flushing a log to disk failed");
+            }
+            false
+        });
         if self.unsynced >= SYNC_BYTES && std::time::Instant::now() >= self.next_sync {
             let mut flushed = 0u32;
             for writer in self.open.values_mut().chain(self.audit.as_mut()) {
@@ -610,12 +638,19 @@ impl Worker {
                 Ok(())
             }
             Command::Stop(done) => {
-                for writer in self.open.values_mut().chain(self.audit.as_mut()) {
+                let ended = self.ended.values_mut().map(|(writer, _)| writer);
+                for writer in self
+                    .open
+                    .values_mut()
+                    .chain(self.audit.as_mut())
+                    .chain(ended)
+                {
                     if let Err(e) = writer.sync() {
                         tracing::error!(error = %e, "writing a log failed");
                     }
                 }
                 self.open.clear();
+                self.ended.clear();
                 return Some(done);
             }
         };
@@ -643,6 +678,10 @@ impl Worker {
         stamp: &str,
     ) -> std::io::Result<()> {
         let key = (session.clone(), chat);
+        if let Some((writer, _)) = self.ended.get_mut(&key) {
+            // A message the session sent, stored after the session ended.
+            return writer.append(&format!("{stamp} {line}"));
+        }
         if !self.open.contains_key(&key) {
             let (session, chat) = (&key.0, &key.1);
             let rel = format!(
@@ -705,10 +744,12 @@ impl Worker {
             .cloned()
             .collect();
         let stamp = self.stamp(at);
+        let now = std::time::Instant::now();
         for key in keys {
             if let Some(mut writer) = self.open.remove(&key) {
                 writer.append(&format!("{stamp} session-end reason={reason}"))?;
                 writer.sync()?;
+                self.ended.insert(key, (writer, now));
             }
         }
         Ok(())
@@ -784,6 +825,9 @@ mod tests {
         logger.events(&session, &me, Vec::new(), at + 1);
         logger.events(&session, &me, vec![line("c-bob", "third")], at + 2);
         logger.end("s1", "gone", at + 3);
+        // A message the session sent, stored after it ended: into the same
+        // log, not a second one (which would have had the first one's name).
+        logger.events(&session, &me, vec![line("c-bob", "stored late")], at + 4);
         logger.stop();
 
         let logs = db.blocking(|s| s.chat_logs()).unwrap();
@@ -809,6 +853,7 @@ mod tests {
                 format!("{} second", t(0)),
                 format!("{} third", t(2)),
                 format!("{} session-end reason=gone", t(3)),
+                format!("{} stored late", t(4)),
             ]
         );
         // Bob is not in the chat with Carol: no presence line there.
