@@ -431,9 +431,11 @@ struct Worker {
     run_id: String,
     /// Open chat logs by (session, chat).
     open: HashMap<(Arc<str>, Arc<str>), Writer>,
-    /// Logs of chat sessions that ended, by (session, chat), with when,
-    /// kept for [`LATE_LINES`].
+    /// Logs of chat sessions that ended, by (session, chat), with when the
+    /// session ended, kept for [`LATE_LINES`].
     ended: HashMap<(Arc<str>, Arc<str>), (Writer, std::time::Instant)>,
+    /// Chat sessions that ended less than [`LATE_LINES`] ago, with when.
+    ended_sessions: HashMap<Arc<str>, std::time::Instant>,
     audit: Option<Writer>,
     /// The last time written out, and when: a busy host logs many lines
     /// in the same millisecond.
@@ -549,6 +551,7 @@ impl Worker {
             run_id: opaque_id(),
             open: HashMap::new(),
             ended: HashMap::new(),
+            ended_sessions: HashMap::new(),
             audit: None,
             last_stamp: (0, timestamp(0)),
             unsynced: 0,
@@ -576,6 +579,8 @@ impl Worker {
             self.unsynced += writer.written_len - before;
         }
         // Ended sessions' logs past their late lines: flushed and closed.
+        self.ended_sessions
+            .retain(|_, ended| ended.elapsed() < LATE_LINES);
         self.ended.retain(|_, (writer, ended)| {
             if ended.elapsed() < LATE_LINES {
                 return true;
@@ -651,6 +656,7 @@ impl Worker {
                 }
                 self.open.clear();
                 self.ended.clear();
+                self.ended_sessions.clear();
                 return Some(done);
             }
         };
@@ -699,6 +705,14 @@ impl Worker {
             self.db
                 .blocking(|s| s.record_chat_log(&path, &chat_id, &username, &session_id, at))
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
+            // The first line of a session that already ended (its message
+            // stored after its socket closed): closed with its session's
+            // other logs, not kept open for a session end that came already.
+            if let Some(&ended) = self.ended_sessions.get(&key.0) {
+                writer.append(&format!("{stamp} {line}"))?;
+                self.ended.insert(key, (writer, ended));
+                return Ok(());
+            }
             self.open.insert(key.clone(), writer);
         }
         match self.open.get_mut(&key) {
@@ -745,6 +759,7 @@ impl Worker {
             .collect();
         let stamp = self.stamp(at);
         let now = std::time::Instant::now();
+        self.ended_sessions.insert(Arc::from(session), now);
         for key in keys {
             if let Some(mut writer) = self.open.remove(&key) {
                 writer.append(&format!("{stamp} session-end reason={reason}"))?;
@@ -828,10 +843,14 @@ mod tests {
         // A message the session sent, stored after it ended: into the same
         // log, not a second one (which would have had the first one's name).
         logger.events(&session, &me, vec![line("c-bob", "stored late")], at + 4);
+        // The first line of an ended session in a chat: a log of its own,
+        // closed with the session's others (none is left open for good).
+        logger.events(&session, &me, vec![line("c-dave", "first late")], at + 5);
         logger.stop();
+        let t = |ms: i64| timestamp(at + ms);
 
         let logs = db.blocking(|s| s.chat_logs()).unwrap();
-        assert_eq!(logs.len(), 3, "{logs:?}");
+        assert_eq!(logs.len(), 4, "{logs:?}");
         let read_log = |chat: &str, session: &str| {
             let row = logs
                 .iter()
@@ -843,7 +862,6 @@ mod tests {
             assert_eq!(contents.damage, None);
             contents.lines
         };
-        let t = |ms: i64| timestamp(at + ms);
         assert_eq!(
             read_log("c-bob", "s1"),
             [
@@ -866,12 +884,48 @@ mod tests {
             ]
         );
         assert_eq!(
+            read_log("c-dave", "s1"),
+            [
+                format!("{} session-start user=alice chat=c-dave session=s1", t(5)),
+                format!("{} first late", t(5)),
+            ]
+        );
+        assert_eq!(
             read_log("c-bob", "s2"),
             [
                 format!("{} session-start user=bob chat=c-bob session=s2", t(0)),
                 format!("{} bob's", t(0)),
             ]
         );
+    }
+
+    #[test]
+    fn an_ended_sessions_late_lines_leave_no_log_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut worker = Worker::new(dir.path(), alice_with_two_chats(), [7u8; 32], [8u8; 32], 1);
+        let (session, me): (Arc<str>, Arc<str>) = (Arc::from("s1"), Arc::from("alice"));
+        let events = |chat: &str| Command::Events {
+            session: session.clone(),
+            user: me.clone(),
+            events: vec![LogEvent::Chat {
+                chat: Arc::from(chat),
+                line: Arc::from("message-sent"),
+            }],
+            at: 1_767_225_600_000,
+        };
+        assert!(worker.handle(events("c-bob")).is_none());
+        worker.handle(Command::End {
+            session: "s1".into(),
+            reason: "gone".into(),
+            at: 1_767_225_600_001,
+        });
+        // A late line where the session had a log, and one where it had none.
+        worker.handle(events("c-bob"));
+        worker.handle(events("c-carol"));
+        worker.write_out();
+        assert!(worker.open.is_empty());
+        assert_eq!(worker.ended.len(), 2);
+        assert_eq!(worker.ended_sessions.len(), 1);
     }
 
     #[test]
