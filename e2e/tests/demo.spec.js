@@ -154,3 +154,24 @@ test('while a changed key is not accepted, a send gives its text back and a file
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('a message too long for the host shows Not sent, and the connection stays', async ({ browser }) => {
+  const a = await newUser(browser, 'long.a');
+  const b = await newUser(browser, 'long.b');
+  try {
+    await openChat(a.page, 'long.b');
+    let sockets = 0;
+    a.page.on('websocket', () => {
+      sockets += 1;
+    });
+    await send(a.page, 'x'.repeat(70_000));
+    const state = messages(a.page).locator('.msg', { hasText: 'xxxx' }).locator('.state');
+    await expect(state).toHaveText('Not sent');
+    await expect(state).toHaveAttribute('title', 'This message is too long to send.');
+    await send(a.page, 'a short one');
+    await expect(messages(a.page).locator('.msg', { hasText: 'a short one' }).locator('.state')).toHaveText(/Sent|Read/);
+    expect(sockets).toBe(0);
+  } finally {
+    for (const u of [a, b]) await u.context.close();
+  }
+});

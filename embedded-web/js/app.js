@@ -413,7 +413,6 @@ export async function openChat(key) {
   if (previous) {
     previous.draft = input.value;
     previous.scroll = $('messages').scrollTop;
-    if (previous.info.id !== key) dropPreviews(previous);
   }
   if (key.startsWith('user:')) {
     const peer = key.slice(5);
@@ -424,6 +423,7 @@ export async function openChat(key) {
       key = addChat(info).info.id;
     }
   }
+  if (previous && previous.info.id !== key) dropPreviews(previous);
   state.active = key;
   const chat = state.chats.get(key);
   $('app').classList.add('in-chat');
@@ -486,8 +486,10 @@ async function fill(chat) {
       const from = chat.held;
       const page = await get(`/api/chats/${chat.info.id}/messages?after=${from}&limit=200`);
       const first = page.messages[0]?.seq;
-      // Numbers before the first one the host has: its retention removed them.
+      // Numbers before the first one the host has: its retention removed
+      // them (all of them, when it has none after what is held).
       if (first !== undefined && first > from + 1) skipTo(chat, first - 1);
+      if (first === undefined && !page.more) skipTo(chat, Math.max(chat.info.last_seq, ...chat.ahead));
       for (const m of page.messages) await receive(m, false);
       if (!page.more || chat.held === from) break;
     }
@@ -660,6 +662,8 @@ function messageItem(chat, m) {
     st.className = 'state';
     const read = chat.info.kind === 'direct' && m.seq !== null && readBy(chat, m.seq);
     st.textContent = m.state === 'sending' ? 'Sending…' : m.state === 'failed' ? 'Not sent' : read ? 'Read' : 'Sent';
+    // Why, for a message not sent (a pointer or a screen reader finds it).
+    if (m.state === 'failed' && m.error) st.title = m.error;
     meta.appendChild(st);
     if (m.state === 'failed') {
       const retry = document.createElement('button');
@@ -872,6 +876,7 @@ async function receive(rec, live) {
   /** @type {Shown} */
   const shown = { id: rec.id, sender: rec.sender, ts: rec.ts, seq: rec.seq, text: null, state: 'sent' };
   try {
+    await accountsRead;
     const sender = await publicKeys(rec.sender);
     const content = await e2e.open(rec, state.me.username, state.keys.enc, sender);
     if (content?.type === 'file' && content.file && typeof content.file.id === 'string') {
@@ -930,6 +935,8 @@ function markRead() {
 
 /** Whether a `welcome` came before: the next one follows a reconnect. */
 let welcomed = false;
+/** The accounts as read again at the last reconnect; messages are opened and sealed after it. */
+let accountsRead = Promise.resolve();
 
 /** The user is no longer in chat `id`. @param {string} id */
 function removeChat(id) {
@@ -966,11 +973,16 @@ async function onFrame(frame) {
       for (const id of [...state.chats.keys()]) if (!listed.has(id)) removeChat(id);
       if (welcomed) {
         // A reconnect: `user` frames sent meanwhile were missed (a
-        // contact's account reset, with new keys), so read them all again.
-        const users = await get('/api/users').catch(() => []);
-        for (const u of users) await updateUser(u);
+        // contact's account reset, with new keys), so read them all again,
+        // before the replay that follows is opened or anything is sealed.
+        accountsRead = get('/api/users')
+          .catch(() => [])
+          .then(async (users) => {
+            for (const u of users) await updateUser(u);
+          });
       }
       welcomed = true;
+      await accountsRead;
       drawList();
       break;
     }
@@ -1044,6 +1056,9 @@ export function unacknowledged() {
   return pending.size;
 }
 
+/** The largest frame the host reads (docs/PROTOCOL.md §5.8). */
+const MAX_FRAME_BYTES = 65536;
+
 /** How often one message is resealed or resent by itself after an error, before it shows "Not sent". */
 const AUTOMATIC_TRIES = 3;
 
@@ -1051,18 +1066,29 @@ const AUTOMATIC_TRIES = 3;
 async function onSendError(frame) {
   const p = frame.id && pending.get(frame.id);
   if (!p) return;
+  // An answer to a frame this page no longer stands by (one resent after a
+  // reconnect while its reseal was under way, say) changes nothing.
+  if (p.busy || frame.id !== p.id) return;
   const chat = state.chats.get(p.chat);
   const m = chat?.shown.get(frame.id);
+  /** Resends the frame later, if it is still the one to send then. */
+  const later = (ms) => {
+    const frameThen = p.frame;
+    setTimeout(() => {
+      if (pending.get(p.id) === p && p.frame === frameThen && m?.state === 'sending') state.conn?.sendMessage(p.frame);
+    }, ms);
+  };
   if (frame.code === 'rate_limited') {
-    setTimeout(() => state.conn?.sendMessage(p.frame), frame.retry_after_ms ?? 1000);
+    later(frame.retry_after_ms ?? 1000);
     return;
   }
   const again = chat && m && p.tries < AUTOMATIC_TRIES;
   if (again) p.tries += 1;
+  p.busy = true;
   try {
     if (again && frame.code === 'store_failed') {
       // The host could not store it (its disk, say): the same frame, later.
-      setTimeout(() => state.conn?.sendMessage(p.frame), 1000 * p.tries);
+      later(1000 * p.tries);
       return;
     }
     if (again && frame.code === 'members_mismatch') {
@@ -1080,6 +1106,8 @@ async function onSendError(frame) {
   } catch (err) {
     failed(p.chat, m, err instanceof Error ? err.message : String(err), frame.id);
     return;
+  } finally {
+    p.busy = false;
   }
   failed(p.chat, m, frame.message, frame.id);
 }
@@ -1096,7 +1124,7 @@ function failed(chatId, m, error, id) {
 /**
  * Seals `m` again, under `id`, for the chat's members as they are now, and
  * sends it.
- * @param {ChatState} chat @param {Shown} m @param {{chat: string, content: any, frame: any, tries: number}} p @param {string} id
+ * @param {ChatState} chat @param {Shown} m @param {{id: string, chat: string, content: any, frame: any, tries: number, busy: boolean}} p @param {string} id
  */
 async function reseal(chat, m, p, id) {
   const frame = await sealFrame(chat, id, p.content);
@@ -1107,6 +1135,7 @@ async function reseal(chat, m, p, id) {
     m.id = id;
     chat.shown.set(id, m);
   }
+  p.id = id;
   p.frame = frame;
   pending.set(id, p);
   state.conn?.sendMessage(frame);
@@ -1114,6 +1143,7 @@ async function reseal(chat, m, p, id) {
 
 /** A `send` frame of `content` for the chat's members; refused while a member's keys changed and are not accepted. */
 async function sealFrame(chat, id, content) {
+  await accountsRead;
   const recipients = await Promise.all(
     chat.info.members.map(async (m) => ({ username: m.username, keys: await publicKeys(m.username) })),
   );
@@ -1122,7 +1152,11 @@ async function sealFrame(chat, id, content) {
     throw new Error('The encryption keys of a member changed: compare safety numbers and accept them, then use Retry.');
   }
   const envelope = await e2e.seal(id, state.me.username, chat.info.id, content, recipients, state.keys.sig);
-  return { type: 'send', id, chat: chat.info.id, envelope };
+  const frame = { type: 'send', id, chat: chat.info.id, envelope };
+  // A larger frame closes the socket (1009), and the outbox would send it
+  // again after every reconnect (docs/PROTOCOL.md §5.8).
+  if (new TextEncoder().encode(JSON.stringify(frame)).length > MAX_FRAME_BYTES) throw new Error('This message is too long to send.');
+  return frame;
 }
 
 /**
@@ -1131,6 +1165,7 @@ async function sealFrame(chat, id, content) {
  * @param {ChatState} chat
  */
 async function keysAccepted(chat) {
+  await accountsRead;
   const members = chat.info.members.map((m) => m.username);
   await Promise.all(members.map((u) => publicKeys(u)));
   if (members.some((u) => state.changed.has(u))) {
@@ -1161,7 +1196,7 @@ async function send(text) {
 async function sealAndSend(chat, shown, content) {
   try {
     const frame = await sealFrame(chat, shown.id, content);
-    pending.set(shown.id, { chat: chat.info.id, content, frame, tries: 0 });
+    pending.set(shown.id, { id: shown.id, chat: chat.info.id, content, frame, tries: 0, busy: false });
     state.conn?.sendMessage(frame);
   } catch (err) {
     shown.state = 'failed';
@@ -1205,12 +1240,17 @@ function setupComposer() {
     const text = input.value;
     if (!text.trim() || /** @type {HTMLButtonElement} */ ($('send')).disabled) return;
     input.value = '';
+    const chat = activeChat();
     // Not taken (a member's keys changed, or their keys could not be
-    // fetched): the text comes back, unless something new was typed.
+    // fetched): the text comes back to its chat, unless something new was
+    // typed there.
     send(text)
       .catch(() => false)
       .then((taken) => {
-        if (!taken && !input.value) input.value = text;
+        if (taken || !chat) return;
+        if (activeChat() === chat) {
+          if (!input.value) input.value = text;
+        } else if (!chat.draft) chat.draft = text;
       });
   };
   form.addEventListener('submit', (e) => {
