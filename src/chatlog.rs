@@ -559,25 +559,30 @@ impl Worker {
         }
     }
 
+    /// Every log this worker has open: the chat sessions', the audit log,
+    /// and those of sessions that ended a moment ago.
+    fn writers(&mut self) -> impl Iterator<Item = &mut Writer> {
+        self.open
+            .values_mut()
+            .chain(self.audit.as_mut())
+            .chain(self.ended.values_mut().map(|(writer, _)| writer))
+    }
+
     /// Writes every log's sealed records, and once [`SYNC_BYTES`] have
     /// been written since the last flush (and [`SYNC_PAUSE_PER_LOG`] for
     /// every log it flushed has passed), flushes every log that has
     /// unflushed bytes. A flush that fails is reported, and not tried again
     /// before the next 512 KiB.
     fn write_out(&mut self) {
-        let ended = self.ended.values_mut().map(|(writer, _)| writer);
-        for writer in self
-            .open
-            .values_mut()
-            .chain(self.audit.as_mut())
-            .chain(ended)
-        {
+        let mut written = 0;
+        for writer in self.writers() {
             let before = writer.written_len;
             if let Err(e) = writer.write_out() {
                 tracing::error!(error = %e, "writing a log failed");
             }
-            self.unsynced += writer.written_len - before;
+            written += writer.written_len - before;
         }
+        self.unsynced += written;
         // Ended sessions' logs past their late lines: flushed and closed.
         self.ended_sessions
             .retain(|_, ended| ended.elapsed() < LATE_LINES);
@@ -592,7 +597,7 @@ impl Worker {
         });
         if self.unsynced >= SYNC_BYTES && std::time::Instant::now() >= self.next_sync {
             let mut flushed = 0u32;
-            for writer in self.open.values_mut().chain(self.audit.as_mut()) {
+            for writer in self.writers() {
                 if writer.unsynced() > 0 {
                     flushed += 1;
                     if let Err(e) = writer.sync() {
@@ -643,13 +648,7 @@ impl Worker {
                 Ok(())
             }
             Command::Stop(done) => {
-                let ended = self.ended.values_mut().map(|(writer, _)| writer);
-                for writer in self
-                    .open
-                    .values_mut()
-                    .chain(self.audit.as_mut())
-                    .chain(ended)
-                {
+                for writer in self.writers() {
                     if let Err(e) = writer.sync() {
                         tracing::error!(error = %e, "writing a log failed");
                     }

@@ -3,18 +3,13 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const { test, expect } = require('@playwright/test');
-const { messages, newUser, openChat, send } = require('./helpers');
+const { attach, messages, newUser, openChat, send } = require('./helpers');
 
 // A 1×1 PNG, for the preview.
 const PNG = Buffer.from(
   'iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==',
   'base64',
 );
-
-async function attach(page, file) {
-  const [chooser] = await Promise.all([page.waitForEvent('filechooser'), page.getByRole('button', { name: 'Attach file' }).click()]);
-  await chooser.setFiles(file);
-}
 
 test('a 5 MiB file and an image travel end to end, checked and previewed', async ({ browser }) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'securechat-files-'));

@@ -41,11 +41,28 @@ async function send(page, text) {
   await page.getByRole('button', { name: 'Send' }).click();
 }
 
+/** Attaches `file` (a path) to the open chat through the file chooser. */
+async function attach(page, file) {
+  const [chooser] = await Promise.all([page.waitForEvent('filechooser'), page.getByRole('button', { name: 'Attach file' }).click()]);
+  await chooser.setFiles(file);
+}
+
+/** On the sign-in screen: sets a new password (and new keys) with an administrator's reset code. */
+async function resetAccount(page, name, code, password = PASSWORD) {
+  await page.getByRole('tab', { name: 'I have a reset code' }).click();
+  const form = page.locator('#form-reset');
+  await form.getByRole('textbox', { name: 'Username' }).fill(name);
+  await form.getByRole('textbox', { name: 'Reset code' }).fill(code);
+  await form.getByRole('textbox', { name: 'Password', exact: true }).fill(password);
+  await form.getByRole('textbox', { name: 'Confirm password' }).fill(password);
+  await form.getByRole('button', { name: 'Reset account' }).click();
+}
+
 function messages(page) {
   return page.getByRole('log', { name: 'Messages' });
 }
 
-module.exports = { PASSWORD, messages, newUser, openChat, send, signUp, url };
+module.exports = { PASSWORD, attach, messages, newUser, openChat, resetAccount, send, signUp, url };
 
 const { spawn, execFileSync } = require('node:child_process');
 const path = require('node:path');

@@ -1,5 +1,5 @@
 const { test, expect } = require('@playwright/test');
-const { PASSWORD, admin, messages, newUser, openChat, resetPeer, send, signUp, startPeer, url } = require('./helpers');
+const { admin, messages, newUser, openChat, resetAccount, resetPeer, send, signUp, startPeer, url } = require('./helpers');
 
 test('a browser user and a native-client user exchange messages both ways', async ({ browser }) => {
   const web = await newUser(browser, 'webber');
@@ -54,12 +54,7 @@ test('an administrator reset: the code sets a new password and keys in the brows
   const code = admin('user', 'reset', 'forgetful').split('\n')[1].trim();
   // The open session ends at once; the sign-in screen comes back.
   await expect(forgetful.page.getByRole('button', { name: 'Sign in' })).toBeVisible();
-  await forgetful.page.getByRole('tab', { name: 'I have a reset code' }).click();
-  await forgetful.page.getByRole('textbox', { name: 'Username' }).fill('forgetful');
-  await forgetful.page.getByRole('textbox', { name: 'Reset code' }).fill(code);
-  await forgetful.page.getByRole('textbox', { name: 'Password', exact: true }).fill('a brand new passphrase after the reset');
-  await forgetful.page.getByRole('textbox', { name: 'Confirm password' }).fill('a brand new passphrase after the reset');
-  await forgetful.page.getByRole('button', { name: 'Reset account' }).click();
+  await resetAccount(forgetful.page, 'forgetful', code, 'a brand new passphrase after the reset');
   await openChat(forgetful.page, 'friend');
   await expect(messages(forgetful.page).locator('.msg.bad')).toContainText('failed its signature or decryption check');
   await expect(friend.page.getByRole('alert').filter({ hasText: 'keys of forgetful changed' })).toBeVisible();
@@ -168,17 +163,11 @@ test('a message from a contact reset while the page was away says their keys cha
     const again = await browser.newContext({ ignoreHTTPSErrors: true });
     const b2 = await again.newPage();
     await b2.goto(url());
-    await b2.getByRole('tab', { name: 'I have a reset code' }).click();
-    const form = b2.locator('#form-reset');
-    await form.getByRole('textbox', { name: 'Username' }).fill('kept.b');
-    await form.getByRole('textbox', { name: 'Reset code' }).fill(code);
-    await form.getByRole('textbox', { name: 'Password', exact: true }).fill(PASSWORD);
-    await form.getByRole('textbox', { name: 'Confirm password' }).fill(PASSWORD);
-    await form.getByRole('button', { name: 'Reset account' }).click();
+    await resetAccount(b2, 'kept.b', code);
     await expect(b2.getByRole('navigation', { name: 'Chats' })).toBeVisible({ timeout: 60_000 });
     await openChat(b2, 'kept.a');
     await send(b2, 'after the reset');
-    await expect(messages(b2).locator('.msg.mine .state')).toHaveText(/Sent|Read/);
+    await expect(messages(b2).locator('.msg', { hasText: 'after the reset' }).locator('.state')).toHaveText(/Sent|Read/);
     away = false;
     close?.();
     // The replay brings it: opened with the new keys once the accounts are
