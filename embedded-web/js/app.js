@@ -1066,9 +1066,9 @@ const AUTOMATIC_TRIES = 3;
 async function onSendError(frame) {
   const p = frame.id && pending.get(frame.id);
   if (!p) return;
-  // An answer to a frame this page no longer stands by (one resent after a
-  // reconnect while its reseal was under way, say) changes nothing.
-  if (p.busy || frame.id !== p.id) return;
+  // An answer to a frame resent (after a reconnect) while this message's
+  // reseal is under way changes nothing: the reseal decides.
+  if (p.busy) return;
   const chat = state.chats.get(p.chat);
   const m = chat?.shown.get(frame.id);
   /** Resends the frame later, if it is still the one to send then. */
