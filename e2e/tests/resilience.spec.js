@@ -158,6 +158,91 @@ test("send errors get what the protocol's table asks: resent, resealed, renamed,
   for (const c of [context, b.context]) await c.close();
 });
 
+test('messages not yet sent outlive a reload and a sign-out, and go once; one refused for good stays until discarded', async ({ browser }) => {
+  const b = await newUser(browser, 'out.b');
+  const context = await browser.newContext({ ignoreHTTPSErrors: true });
+  // The page's socket runs through a stand-in that can keep the page's
+  // sends from the host, keep the host's acks from the page, or refuse
+  // sends for good, as the host would a malformed one.
+  /** @type {'pass'|'hold'|'no-ack'|'refuse'} */
+  let mode = 'pass';
+  await context.routeWebSocket(/\/ws$/, (ws) => {
+    const host = ws.connectToServer();
+    ws.onMessage((message) => {
+      const frame = JSON.parse(String(message));
+      if (frame.type === 'send' && mode === 'hold') return;
+      if (frame.type === 'send' && mode === 'refuse') {
+        ws.send(JSON.stringify({ type: 'error', code: 'bad_envelope', id: frame.id, message: 'refused: bad_envelope' }));
+        return;
+      }
+      host.send(message);
+    });
+    host.onMessage((message) => {
+      if (mode === 'no-ack' && JSON.parse(String(message)).type === 'ack') return;
+      ws.send(message);
+    });
+  });
+  const page = await signUp(context, 'out.a');
+  await openChat(page, 'out.b');
+  await openChat(b.page, 'out.a');
+  const state = (text) => messages(page).locator('.msg', { hasText: text }).locator('.state');
+  /** The sends this browser keeps for out.a. */
+  const kept = () => page.evaluate(async () => (await (await import('/js/keystore.js')).sendsOf('out.a')).length);
+  const once = async (text) => {
+    for (const p of [page, b.page]) await expect(messages(p).locator('.msg .body', { hasText: new RegExp(`^${text}$`) })).toHaveCount(1);
+  };
+
+  // Stored by the host, its ack lost with the page; and one that never left it.
+  mode = 'no-ack';
+  await send(page, 'stored, its ack lost');
+  await expect(messages(b.page)).toContainText('stored, its ack lost');
+  mode = 'hold';
+  await send(page, 'never left the page');
+  await expect(state('never left the page')).toHaveText('Sending…');
+  await expect.poll(kept).toBe(2);
+  mode = 'pass';
+  await page.reload();
+  await openChat(page, 'out.b');
+  await expect(state('never left the page')).toHaveText(/Sent|Read/);
+  await expect(state('stored, its ack lost')).toHaveText(/Sent|Read/);
+  await once('never left the page');
+  await once('stored, its ack lost');
+  await expect.poll(kept).toBe(0);
+
+  // Signed out before it went: it goes at the next sign-in in this browser.
+  mode = 'hold';
+  await send(page, 'written before signing out');
+  await expect.poll(kept).toBe(1);
+  await page.getByRole('button', { name: 'Settings' }).click();
+  await page.getByRole('button', { name: 'Sign out', exact: true }).click();
+  mode = 'pass';
+  await page.getByRole('textbox', { name: 'Username' }).fill('out.a');
+  await page.getByRole('textbox', { name: 'Password' }).fill(PASSWORD);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await openChat(page, 'out.b');
+  await expect(state('written before signing out')).toHaveText(/Sent|Read/);
+  await once('written before signing out');
+  await expect.poll(kept).toBe(0);
+
+  // Refused for good: "Not sent", after a reload too, until discarded.
+  mode = 'refuse';
+  await send(page, 'refused for good');
+  await expect(state('refused for good')).toHaveText('Not sent');
+  mode = 'pass';
+  await page.reload();
+  await openChat(page, 'out.b');
+  await expect(state('refused for good')).toHaveText('Not sent');
+  await messages(page).locator('.msg', { hasText: 'refused for good' }).getByRole('button', { name: 'Discard' }).click();
+  await expect(messages(page)).not.toContainText('refused for good');
+  await expect.poll(kept).toBe(0);
+  await page.reload();
+  await openChat(page, 'out.b');
+  await expect(messages(page)).toContainText('written before signing out');
+  await expect(messages(page)).not.toContainText('refused for good');
+  await expect(messages(b.page)).not.toContainText('refused for good');
+  for (const c of [context, b.context]) await c.close();
+});
+
 test('messages lost on their way are fetched: after a gap seen live, and after a replay that falls short', async ({ browser }) => {
   const b = await newUser(browser, 'gaps.b');
   const context = await browser.newContext({ ignoreHTTPSErrors: true });

@@ -267,6 +267,7 @@ async function start(me, keys) {
     },
     since: () => Object.fromEntries([...state.chats].filter(([, c]) => c.loaded).map(([id, c]) => [id, c.held])),
   });
+  await restoreSends();
   state.conn.start();
   drawList();
 }
@@ -633,6 +634,9 @@ function onLogClick(event) {
     case 'retry':
       if (m.state === 'failed') resend(chat, m);
       break;
+    case 'discard':
+      if (m.state === 'failed') discard(chat, m);
+      break;
     case 'cancel':
       m.transfer?.cancel?.();
       break;
@@ -671,7 +675,12 @@ function messageItem(chat, m) {
       retry.className = 'retry';
       retry.textContent = 'Retry';
       retry.dataset.action = 'retry';
-      meta.appendChild(retry);
+      const discard = document.createElement('button');
+      discard.type = 'button';
+      discard.className = 'retry';
+      discard.textContent = 'Discard';
+      discard.dataset.action = 'discard';
+      meta.append(retry, discard);
     }
   }
   const body = document.createElement('div');
@@ -878,13 +887,7 @@ async function receive(rec, live) {
   try {
     await accountsRead;
     const sender = await publicKeys(rec.sender);
-    const content = await e2e.open(rec, state.me.username, state.keys.enc, sender);
-    if (content?.type === 'file' && content.file && typeof content.file.id === 'string') {
-      shown.file = content.file;
-      shown.text = `📎 ${content.file.name}`;
-    } else {
-      shown.text = typeof content?.text === 'string' ? content.text : '';
-    }
+    showContent(shown, await e2e.open(rec, state.me.username, state.keys.enc, sender));
     if (state.changed.has(rec.sender)) {
       shown.state = 'bad';
       shown.error = `${rec.sender}'s keys changed: accept them to read new messages.`;
@@ -910,6 +913,16 @@ async function receive(rec, live) {
       chat.unread += 1;
       notify(chat, shown);
     }
+  }
+}
+
+/** What a message's opened content shows: a file's card, or its text. @param {Shown} shown @param {any} content */
+function showContent(shown, content) {
+  if (content?.type === 'file' && content.file && typeof content.file.id === 'string') {
+    shown.file = content.file;
+    shown.text = `📎 ${content.file.name}`;
+  } else {
+    shown.text = typeof content?.text === 'string' ? content.text : '';
   }
 }
 
@@ -998,7 +1011,7 @@ async function onFrame(frame) {
     }
     case 'ack': {
       // Stored: nothing left to reseal or retry.
-      pending.delete(frame.id);
+      forget(frame.id);
       const chat = state.chats.get(frame.chat);
       const m = chat?.shown.get(frame.id);
       if (chat && m) {
@@ -1050,6 +1063,56 @@ async function onFrame(frame) {
 
 /** Messages sent but not acknowledged, by id: what is needed to reseal them. */
 const pending = new Map();
+
+/**
+ * Keeps a send in this browser's outbox (docs/PROTOCOL.md §5.5), with why
+ * it failed if it did, so that a reload or the next sign-in shows it and,
+ * unless it failed, sends it again. Without IndexedDB it is kept only
+ * while the page lives.
+ * @param {{id: string, chat: string, frame: any}} p @param {Shown|undefined} m
+ */
+async function remember(p, m) {
+  const kept = { id: p.id, chat: p.chat, frame: p.frame, ts: m?.ts ?? Date.now() };
+  if (m?.state === 'failed') kept.error = m.error ?? 'Not sent';
+  await store.keepSend(state.me.username, kept).catch(() => {});
+}
+
+/** A send acknowledged, replaced by a new id, or discarded: nothing of it is kept. @param {string} id */
+function forget(id) {
+  pending.delete(id);
+  store.dropSend(state.me.username, id).catch(() => {});
+}
+
+/**
+ * Puts back the sends this browser kept for the user, written before a
+ * reload or before the session ended: shown as they were and, unless they
+ * had failed, sent again with their ids, so that one the host stored
+ * already is acknowledged as a duplicate, never stored twice.
+ */
+async function restoreSends() {
+  const me = state.me.username;
+  for (const k of await store.sendsOf(me).catch(() => [])) {
+    const chat = state.chats.get(k.chat);
+    let content;
+    try {
+      if (!chat) throw new Error('not a member');
+      // The sender is among the recipients: the content comes back from the sealed frame.
+      content = await e2e.open({ id: k.id, sender: me, chat: k.chat, envelope: k.frame.envelope }, me, state.keys.enc, await publicKeys(me));
+    } catch {
+      // Its chat is gone, or it was sealed under keys since replaced (an
+      // account reset): it can neither be sent nor read any more.
+      forget(k.id);
+      continue;
+    }
+    /** @type {Shown} */
+    const shown = { id: k.id, sender: me, ts: k.ts, seq: null, text: null, state: k.error ? 'failed' : 'sending', error: k.error };
+    showContent(shown, content);
+    shown.previewPending = previewed(shown);
+    chat.shown.set(k.id, shown);
+    pending.set(k.id, { id: k.id, chat: k.chat, content, frame: k.frame, tries: 0, busy: false });
+    if (!k.error) state.conn?.sendMessage(k.frame);
+  }
+}
 
 /** How many sent messages wait for their `ack` (kept to reseal or retry them). */
 export function unacknowledged() {
@@ -1118,6 +1181,8 @@ function failed(chatId, m, error, id) {
   if (!m) return;
   m.state = 'failed';
   m.error = error;
+  const p = pending.get(id);
+  if (p) remember(p, m);
   if (state.active === chatId) drawMessages();
 }
 
@@ -1130,7 +1195,7 @@ async function reseal(chat, m, p, id) {
   const frame = await sealFrame(chat, id, p.content);
   if (id !== m.id) {
     state.conn?.replace(m.id, null);
-    pending.delete(m.id);
+    forget(m.id);
     chat.shown.delete(m.id);
     m.id = id;
     chat.shown.set(id, m);
@@ -1138,6 +1203,7 @@ async function reseal(chat, m, p, id) {
   p.id = id;
   p.frame = frame;
   pending.set(id, p);
+  await remember(p, m);
   state.conn?.sendMessage(frame);
 }
 
@@ -1196,7 +1262,10 @@ async function send(text) {
 async function sealAndSend(chat, shown, content) {
   try {
     const frame = await sealFrame(chat, shown.id, content);
-    pending.set(shown.id, { id: shown.id, chat: chat.info.id, content, frame, tries: 0, busy: false });
+    const p = { id: shown.id, chat: chat.info.id, content, frame, tries: 0, busy: false };
+    pending.set(shown.id, p);
+    // Kept before it is written, as the outbox rule asks.
+    await remember(p, shown);
     state.conn?.sendMessage(frame);
   } catch (err) {
     shown.state = 'failed';
@@ -1216,6 +1285,15 @@ function resend(chat, m) {
   else if (m.source) upload(chat, m, m.source);
   else sealAndSend(chat, m, { v: 1, type: 'text', text: m.text ?? '' });
   drawMessages();
+}
+
+/** Discard: a message not sent is taken away, from this browser's outbox too. @param {ChatState} chat @param {Shown} m */
+function discard(chat, m) {
+  chat.shown.delete(m.id);
+  forget(m.id);
+  state.conn?.replace(m.id, null);
+  drawMessages();
+  drawList();
 }
 
 /** @type {Map<string, number>} */
