@@ -1,5 +1,5 @@
 const { test, expect } = require('@playwright/test');
-const { attach, messages, newUser, openChat, send } = require('./helpers');
+const { attach, messages, newUser, openChat, send, url } = require('./helpers');
 
 test('three users chat pairwise, each message seen by its recipient only', async ({ browser }) => {
   const u1 = await newUser(browser, 'user1');
@@ -170,4 +170,45 @@ test('a message too long for the host shows Not sent, and the connection stays',
   } finally {
     for (const u of [a, b]) await u.context.close();
   }
+});
+
+test('a long chat opens on its newest messages; older pages come as the reader scrolls up, or asks', async ({ browser }) => {
+  const a = await newUser(browser, 'long.a');
+  const b = await newUser(browser, 'long.b');
+  // Pages of 10 instead of 100, so that 25 messages make three of them,
+  // and a log short enough to scroll.
+  await a.context.route(/\/api\/chats\/[^/]+\/messages\?/, (route) => {
+    const u = new URL(route.request().url());
+    if (u.searchParams.get('limit') === '100') u.searchParams.set('limit', '10');
+    route.continue({ url: u.toString() });
+  });
+  // Written while long.a's page is closed; it opens again signed in.
+  await a.page.close();
+  await openChat(b.page, 'long.a');
+  const texts = Array.from({ length: 25 }, (_, i) => `line ${i + 1} of the long chat`);
+  for (const text of texts) await send(b.page, text);
+  await expect(messages(b.page).locator('.msg .state', { hasText: /Sent|Read/ })).toHaveCount(25);
+  const page = await a.context.newPage();
+  await page.setViewportSize({ width: 900, height: 420 });
+  await page.goto(url());
+  await openChat(page, 'long.b');
+  const log = messages(page);
+  const body = (n) => log.locator('.msg .body', { hasText: new RegExp(`^line ${n} of the long chat$`) });
+  await expect(log.locator('.msg')).toHaveCount(10);
+  await expect(body(25)).toBeInViewport();
+  // Scrolled to the top: the page before comes by itself, and the message
+  // that was at the top stays where the reader saw it.
+  await log.evaluate((el) => {
+    el.scrollTop = 0;
+  });
+  await expect(log.locator('.msg')).toHaveCount(20);
+  await expect(body(16)).toBeInViewport();
+  await expect(body(6)).not.toBeInViewport();
+  // Or asked for; the first page has nothing before it.
+  await log.getByRole('button', { name: 'Show older messages' }).click();
+  await expect(log.locator('.msg')).toHaveCount(25);
+  await expect(log.getByRole('button', { name: 'Show older messages' })).toHaveCount(0);
+  await expect(log.locator('.msg .body').first()).toHaveText('line 1 of the long chat');
+  for (const n of [1, 5, 6, 15, 16, 25]) await expect(body(n)).toHaveCount(1);
+  for (const u of [a, b]) await u.context.close();
 });

@@ -18,7 +18,7 @@ import * as files from './files.js';
  * @typedef {{id: string, kind: 'direct'|'group', name: string|null, members: {username: string, role: string}[], last_seq: number, read_seq: number, created_at: number}} ChatInfo
  * @typedef {{id: string, chat: string, sender: string, seq: number, ts: number, envelope: e2e.Envelope}} MessageRecord
  * @typedef {{id: string, sender: string, ts: number, seq: number|null, text: string|null, state: 'sending'|'sent'|'failed'|'bad', error?: string, file?: files.FileDescriptor, transfer?: {loaded: number, total: number, rate: number, cancel?: () => void, label: string}, preview?: string, previewPending?: boolean, uploaded?: boolean, source?: File}} Shown
- * @typedef {{info: ChatInfo, shown: Map<string, Shown>, lastSeq: number, held: number, ahead: Set<number>, filling: boolean, unread: number, draft: string, scroll: number|null, loaded: boolean}} ChatState
+ * @typedef {{info: ChatInfo, shown: Map<string, Shown>, lastSeq: number, held: number, ahead: Set<number>, filling: boolean, older: boolean, loadingOlder: boolean, unread: number, draft: string, scroll: number|null, loaded: boolean}} ChatState
  */
 
 const $ = (id) => /** @type {HTMLElement} */ (document.getElementById(id));
@@ -280,7 +280,7 @@ function addChat(info) {
     return existing;
   }
   /** @type {ChatState} */
-  const chat = { info, shown: new Map(), lastSeq: 0, held: 0, ahead: new Set(), filling: false, unread: Math.max(0, info.last_seq - info.read_seq), draft: '', scroll: null, loaded: false };
+  const chat = { info, shown: new Map(), lastSeq: 0, held: 0, ahead: new Set(), filling: false, older: false, loadingOlder: false, unread: Math.max(0, info.last_seq - info.read_seq), draft: '', scroll: null, loaded: false };
   state.chats.set(info.id, chat);
   return chat;
 }
@@ -444,12 +444,44 @@ export async function openChat(key) {
   input.focus();
 }
 
+/** How many messages a page of history brings: the newest when a chat opens, then each older page. */
+const HISTORY_PAGE = 100;
+
 async function loadHistory(chat) {
-  const page = await get(`/api/chats/${chat.info.id}/messages?limit=100`);
+  const page = await get(`/api/chats/${chat.info.id}/messages?limit=${HISTORY_PAGE}`);
   chat.loaded = true;
+  chat.older = page.more;
   // The newest page: what lies before it is not wanted until asked for.
   if (page.messages.length) skipTo(chat, page.messages[0].seq - 1);
   for (const m of page.messages) await receive(m, false);
+}
+
+/**
+ * Fetches the page of messages before the oldest one shown (scrolled to
+ * the top of the log, or "Show older messages"), and keeps what the
+ * reader was looking at where it was.
+ * @param {ChatState} chat
+ */
+async function loadOlder(chat) {
+  if (!chat.older || chat.loadingOlder) return;
+  let oldest = Infinity;
+  for (const m of chat.shown.values()) if (m.seq !== null && m.seq < oldest) oldest = m.seq;
+  if (oldest === Infinity) return;
+  chat.loadingOlder = true;
+  try {
+    const page = await get(`/api/chats/${chat.info.id}/messages?before=${oldest}&limit=${HISTORY_PAGE}`);
+    for (const m of page.messages) await receive(m, false);
+    chat.older = page.more;
+  } catch {
+    // Tried again at the next scroll or click.
+  } finally {
+    chat.loadingOlder = false;
+  }
+  if (state.active !== chat.info.id) return;
+  const list = $('messages');
+  const fromBottom = list.scrollHeight - list.scrollTop;
+  drawMessages();
+  list.scrollTop = list.scrollHeight - fromBottom;
 }
 
 /**
@@ -580,6 +612,7 @@ function drawMessages(restoreScroll = false) {
   /** @type {HTMLLIElement[]} */
   const items = [];
   let day = '';
+  if (chat.older) items.push(log.items.get('older') ?? logItem('older', olderItem()));
   const sorted = [...chat.shown.values()].sort((a, b) => (a.seq ?? Infinity) - (b.seq ?? Infinity) || a.ts - b.ts);
   for (const m of sorted) {
     const d = dayOf(m.ts);
@@ -606,6 +639,18 @@ function drawMessages(restoreScroll = false) {
   else if (restoreScroll || atBottom) list.scrollTop = list.scrollHeight;
 }
 
+/** The log's first item while the host has older messages than those shown. */
+function olderItem() {
+  const li = document.createElement('li');
+  li.className = 'older';
+  const button = document.createElement('button');
+  button.type = 'button';
+  button.textContent = 'Show older messages';
+  button.dataset.action = 'older';
+  li.appendChild(button);
+  return li;
+}
+
 /**
  * The log item of message `m`. A text message's item is built again only
  * when something it shows has changed, so a redraw of a long chat (every
@@ -626,8 +671,12 @@ function messageLogItem(chat, m) {
 /** The log's buttons: what a click does is read from the message as it is now. @param {MouseEvent} event */
 function onLogClick(event) {
   const button = /** @type {Element} */ (event.target).closest('button[data-action]');
-  const id = button?.closest('li[data-id]')?.getAttribute('data-id');
   const chat = activeChat();
+  if (chat && button?.getAttribute('data-action') === 'older') {
+    loadOlder(chat);
+    return;
+  }
+  const id = button?.closest('li[data-id]')?.getAttribute('data-id');
   const m = id ? chat?.shown.get(id) : undefined;
   if (!button || !chat || !m) return;
   switch (button.getAttribute('data-action')) {
@@ -1420,6 +1469,15 @@ function setupChrome() {
     }
   });
   $('messages').addEventListener('click', onLogClick);
+  // Near the top of the log: the page before comes by itself.
+  $('messages').addEventListener(
+    'scroll',
+    () => {
+      const chat = activeChat();
+      if (chat?.older && $('messages').scrollTop < 200) loadOlder(chat);
+    },
+    { passive: true },
+  );
   $('chat-list').addEventListener('pointerdown', (e) => {
     // A press of the main button on an entry; not one on the scrollbar, whose
     // release the page never sees, nor one that opens a context menu.
