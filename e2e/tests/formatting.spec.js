@@ -1,5 +1,5 @@
 const { test, expect } = require('@playwright/test');
-const { messages, newUser, openChat, send } = require('./helpers');
+const { messages, newUser, openChat, send, url } = require('./helpers');
 
 test('formatting and emoji render; HTML and script payloads stay text', async ({ browser }) => {
   const a = await newUser(browser, 'fmt.a');
@@ -37,4 +37,35 @@ test('formatting and emoji render; HTML and script payloads stay text', async ({
   await expect(log.getByRole('link')).toHaveCount(1);
   expect(dialogs).toBe(0);
   for (const u of [a, b]) await u.context.close();
+});
+
+test('inline formatting: each rule, which wins a tie, and long runs of markup', async ({ page }) => {
+  await page.goto(url());
+  const a = (href, label) => `<a href="${href}" target="_blank" rel="noopener noreferrer">${label}</a>`;
+  const cases = [
+    ['**b** ~~s~~ *i* _u_ `c`', '<strong>b</strong> <s>s</s> <em>i</em> <em>u</em> <code>c</code>'],
+    ['**`x`**', '<strong><code>x</code></strong>'],
+    ['`**x**`', '<code>**x**</code>'],
+    ['`a`*b*', '<code>a</code><em>b</em>'],
+    ['a*b* and snake_case_name', 'a*b* and snake_case_name'],
+    ['[a](http://x.io)[b](https://y.io/p)', `${a('http://x.io/', 'a')}${a('https://y.io/p', 'b')}`],
+    // A link's label holds no "[": the link starts at the last one.
+    ['[[a](http://x.io)', `[${a('http://x.io/', 'a')}`],
+    ['see https://e.org/x. Then', `see ${a('https://e.org/x', 'https://e.org/x')}. Then`],
+    ['http://a.io/**b**', a('http://a.io/**b**', 'http://a.io/**b**')],
+    ['[x](javascript:alert(1))', '[x](javascript:alert(1))'],
+    // Long runs of markup, each in time proportional to its length.
+    ['['.repeat(65536), '['.repeat(65536)],
+    ['`a` '.repeat(16000), '<code>a</code> '.repeat(16000)],
+    ['**a** '.repeat(10000), '<strong>a</strong> '.repeat(10000)],
+  ];
+  const html = await page.evaluate(async (inputs) => {
+    const { render } = await import('/js/format.js');
+    return inputs.map((text) => {
+      const d = document.createElement('div');
+      d.append(render(text));
+      return d.innerHTML;
+    });
+  }, cases.map(([text]) => text));
+  cases.forEach(([text, want], i) => expect(html[i], text.slice(0, 40)).toBe(want));
 });
