@@ -29,6 +29,21 @@ async function signUp(context, name, password = PASSWORD) {
   return page;
 }
 
+/** On the sign-in screen: signs `name` in and waits for the chat list. */
+async function signIn(page, name, password = PASSWORD) {
+  await page.getByRole('textbox', { name: 'Username' }).fill(name);
+  await page.getByRole('textbox', { name: 'Password' }).fill(password);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await expect(page.getByRole('navigation', { name: 'Chats' })).toBeVisible({ timeout: 60_000 });
+}
+
+/** Signs out through Settings. */
+async function signOut(page) {
+  await page.getByRole('button', { name: 'Settings' }).click();
+  await page.getByRole('button', { name: 'Sign out', exact: true }).click();
+  await expect(page.getByRole('button', { name: 'Sign in' })).toBeVisible();
+}
+
 /** Opens the chat whose entry's name starts with `name`. */
 async function openChat(page, name) {
   const nav = page.getByRole('navigation', { name: 'Chats' });
@@ -62,7 +77,7 @@ function messages(page) {
   return page.getByRole('log', { name: 'Messages' });
 }
 
-module.exports = { PASSWORD, attach, messages, newUser, openChat, resetAccount, send, signUp, url };
+module.exports = { PASSWORD, attach, messages, newUser, openChat, resetAccount, send, signIn, signOut, signUp, url };
 
 const { spawn, execFileSync } = require('node:child_process');
 const path = require('node:path');

@@ -1,5 +1,5 @@
 const { test, expect } = require('@playwright/test');
-const { PASSWORD, admin, messages, newUser, openChat, send, signUp, url } = require('./helpers');
+const { PASSWORD, admin, messages, newUser, openChat, resetAccount, send, signIn, signOut, signUp, url } = require('./helpers');
 const server = require('../server');
 
 test('a server restart mid-conversation: Reconnecting, then every message exactly once', async ({ browser }) => {
@@ -213,12 +213,9 @@ test('messages not yet sent outlive a reload and a sign-out, and go once; one re
   mode = 'hold';
   await send(page, 'written before signing out');
   await expect.poll(kept).toBe(1);
-  await page.getByRole('button', { name: 'Settings' }).click();
-  await page.getByRole('button', { name: 'Sign out', exact: true }).click();
+  await signOut(page);
   mode = 'pass';
-  await page.getByRole('textbox', { name: 'Username' }).fill('out.a');
-  await page.getByRole('textbox', { name: 'Password' }).fill(PASSWORD);
-  await page.getByRole('button', { name: 'Sign in' }).click();
+  await signIn(page, 'out.a');
   await openChat(page, 'out.b');
   await expect(state('written before signing out')).toHaveText(/Sent|Read/);
   await once('written before signing out');
@@ -241,6 +238,49 @@ test('messages not yet sent outlive a reload and a sign-out, and go once; one re
   await expect(messages(page)).not.toContainText('refused for good');
   await expect(messages(b.page)).not.toContainText('refused for good');
   for (const c of [context, b.context]) await c.close();
+});
+
+test("a message kept while its recipient's keys changed waits, Not sent, until they are accepted", async ({ browser }) => {
+  const b = await newUser(browser, 'rekey.b');
+  const context = await browser.newContext({ ignoreHTTPSErrors: true });
+  // The page's socket runs through a stand-in that can keep its sends from the host.
+  let hold = false;
+  await context.routeWebSocket(/\/ws$/, (ws) => {
+    const host = ws.connectToServer();
+    ws.onMessage((message) => {
+      if (hold && JSON.parse(String(message)).type === 'send') return;
+      host.send(message);
+    });
+  });
+  const page = await signUp(context, 'rekey.a');
+  await openChat(page, 'rekey.b');
+  const state = messages(page).locator('.msg', { hasText: 'written before the reset' }).locator('.state');
+  hold = true;
+  await send(page, 'written before the reset');
+  await expect(state).toHaveText('Sending…');
+  await signOut(page);
+  hold = false;
+  // Meanwhile rekey.b's account is reset: new keys.
+  const code = admin('user', 'reset', 'rekey.b').split('\n')[1].trim();
+  await b.context.close();
+  const again = await browser.newContext({ ignoreHTTPSErrors: true });
+  const b2 = await again.newPage();
+  await b2.goto(url());
+  await resetAccount(b2, 'rekey.b', code);
+  await expect(b2.getByRole('navigation', { name: 'Chats' })).toBeVisible({ timeout: 60_000 });
+
+  // Back: the kept message is neither sent as it was sealed (for the old
+  // keys) nor sealed for the new ones nobody accepted.
+  await signIn(page, 'rekey.a');
+  await openChat(page, 'rekey.b');
+  await expect(state).toHaveText('Not sent');
+  await expect(state).toHaveAttribute('title', /keys of a member changed/);
+  await page.getByRole('button', { name: 'Accept new keys' }).last().click();
+  await messages(page).locator('.msg', { hasText: 'written before the reset' }).getByRole('button', { name: 'Retry' }).click();
+  await expect(state).toHaveText(/Sent|Read/);
+  await openChat(b2, 'rekey.a');
+  await expect(messages(b2).locator('.msg .body', { hasText: /^written before the reset$/ })).toHaveCount(1);
+  for (const c of [context, again]) await c.close();
 });
 
 test('messages lost on their way are fetched: after a gap seen live, and after a replay that falls short', async ({ browser }) => {

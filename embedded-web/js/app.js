@@ -17,7 +17,7 @@ import * as files from './files.js';
  * @typedef {{username: string, enc_public: string, sig_public: string, online: boolean, is_admin: boolean, disabled: boolean}} UserEntry
  * @typedef {{id: string, kind: 'direct'|'group', name: string|null, members: {username: string, role: string}[], last_seq: number, read_seq: number, created_at: number}} ChatInfo
  * @typedef {{id: string, chat: string, sender: string, seq: number, ts: number, envelope: e2e.Envelope}} MessageRecord
- * @typedef {{id: string, sender: string, ts: number, seq: number|null, text: string|null, state: 'sending'|'sent'|'failed'|'bad', error?: string, file?: files.FileDescriptor, transfer?: {loaded: number, total: number, rate: number, cancel?: () => void, label: string}, preview?: string, previewPending?: boolean, uploaded?: boolean, source?: File}} Shown
+ * @typedef {{id: string, sender: string, ts: number, seq: number|null, text: string|null, state: 'sending'|'sent'|'failed'|'bad', error?: string, file?: files.FileDescriptor, transfer?: {loaded: number, total: number, rate: number, cancel?: () => void, label: string}, preview?: string, previewPending?: boolean, uploaded?: boolean, source?: File, unstored?: boolean}} Shown
  * @typedef {{info: ChatInfo, shown: Map<string, Shown>, lastSeq: number, held: number, ahead: Set<number>, filling: boolean, older: boolean, loadingOlder: boolean, unread: number, draft: string, scroll: number|null, loaded: boolean}} ChatState
  */
 
@@ -1123,6 +1123,7 @@ const pending = new Map();
 async function remember(p, m) {
   const kept = { id: p.id, chat: p.chat, frame: p.frame, ts: m?.ts ?? Date.now() };
   if (m?.state === 'failed') kept.error = m.error ?? 'Not sent';
+  if (m?.unstored) kept.unstored = true;
   await store.keepSend(state.me.username, kept).catch(() => {});
 }
 
@@ -1154,12 +1155,16 @@ async function restoreSends() {
       continue;
     }
     /** @type {Shown} */
-    const shown = { id: k.id, sender: me, ts: k.ts, seq: null, text: null, state: k.error ? 'failed' : 'sending', error: k.error };
+    const shown = { id: k.id, sender: me, ts: k.ts, seq: null, text: null, state: k.error ? 'failed' : 'sending', error: k.error, unstored: k.unstored };
     showContent(shown, content);
     shown.previewPending = previewed(shown);
     chat.shown.set(k.id, shown);
     pending.set(k.id, { id: k.id, chat: k.chat, content, frame: k.frame, tries: 0, busy: false });
-    if (!k.error) state.conn?.sendMessage(k.frame);
+    // Sealed again under its id, for the chat's members and their keys as
+    // they are now (one may have come, gone or changed keys since it was
+    // written; changed keys not yet accepted make it "Not sent"). A copy
+    // the host stored before is acknowledged as a duplicate all the same.
+    if (!k.error) await sealAndSend(chat, shown, content);
   }
 }
 
@@ -1221,6 +1226,8 @@ async function onSendError(frame) {
   } finally {
     p.busy = false;
   }
+  // These answers come after the host's check for a stored copy: this one was not stored.
+  if (m && frame.code !== 'bad_envelope') m.unstored = true;
   failed(p.chat, m, frame.message, frame.id);
 }
 
@@ -1231,7 +1238,8 @@ function failed(chatId, m, error, id) {
   m.state = 'failed';
   m.error = error;
   const p = pending.get(id);
-  if (p) remember(p, m);
+  // Kept as "Not sent", unless another tab's copy was acknowledged meanwhile.
+  if (p && m.seq === null) remember(p, m);
   if (state.active === chatId) drawMessages();
 }
 
@@ -1319,6 +1327,9 @@ async function sealAndSend(chat, shown, content) {
   } catch (err) {
     shown.state = 'failed';
     shown.error = err instanceof Error ? err.message : String(err);
+    // One kept in the outbox (restored, or Retry) is kept as "Not sent".
+    const p = pending.get(shown.id);
+    if (p) remember(p, shown);
     if (state.active === chat.info.id) drawMessages();
   }
 }
@@ -1338,6 +1349,8 @@ function resend(chat, m) {
 
 /** Discard: a message not sent is taken away, from this browser's outbox too. @param {ChatState} chat @param {Shown} m */
 function discard(chat, m) {
+  // Its file, uploaded for a message the host refused, goes too.
+  if (m.file && m.unstored) call('DELETE', `/api/files/${encodeURIComponent(m.file.id)}`).catch(() => {});
   chat.shown.delete(m.id);
   forget(m.id);
   state.conn?.replace(m.id, null);

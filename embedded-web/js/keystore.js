@@ -6,40 +6,45 @@
 // so the outbox holds nothing the host could not see. Sign-out clears the
 // keys; an outbox waits for its account's next sign-in in this browser.
 
-const DB = 'securechat';
-const STORES = ['keys', 'pins', 'outbox'];
+/**
+ * The databases and their stores. The outbox has a database of its own, so
+ * that adding it needed no upgrade of the first one, which a tab of an
+ * older version still open would have blocked.
+ */
+const DATABASES = { keys: 'securechat', pins: 'securechat', outbox: 'securechat-outbox' };
+const STORES = { securechat: ['keys', 'pins'], 'securechat-outbox': ['outbox'] };
 
-/** One connection for the page, opened on first use. @type {Promise<IDBDatabase>|null} */
-let opened = null;
+/** One connection per database for the page, opened on first use. @type {Map<string, Promise<IDBDatabase>>} */
+const opened = new Map();
 
-function db() {
-  opened ??= new Promise((resolve, reject) => {
-    const req = indexedDB.open(DB, 2);
+/** @param {string} name */
+function db(name) {
+  let p = opened.get(name);
+  if (p) return p;
+  p = new Promise((resolve, reject) => {
+    const req = indexedDB.open(name, 1);
     req.onupgradeneeded = () => {
-      for (const name of STORES) if (!req.result.objectStoreNames.contains(name)) req.result.createObjectStore(name);
+      for (const store of STORES[name]) if (!req.result.objectStoreNames.contains(store)) req.result.createObjectStore(store);
     };
     req.onsuccess = () => {
       const d = req.result;
-      // Another tab upgrades the database: let it, and open again when next needed.
+      // A later version upgrades the database: let it, and open again when next needed.
       d.onversionchange = () => {
         d.close();
-        opened = null;
+        opened.delete(name);
       };
-      d.onclose = () => {
-        opened = null;
-      };
+      d.onclose = () => opened.delete(name);
       resolve(d);
     };
     req.onerror = () => reject(req.error);
   });
-  opened.catch(() => {
-    opened = null;
-  });
-  return opened;
+  p.catch(() => opened.delete(name));
+  opened.set(name, p);
+  return p;
 }
 
 async function op(store, mode, fn) {
-  const d = await db();
+  const d = await db(DATABASES[store]);
   return new Promise((resolve, reject) => {
     const tx = d.transaction(store, mode);
     const req = fn(tx.objectStore(store));
@@ -62,8 +67,9 @@ export const pin = (me, user, fingerprint) => op('pins', 'readwrite', (s) => s.p
 
 /**
  * A send of the outbox: the sealed frame, when it was written, and why it
- * failed for good (shown as "Not sent" until Retry or Discard), if it did.
- * @typedef {{id: string, chat: string, frame: any, ts: number, error?: string}} KeptSend
+ * failed for good (shown as "Not sent" until Retry or Discard), if it did;
+ * `unstored` when the host's answer proved it was not stored.
+ * @typedef {{id: string, chat: string, frame: any, ts: number, error?: string, unstored?: boolean}} KeptSend
  */
 
 /** @param {string} me @param {KeptSend} send */
