@@ -44,19 +44,23 @@ test('a 5 MiB file and an image travel end to end, checked and previewed', async
   }
 });
 
-test('the incremental SHA-256 used for downloads to disk matches WebCrypto', async ({ browser }) => {
+test('the incremental SHA-256 (downloads to disk, large uploads) matches WebCrypto', async ({ browser }) => {
   const u = await newUser(browser, 'hasher');
   const mismatches = await u.page.evaluate(async () => {
     const { Sha256 } = await import('/js/sha256.js');
+    const files = await import('/js/files.js');
     const bad = [];
-    for (const n of [0, 1, 55, 56, 63, 64, 65, 1000, 3 * 1048576 + 17]) {
+    // The file worker's digest in slices of 8 MiB (`whole` 0) as well.
+    for (const n of [0, 1, 55, 56, 63, 64, 65, 1000, 3 * 1048576 + 17, 20 * 1048576 + 123]) {
       const data = new Uint8Array(n);
       for (let i = 0; i < n; i += 65536) crypto.getRandomValues(data.subarray(i, Math.min(n, i + 65536)));
       const h = new Sha256();
       for (let i = 0; i < n; i += 100003) h.update(data.subarray(i, i + 100003));
       const ours = Array.from(h.digest()).join(',');
       const ref = Array.from(new Uint8Array(await crypto.subtle.digest('SHA-256', data))).join(',');
-      if (ours !== ref) bad.push(n);
+      const sliced = Array.from(new Uint8Array(await files.digest(new Blob([data]), 0))).join(',');
+      const whole = Array.from(new Uint8Array(await files.digest(new Blob([data])))).join(',');
+      if (ours !== ref || sliced !== ref || whole !== ref) bad.push(n);
     }
     return bad;
   });

@@ -1,8 +1,24 @@
 // Encrypts and decrypts file chunks off the page's thread (SECURITY.md §5):
 // AES-256-GCM, nonce = prefix (7 bytes) ‖ index (4 bytes, big-endian) ‖ last
-// (1 byte), AAD = the file id.
+// (1 byte), AAD = the file id; and takes a file's SHA-256. A module worker.
+
+import { Sha256 } from './sha256.js';
 
 const CHUNK = 1 << 20;
+/** A file above `whole` bytes is hashed in slices of this size, so it is never read into memory at once. */
+const SLICE = 8 << 20;
+
+/**
+ * The SHA-256 of `blob`: by WebCrypto in one piece up to `whole` bytes,
+ * incrementally above (slower, in memory that stays flat).
+ * @param {Blob} blob @param {number} whole @returns {Promise<ArrayBuffer>}
+ */
+async function digest(blob, whole) {
+  if (blob.size <= whole) return crypto.subtle.digest('SHA-256', await blob.arrayBuffer());
+  const sha = new Sha256();
+  for (let at = 0; at < blob.size; at += SLICE) sha.update(new Uint8Array(await blob.slice(at, at + SLICE).arrayBuffer()));
+  return sha.digest().buffer;
+}
 
 function nonce(prefix, index, last) {
   const n = new Uint8Array(12);
@@ -20,8 +36,7 @@ self.onmessage = async (event) => {
   const { op, id } = event.data;
   try {
     if (op === 'digest') {
-      const buffer = await event.data.blob.arrayBuffer();
-      const hash = await crypto.subtle.digest('SHA-256', buffer);
+      const hash = await digest(event.data.blob, event.data.whole);
       self.postMessage({ id, result: hash }, [hash]);
     } else if (op === 'encrypt') {
       const { blob, key, prefix, fileId, index, chunks } = event.data;
@@ -40,6 +55,8 @@ self.onmessage = async (event) => {
         ct,
       );
       self.postMessage({ id, result: plain }, [plain]);
+    } else {
+      throw new Error(`unknown operation ${op}`);
     }
   } catch (err) {
     self.postMessage({ id, error: String(err && err.message ? err.message : err) });

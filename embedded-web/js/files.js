@@ -11,24 +11,65 @@ import { Sha256 } from './sha256.js';
 export const STREAM_ABOVE = 256 * 1024 * 1024;
 
 export const CHUNK = 1 << 20;
-const worker = new Worker('/js/file-worker.js');
-let nextJob = 1;
-const jobs = new Map();
-worker.onmessage = (event) => {
-  const { id, result, error } = event.data;
-  const job = jobs.get(id);
-  jobs.delete(id);
-  if (!job) return;
-  if (error) job.reject(new Error(error));
-  else job.resolve(result);
-};
+/** Files up to this size are hashed by WebCrypto in one piece; larger ones in slices (see file-worker.js). */
+export const WHOLE_DIGEST_MAX = 256 * 1024 * 1024;
 
-function run(message, transfer = []) {
-  const id = nextJob++;
-  return new Promise((resolve, reject) => {
-    jobs.set(id, { resolve, reject });
-    worker.postMessage({ ...message, id }, transfer);
-  });
+/**
+ * A file worker and its jobs. A worker that fails (its script did not
+ * load, or it died) fails the jobs it had, and the next job starts a new one.
+ */
+function fileWorker() {
+  /** @type {Worker|null} */
+  let worker = null;
+  let nextJob = 1;
+  /** @type {Map<number, {resolve: (v: any) => void, reject: (e: Error) => void}>} */
+  const jobs = new Map();
+  const fail = () => {
+    worker?.terminate();
+    worker = null;
+    for (const job of jobs.values()) job.reject(new Error('The browser stopped the file worker; try again.'));
+    jobs.clear();
+  };
+  const start = () => {
+    const w = new Worker('/js/file-worker.js', { type: 'module' });
+    w.onmessage = (event) => {
+      const { id, result, error } = event.data;
+      const job = jobs.get(id);
+      jobs.delete(id);
+      if (!job) return;
+      if (error) job.reject(new Error(error));
+      else job.resolve(result);
+    };
+    w.onerror = (event) => {
+      event.preventDefault();
+      fail();
+    };
+    w.onmessageerror = fail;
+    return w;
+  };
+  /** @param {any} message @param {Transferable[]} transfer */
+  return (message, transfer = []) => {
+    worker ??= start();
+    const id = nextJob++;
+    return new Promise((resolve, reject) => {
+      jobs.set(id, { resolve, reject });
+      /** @type {Worker} */ (worker).postMessage({ ...message, id }, transfer);
+    });
+  };
+}
+
+/** Encryption and decryption of chunks. */
+const run = fileWorker();
+/** Digests, in a worker of their own: an upload's runs beside its encryption. */
+const hash = fileWorker();
+
+/**
+ * The SHA-256 of `blob`, off the page's thread.
+ * @param {Blob} blob @param {number} whole the largest size hashed in one piece
+ * @returns {Promise<ArrayBuffer>}
+ */
+export function digest(blob, whole = WHOLE_DIGEST_MAX) {
+  return hash({ op: 'digest', blob, whole });
 }
 
 /**
@@ -101,6 +142,9 @@ export async function upload(file, chat, onProgress, signal) {
   // Frees the space the host set aside for the file, and what it holds of it.
   const discard = () => call('DELETE', `/api/files/${status.id}`).catch(() => {});
   signal.addEventListener('abort', discard, { once: true });
+  // Hashed while it uploads; read in slices when large.
+  const sha = digest(file);
+  sha.catch(() => {});
   let held = new Set();
   for (let attempt = 0; ; attempt++) {
     try {
@@ -132,7 +176,13 @@ export async function upload(file, chat, onProgress, signal) {
       }
     }
   }
-  const sha256 = await run({ op: 'digest', blob: file });
+  let sha256;
+  try {
+    sha256 = await sha;
+  } catch (err) {
+    discard();
+    throw err;
+  }
   // Cancelled after the last chunk (the file is being deleted): not to be sent.
   if (signal.aborted) throw cancelled();
   return {
@@ -172,7 +222,7 @@ export async function download(d, onProgress) {
     onProgress({ loaded, total: d.size, rate: loaded / Math.max(0.001, (performance.now() - started) / 1000) });
   }
   const blob = new Blob(parts, { type: d.mime });
-  const hash = new Uint8Array(await run({ op: 'digest', blob }));
+  const hash = new Uint8Array(await digest(blob));
   if (blob.size !== d.size || encode(hash) !== d.sha256) {
     throw new Error('This file does not match its checksum: it was altered or is incomplete.');
   }
