@@ -446,6 +446,8 @@ struct Worker {
     unsynced: u64,
     /// No flush before then (see [`SYNC_PAUSE_PER_LOG`]).
     next_sync: std::time::Instant,
+    /// How long an ended session's logs take late lines: [`LATE_LINES`].
+    late_lines: std::time::Duration,
 }
 
 impl Logger {
@@ -453,37 +455,10 @@ impl Logger {
     /// `logs` and `log-names` subkeys.
     pub fn start(data_dir: &Path, db: Db, key: [u8; 32], names_key: [u8; 32], now: i64) -> Self {
         let (tx, rx) = mpsc::channel::<Command>();
-        let mut worker = Worker::new(data_dir, db, key, names_key, now);
+        let worker = Worker::new(data_dir, db, key, names_key, now);
         std::thread::Builder::new()
             .name("securechat-logs".into())
-            .spawn(move || {
-                // Everything queued (up to a bound) is handled, then the
-                // sealed records are written, one `write` per log. Then the
-                // thread pauses briefly: lines that come meanwhile queue up
-                // without waking it one by one, and are written together.
-                while let Ok(command) = rx.recv() {
-                    let mut handled = command.lines();
-                    let mut stop = worker.handle(command);
-                    while stop.is_none() && handled < BATCH {
-                        match rx.try_recv() {
-                            Ok(command) => {
-                                handled += command.lines();
-                                stop = worker.handle(command);
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    worker.write_out();
-                    if let Some(done) = stop {
-                        let _ = done.send(());
-                        break;
-                    }
-                    // A full batch means more is waiting: no pause then.
-                    if handled < BATCH {
-                        std::thread::sleep(LINGER);
-                    }
-                }
-            })
+            .spawn(move || worker.serve(&rx))
             .map(|_| ())
             .unwrap_or_else(
                 |e| tracing::error!(error = %e, "cannot start the log thread; logs are off"),
@@ -541,6 +516,64 @@ impl Logger {
 }
 
 impl Worker {
+    /// The log thread: everything queued (up to a bound) is handled, then
+    /// the sealed records are written, one `write` per log. Then the thread
+    /// pauses briefly: lines that come meanwhile queue up without waking it
+    /// one by one, and are written together. While ended sessions' logs
+    /// wait for late lines, it wakes when they are due to close, so an idle
+    /// host flushes and closes them too. Returns at `Stop`, or once every
+    /// sender is gone, with the state it ends in.
+    fn serve(mut self, rx: &mpsc::Receiver<Command>) -> Self {
+        loop {
+            let command = match self.late_lines_due() {
+                None => match rx.recv() {
+                    Ok(command) => command,
+                    Err(_) => return self,
+                },
+                Some(wait) => match rx.recv_timeout(wait) {
+                    Ok(command) => command,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.write_out();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return self,
+                },
+            };
+            let mut handled = command.lines();
+            let mut stop = self.handle(command);
+            while stop.is_none() && handled < BATCH {
+                match rx.try_recv() {
+                    Ok(command) => {
+                        handled += command.lines();
+                        stop = self.handle(command);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.write_out();
+            if let Some(done) = stop {
+                let _ = done.send(());
+                return self;
+            }
+            // A full batch means more is waiting: no pause then.
+            if handled < BATCH {
+                std::thread::sleep(LINGER);
+            }
+        }
+    }
+
+    /// How long until the first ended session's logs stop waiting for late
+    /// lines (zero if overdue); `None` if none wait.
+    fn late_lines_due(&self) -> Option<std::time::Duration> {
+        self.ended_sessions
+            .values()
+            .chain(self.ended.values().map(|(_, ended)| ended))
+            .min()
+            .map(|ended| {
+                (*ended + self.late_lines).saturating_duration_since(std::time::Instant::now())
+            })
+    }
+
     fn new(data_dir: &Path, db: Db, key: [u8; 32], names_key: [u8; 32], now: i64) -> Self {
         Self {
             data_dir: data_dir.to_owned(),
@@ -556,6 +589,7 @@ impl Worker {
             last_stamp: (0, timestamp(0)),
             unsynced: 0,
             next_sync: std::time::Instant::now(),
+            late_lines: LATE_LINES,
         }
     }
 
@@ -584,10 +618,11 @@ impl Worker {
         }
         self.unsynced += written;
         // Ended sessions' logs past their late lines: flushed and closed.
+        let late_lines = self.late_lines;
         self.ended_sessions
-            .retain(|_, ended| ended.elapsed() < LATE_LINES);
+            .retain(|_, ended| ended.elapsed() < late_lines);
         self.ended.retain(|_, (writer, ended)| {
-            if ended.elapsed() < LATE_LINES {
+            if ended.elapsed() < late_lines {
                 return true;
             }
             if let Err(e) = writer.sync() {
@@ -925,6 +960,38 @@ mod tests {
         assert!(worker.open.is_empty());
         assert_eq!(worker.ended.len(), 2);
         assert_eq!(worker.ended_sessions.len(), 1);
+    }
+
+    #[test]
+    fn an_idle_log_thread_closes_ended_sessions_logs_when_their_late_lines_are_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut worker = Worker::new(dir.path(), alice_with_two_chats(), [7u8; 32], [8u8; 32], 1);
+        worker.late_lines = std::time::Duration::from_millis(20);
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || worker.serve(&rx));
+        tx.send(Command::Events {
+            session: Arc::from("s1"),
+            user: Arc::from("alice"),
+            events: vec![LogEvent::Chat {
+                chat: Arc::from("c-bob"),
+                line: Arc::from("message-sent"),
+            }],
+            at: 1_767_225_600_000,
+        })
+        .unwrap();
+        tx.send(Command::End {
+            session: "s1".into(),
+            reason: "gone".into(),
+            at: 1_767_225_600_001,
+        })
+        .unwrap();
+        // Nothing more comes; well past the late lines, the thread is asked to end.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        drop(tx);
+        let worker = thread.join().unwrap();
+        assert!(worker.open.is_empty());
+        assert!(worker.ended.is_empty());
+        assert!(worker.ended_sessions.is_empty());
     }
 
     #[test]
