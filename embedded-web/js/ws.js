@@ -17,6 +17,13 @@ const SILENT_LIMIT_MS = 25000;
  * the socket, and so on at every reconnect (docs/PROTOCOL.md §5.8).
  */
 const SENDS_IN_FLIGHT = 5;
+/**
+ * The gap between sends once the host refused one for its rate: its
+ * sustained rate is 5 frames a second (docs/PROTOCOL.md §5.8). The wait a
+ * refusal gives is only until the host's next token, so sends that far
+ * apart would be refused every other time.
+ */
+const SEND_PACE_MS = 200;
 
 export class Connection {
   /** @param {Handlers} handlers */
@@ -35,6 +42,18 @@ export class Connection {
      * @type {Set<string>}
      */
     this.parked = new Set();
+    /**
+     * After the host refused a frame for its rate (`rate_limited`), sends go
+     * one at a time, `pace` ms apart, until the outbox is empty: all at
+     * once, most would be refused again. A refusal while paced slows the
+     * pace by the wait it gives (a host with a lower rate, or other frames
+     * of the user's taking their share). 0: no pace.
+     */
+    this.pace = 0;
+    /** When the next paced send may go. */
+    this.nextAt = 0;
+    /** Sends written while paced: a refusal of one of them slows the pace. @type {Set<string>} */
+    this.pacedSent = new Set();
     this.attempt = 0;
     this.synced = false;
     this.stopped = false;
@@ -81,6 +100,12 @@ export class Connection {
         this.parked.clear();
       }
       if (frame.type === 'ack') this.outbox.delete(frame.id);
+      if (frame.type === 'error' && frame.code === 'rate_limited') {
+        const wait = Math.max(1, Number(frame.retry_after_ms) || SEND_PACE_MS);
+        if (!this.pace) this.pace = Math.max(SEND_PACE_MS, wait);
+        else if (this.pacedSent.has(frame.id)) this.pace = Math.min(5000, this.pace + wait);
+        this.nextAt = Math.max(this.nextAt, Date.now() + wait);
+      }
       if ((frame.type === 'ack' || frame.type === 'error') && typeof frame.id === 'string' && this.inFlight.delete(frame.id)) {
         // Refused: it waits until the app queues it again (or drops it).
         if (frame.type === 'error') this.parked.add(frame.id);
@@ -186,12 +211,30 @@ export class Connection {
     this.pump();
   }
 
-  /** Writes queued sends, in order, while fewer than SENDS_IN_FLIGHT wait for an answer or a retry. */
+  /**
+   * Writes queued sends, in order, while fewer than SENDS_IN_FLIGHT wait
+   * for an answer or a retry; one at a time, `pace` ms apart, after the
+   * host refused one for its rate.
+   */
   pump() {
+    if (!this.outbox.size) {
+      this.pace = 0;
+      this.pacedSent.clear();
+    }
     if (!this.synced) return;
     for (const [id, frame] of this.outbox) {
       if (this.inFlight.size + this.parked.size >= SENDS_IN_FLIGHT) return;
       if (this.inFlight.has(id) || this.parked.has(id)) continue;
+      if (this.pace) {
+        const wait = this.nextAt - Date.now();
+        if (wait > 0) {
+          clearTimeout(this.paceTimer);
+          this.paceTimer = setTimeout(() => this.pump(), wait);
+          return;
+        }
+        this.nextAt = Date.now() + this.pace;
+        this.pacedSent.add(id);
+      }
       this.inFlight.add(id);
       this.raw(frame);
     }
@@ -201,6 +244,7 @@ export class Connection {
     this.stopped = true;
     clearInterval(this.timer);
     clearTimeout(this.retryTimer);
+    clearTimeout(this.paceTimer);
     document.removeEventListener('visibilitychange', this.onWake);
     window.removeEventListener('online', this.onWake);
     if (this.ws) {
