@@ -283,6 +283,43 @@ test("a message kept while its recipient's keys changed waits, Not sent, until t
   for (const c of [context, again]) await c.close();
 });
 
+test("a hidden tab's timers running once a minute keep a live socket, and a dead one is still found", async ({ browser }) => {
+  const context = await browser.newContext({ ignoreHTTPSErrors: true });
+  await context.clock.install();
+  // The page's socket runs through a stand-in that can stop the host's answers to pings.
+  let deaf = false;
+  await context.routeWebSocket(/\/ws$/, (ws) => {
+    const host = ws.connectToServer();
+    host.onMessage((message) => {
+      if (deaf && JSON.parse(String(message)).type === 'pong') return;
+      ws.send(message);
+    });
+  });
+  const page = await signUp(context, 'hidden.tab');
+  const socket = () =>
+    page.evaluate(async () => {
+      const { state } = await import('/js/app.js');
+      window.firstSocket ??= state.conn.ws;
+      return { same: state.conn.ws === window.firstSocket, open: state.conn.ws?.readyState === WebSocket.OPEN };
+    });
+  await expect.poll(socket).toEqual({ same: true, open: true });
+  // Browsers run a hidden tab's timers about once a minute: every tick
+  // comes long after the one before, as after a sleep.
+  await page.clock.pauseAt(Date.now() + 1000);
+  for (let minute = 0; minute < 3; minute++) {
+    await page.clock.fastForward('01:00');
+    await expect.poll(socket).toEqual({ same: true, open: true });
+  }
+  await expect(page.getByRole('status')).toBeHidden();
+  // A socket whose pings go unanswered is given up, and a new one opened.
+  deaf = true;
+  await page.clock.fastForward('01:00');
+  await page.clock.fastForward('00:05');
+  await page.clock.fastForward('00:05');
+  await expect.poll(socket).toEqual({ same: false, open: true });
+  await context.close();
+});
+
 test('messages lost on their way are fetched: after a gap seen live, and after a replay that falls short', async ({ browser }) => {
   const b = await newUser(browser, 'gaps.b');
   const context = await browser.newContext({ ignoreHTTPSErrors: true });

@@ -17,7 +17,7 @@ import * as files from './files.js';
  * @typedef {{username: string, enc_public: string, sig_public: string, online: boolean, is_admin: boolean, disabled: boolean}} UserEntry
  * @typedef {{id: string, kind: 'direct'|'group', name: string|null, members: {username: string, role: string}[], last_seq: number, read_seq: number, created_at: number}} ChatInfo
  * @typedef {{id: string, chat: string, sender: string, seq: number, ts: number, envelope: e2e.Envelope}} MessageRecord
- * @typedef {{id: string, sender: string, ts: number, seq: number|null, text: string|null, state: 'sending'|'sent'|'failed'|'bad', error?: string, file?: files.FileDescriptor, transfer?: {loaded: number, total: number, rate: number, cancel?: () => void, label: string}, preview?: string, previewPending?: boolean, uploaded?: boolean, source?: File, unstored?: boolean}} Shown
+ * @typedef {{id: string, sender: string, ts: number, seq: number|null, text: string|null, state: 'sending'|'sent'|'failed'|'bad', error?: string, file?: files.FileDescriptor, transfer?: {loaded: number, total: number, rate: number, cancel?: () => void, label: string}, preview?: string, previewPending?: boolean, uploaded?: boolean, source?: File, unstored?: boolean, paging?: boolean}} Shown
  * @typedef {{info: ChatInfo, shown: Map<string, Shown>, lastSeq: number, held: number, ahead: Set<number>, filling: boolean, older: boolean, loadingOlder: boolean, unread: number, draft: string, scroll: number|null, loaded: boolean}} ChatState
  */
 
@@ -470,12 +470,15 @@ async function loadOlder(chat) {
   chat.loadingOlder = true;
   try {
     const page = await get(`/api/chats/${chat.info.id}/messages?before=${oldest}&limit=${HISTORY_PAGE}`);
-    for (const m of page.messages) await receive(m, false);
+    // Drawn together once all are open: redraws meanwhile (a message
+    // arriving, a receipt) leave the log as the reader holds it.
+    for (const m of page.messages) await receive(m, false, true);
     chat.older = page.more;
   } catch {
     // Tried again at the next scroll or click.
   } finally {
     chat.loadingOlder = false;
+    for (const m of chat.shown.values()) delete m.paging;
   }
   if (state.active !== chat.info.id) return;
   const list = $('messages');
@@ -613,7 +616,7 @@ function drawMessages(restoreScroll = false) {
   const items = [];
   let day = '';
   if (chat.older) items.push(log.items.get('older') ?? logItem('older', olderItem()));
-  const sorted = [...chat.shown.values()].sort((a, b) => (a.seq ?? Infinity) - (b.seq ?? Infinity) || a.ts - b.ts);
+  const sorted = [...chat.shown.values()].filter((m) => !m.paging).sort((a, b) => (a.seq ?? Infinity) - (b.seq ?? Infinity) || a.ts - b.ts);
   for (const m of sorted) {
     const d = dayOf(m.ts);
     if (d !== day) {
@@ -922,7 +925,7 @@ function readBy(chat, seq) {
  * Decrypts and shows a message record (live, replayed or from history).
  * @param {MessageRecord} rec @param {boolean} live
  */
-async function receive(rec, live) {
+async function receive(rec, live, paging = false) {
   let chat = state.chats.get(rec.chat);
   if (!chat) {
     chat = addChat(await get(`/api/chats/${rec.chat}`));
@@ -933,6 +936,7 @@ async function receive(rec, live) {
   if (existing && existing.seq !== null) return;
   /** @type {Shown} */
   const shown = { id: rec.id, sender: rec.sender, ts: rec.ts, seq: rec.seq, text: null, state: 'sent' };
+  if (paging) shown.paging = true;
   try {
     await accountsRead;
     const sender = await publicKeys(rec.sender);
@@ -1192,7 +1196,12 @@ async function onSendError(frame) {
   const later = (ms) => {
     const frameThen = p.frame;
     setTimeout(() => {
-      if (pending.get(p.id) === p && p.frame === frameThen && m?.state === 'sending') state.conn?.sendMessage(p.frame);
+      if (pending.get(p.id) !== p || p.frame !== frameThen) return;
+      if (chat?.shown.get(p.id)?.seq != null) {
+        // History or a replay showed it stored meanwhile: nothing to resend.
+        forget(p.id);
+        state.conn?.replace(p.id, null);
+      } else if (m?.state === 'sending') state.conn?.sendMessage(p.frame);
     }, ms);
   };
   if (frame.code === 'rate_limited') {
@@ -1327,9 +1336,11 @@ async function sealAndSend(chat, shown, content) {
   } catch (err) {
     shown.state = 'failed';
     shown.error = err instanceof Error ? err.message : String(err);
-    // One kept in the outbox (restored, or Retry) is kept as "Not sent".
+    // One kept in the outbox (restored, or Retry) is kept as "Not sent";
+    // one never sealed was never sent, so Discard may remove its file.
     const p = pending.get(shown.id);
     if (p) remember(p, shown);
+    else shown.unstored = true;
     if (state.active === chat.info.id) drawMessages();
   }
 }

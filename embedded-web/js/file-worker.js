@@ -32,11 +32,17 @@ async function keyOf(raw, usage) {
   return crypto.subtle.importKey('raw', raw, 'AES-GCM', false, [usage]);
 }
 
+/** The digest under way, if any: the next waits for it. */
+let digests = Promise.resolve();
+
 self.onmessage = async (event) => {
   const { op, id } = event.data;
   try {
     if (op === 'digest') {
-      const hash = await digest(event.data.blob, event.data.whole);
+      // One at a time: files dropped together are not all read at once.
+      const job = digests.then(() => digest(event.data.blob, event.data.whole));
+      digests = job.catch(() => {});
+      const hash = await job;
       self.postMessage({ id, result: hash }, [hash]);
     } else if (op === 'encrypt') {
       const { blob, key, prefix, fileId, index, chunks } = event.data;

@@ -25,9 +25,10 @@ function link(href, label) {
 /**
  * The inline rules, in the order that breaks a tie (after `code`, which
  * wins one). Each is searched from a position in the whole line, never in
- * a copy of its rest, and a link's label holds no "[": a long line of
- * brackets, backticks or stars takes time in proportion to its length, not
- * to its square (a 64 KiB message of "[" took 2.5 s to show).
+ * a copy of its rest, a link's label holds no "[" and its address no
+ * bracket or parenthesis: a long line of brackets, backticks or stars
+ * takes time in proportion to its length, not to its square (a 64 KiB
+ * message of "[" took 2.5 s to show).
  */
 const RULES = [
   { re: /\*\*([^*]+?)\*\*/g, kind: 'strong' },
@@ -35,7 +36,7 @@ const RULES = [
   { re: /(?<![*\w])\*([^*\s][^*]*?)\*(?![*\w])/g, kind: 'em' },
   { re: /(?<![_\w])_([^_\s][^_]*?)_(?![_\w])/g, kind: 'em' },
   { re: /`([^`]+)`/g, kind: 'code' },
-  { re: /\[([^[\]]+)\]\(([^)\s]+)\)/g, kind: 'mdlink' },
+  { re: /\[([^[\]]+)\]\(([^()[\]\s]+)\)/g, kind: 'mdlink' },
   { re: /https?:\/\/[^\s<>"']+[^\s<>"'.,;:!?)\]]/g, kind: 'url' },
 ];
 

@@ -9,7 +9,10 @@
  */
 
 const PING_EVERY_MS = 10000;
-const SILENT_LIMIT_MS = 25000;
+/** How long a ping may wait for its answer before the socket counts as dead. */
+const PONG_WAIT_MS = 15000;
+/** The same after the computer slept or the page came back, when a dead socket is likely. */
+const PONG_WAIT_AFTER_SLEEP_MS = 3000;
 /**
  * At most this many sends wait for their answer at a time. A reconnect
  * with many messages written offline would otherwise send them all at
@@ -59,6 +62,8 @@ export class Connection {
     this.stopped = false;
     this.lastHeard = Date.now();
     this.lastTick = Date.now();
+    /** The ping that asks whether the socket still holds: when it went, how long it may wait. @type {{at: number, wait: number}|null} */
+    this.probe = null;
     this.timer = setInterval(() => this.tick(), 2000);
     this.onWake = () => this.tick(true);
     document.addEventListener('visibilitychange', this.onWake);
@@ -77,6 +82,7 @@ export class Connection {
     const ws = new WebSocket(url);
     this.ws = ws;
     this.synced = false;
+    this.probe = null;
     let opened = false;
     ws.onopen = () => {
       opened = true;
@@ -163,23 +169,35 @@ export class Connection {
     this.retryTimer = setTimeout(() => this.open(), delay);
   }
 
-  /** Heartbeat and stale-socket detection; `wake` after sleep or a network change. */
+  /**
+   * Heartbeat and stale-socket detection; `wake` when the page comes back
+   * or the network changes. A ping goes after 10 s without a frame, and
+   * at once after a long gap between ticks; if nothing answers in time,
+   * the socket went stale (sleep, lost network) and the connection starts
+   * over. A long gap alone proves nothing: a hidden tab's timers may run
+   * only once a minute, while its socket is alive.
+   */
   tick(wake = false) {
     const now = Date.now();
     const slept = now - this.lastTick > 20000;
     this.lastTick = now;
     const ws = this.ws;
     if (!ws || ws.readyState !== WebSocket.OPEN) return;
-    if (slept || now - this.lastHeard > SILENT_LIMIT_MS) {
-      // The socket went stale (sleep, lost network): start over.
+    // Any frame since the ping answers it.
+    if (this.probe && this.lastHeard >= this.probe.at) this.probe = null;
+    if (this.probe && now - this.probe.at >= this.probe.wait) {
       this.ws = null;
       ws.onclose = null;
       ws.close();
       this.retry();
       return;
     }
-    if (wake || now - this.lastHeard > PING_EVERY_MS) {
+    if (!this.probe && (wake || slept || now - this.lastHeard > PING_EVERY_MS)) {
+      const wait = wake || slept ? PONG_WAIT_AFTER_SLEEP_MS : PONG_WAIT_MS;
+      this.probe = { at: now, wait };
       this.raw({ type: 'ping', nonce: String(now) });
+      clearTimeout(this.probeTimer);
+      this.probeTimer = setTimeout(() => this.tick(), wait);
     }
   }
 
@@ -245,6 +263,7 @@ export class Connection {
     clearInterval(this.timer);
     clearTimeout(this.retryTimer);
     clearTimeout(this.paceTimer);
+    clearTimeout(this.probeTimer);
     document.removeEventListener('visibilitychange', this.onWake);
     window.removeEventListener('online', this.onWake);
     if (this.ws) {
