@@ -50,14 +50,22 @@ test('an administrator reset: the code sets a new password and keys in the brows
   await send(friend.page, 'a message from before the reset');
   await openChat(forgetful.page, 'friend');
   await expect(messages(forgetful.page)).toContainText('a message from before the reset');
+  // A reply pins forgetful's own keys in this browser.
+  await send(forgetful.page, 'a reply from before the reset');
+  await expect(messages(forgetful.page).locator('.msg.mine .state')).toHaveText(/Sent|Read/);
 
   const code = admin('user', 'reset', 'forgetful').split('\n')[1].trim();
   // The open session ends at once; the sign-in screen comes back.
   await expect(forgetful.page.getByRole('button', { name: 'Sign in' })).toBeVisible();
   await resetAccount(forgetful.page, 'forgetful', code, 'a brand new passphrase after the reset');
   await openChat(forgetful.page, 'friend');
-  await expect(messages(forgetful.page).locator('.msg.bad')).toContainText('failed its signature or decryption check');
+  await expect(messages(forgetful.page).locator('.msg.bad').first()).toContainText('failed its signature or decryption check');
   await expect(friend.page.getByRole('alert').filter({ hasText: 'keys of forgetful changed' })).toBeVisible();
+  // The new keys are forgetful's own, in the browser that pinned the old ones: sending works.
+  await send(forgetful.page, 'the first message after the reset');
+  await expect(messages(forgetful.page).locator('.msg.mine', { hasText: 'the first message after the reset' }).locator('.state')).toHaveText(/Sent|Read/);
+  await friend.page.getByRole('button', { name: 'Accept new keys' }).last().click();
+  await expect(messages(friend.page).locator('.msg .body', { hasText: /^the first message after the reset$/ })).toHaveCount(1);
   for (const u of [friend, forgetful]) await u.context.close();
 });
 
@@ -174,6 +182,11 @@ test('a message from a contact reset while the page was away says their keys cha
     // read again, and held back until they are accepted.
     await expect(page.getByRole('alert').filter({ hasText: 'keys of kept.b changed' })).toBeVisible();
     await expect(messages(page).locator('.msg.bad .body')).toHaveText("kept.b's keys changed: accept them to read new messages.");
+    // Its text is nowhere until then, not even in the chat list.
+    await expect(page.getByRole('navigation', { name: 'Chats' })).not.toContainText('after the reset');
+    await page.getByRole('button', { name: 'Accept new keys' }).last().click();
+    await expect(messages(page).locator('.msg .body', { hasText: /^after the reset$/ })).toHaveCount(1);
+    await expect(messages(page).locator('.msg.bad')).toHaveCount(0);
     await again.close();
   } finally {
     await context.close();

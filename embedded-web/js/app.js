@@ -17,7 +17,7 @@ import * as files from './files.js';
  * @typedef {{username: string, enc_public: string, sig_public: string, online: boolean, is_admin: boolean, disabled: boolean}} UserEntry
  * @typedef {{id: string, kind: 'direct'|'group', name: string|null, members: {username: string, role: string}[], last_seq: number, read_seq: number, created_at: number}} ChatInfo
  * @typedef {{id: string, chat: string, sender: string, seq: number, ts: number, envelope: e2e.Envelope}} MessageRecord
- * @typedef {{id: string, sender: string, ts: number, seq: number|null, text: string|null, state: 'sending'|'sent'|'failed'|'bad', error?: string, file?: files.FileDescriptor, transfer?: {loaded: number, total: number, rate: number, cancel?: () => void, label: string}, preview?: string, previewPending?: boolean, uploaded?: boolean, source?: File, unstored?: boolean, paging?: boolean}} Shown
+ * @typedef {{id: string, sender: string, ts: number, seq: number|null, text: string|null, state: 'sending'|'sent'|'failed'|'bad', error?: string, file?: files.FileDescriptor, transfer?: {loaded: number, total: number, rate: number, cancel?: () => void, label: string}, preview?: string, previewPending?: boolean, uploaded?: boolean, source?: File, unstored?: boolean, paging?: boolean, record?: any}} Shown
  * @typedef {{info: ChatInfo, shown: Map<string, Shown>, lastSeq: number, held: number, ahead: Set<number>, filling: boolean, older: boolean, loadingOlder: boolean, unread: number, draft: string, scroll: number|null, loaded: boolean}} ChatState
  */
 
@@ -238,11 +238,38 @@ export function publicKeys(username) {
   return p;
 }
 
+/**
+ * Pins the user's own public keys as the host has them once they prove to
+ * pair with the private keys unwrapped here. After an account reset they
+ * are new, and the pin of before would otherwise count the user's own keys
+ * as changed, which blocks every send.
+ */
+async function pinOwnKeys() {
+  const me = state.me.username;
+  try {
+    const entry = state.users.get(me) ?? (await get(`/api/users/${encodeURIComponent(me)}`));
+    const keys = await e2e.importPublic(entry.enc_public, entry.sig_public);
+    if (await e2e.pairsWith(keys, state.keys)) await store.pin(me, me, encode(keys.fingerprint));
+  } catch {
+    // Checked again when the keys are first used.
+  }
+}
+
 export async function acceptKeys(username) {
   const keys = await publicKeys(username);
   await store.pin(state.me.username, username, encode(keys.fingerprint));
   state.changed.delete(username);
   drawHeader();
+  // What came from them meanwhile is shown now.
+  for (const chat of state.chats.values()) {
+    for (const m of [...chat.shown.values()]) {
+      if (!m.record || m.sender !== username) continue;
+      chat.shown.delete(m.id);
+      await receive(m.record, false);
+    }
+  }
+  drawMessages();
+  drawList();
 }
 
 // ---- the app --------------------------------------------------------------
@@ -256,6 +283,7 @@ async function start(me, keys) {
   const [users, chats] = await Promise.all([get('/api/users'), get('/api/chats')]);
   for (const u of users) state.users.set(u.username, u);
   for (const c of chats) addChat(c);
+  await pinOwnKeys();
   state.conn = new Connection({
     onFrame,
     onState: (s) => {
@@ -940,11 +968,15 @@ async function receive(rec, live, paging = false) {
   try {
     await accountsRead;
     const sender = await publicKeys(rec.sender);
-    showContent(shown, await e2e.open(rec, state.me.username, state.keys.enc, sender));
+    const content = await e2e.open(rec, state.me.username, state.keys.enc, sender);
     if (state.changed.has(rec.sender)) {
+      // Neither its text nor its file is shown, in the log, the chat list
+      // or a notification, until the new keys are accepted; it is opened
+      // again then.
       shown.state = 'bad';
       shown.error = `${rec.sender}'s keys changed: accept them to read new messages.`;
-    }
+      shown.record = rec;
+    } else showContent(shown, content);
   } catch {
     shown.state = 'bad';
     shown.error = 'This message failed its signature or decryption check and is not shown.';

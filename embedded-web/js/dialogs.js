@@ -77,6 +77,7 @@ export async function exportChat(chat) {
       let text;
       try {
         const content = await e2e.open(m, state.me.username, state.keys.enc, await publicKeys(m.sender));
+        if (state.changed.has(m.sender)) throw new Error('keys changed and not accepted');
         text = content.type === 'file' ? `[file] ${content.file?.name ?? ''} (${content.file?.size ?? 0} bytes)` : content.text ?? '';
       } catch {
         text = '[a message that failed verification]';

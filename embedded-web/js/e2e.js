@@ -177,6 +177,22 @@ export async function open(message, me, encKey, sender) {
 }
 
 /**
+ * Whether public keys pair with private keys: a random value encrypted to
+ * one comes back through the other, and a signature of it verifies.
+ * @param {PublicKeys} pub @param {PrivateKeys} priv @returns {Promise<boolean>}
+ */
+export async function pairsWith(pub, priv) {
+  const probe = randomBytes(32);
+  try {
+    const back = new Uint8Array(await subtle.decrypt({ name: 'RSA-OAEP' }, priv.enc, await subtle.encrypt({ name: 'RSA-OAEP' }, pub.enc, probe)));
+    const sig = await subtle.sign({ name: 'RSA-PSS', saltLength: 32 }, priv.sig, probe);
+    return back.length === probe.length && back.every((b, i) => b === probe[i]) && (await subtle.verify({ name: 'RSA-PSS', saltLength: 32 }, pub.sig, sig, probe));
+  } catch {
+    return false;
+  }
+}
+
+/**
  * The safety number of two users (SECURITY.md §4): 12 groups of 5 digits.
  * @param {string} a @param {Uint8Array} fpA @param {string} b @param {Uint8Array} fpB
  */
