@@ -212,3 +212,25 @@ test('a long chat opens on its newest messages; older pages come as the reader s
   for (const n of [1, 5, 6, 15, 16, 25]) await expect(body(n)).toHaveCount(1);
   for (const u of [a, b]) await u.context.close();
 });
+
+test('a chat whose history cannot be fetched says so, offers to try again, and its messages go to it', async ({ browser }) => {
+  const a = await newUser(browser, 'unfetched.a');
+  const b = await newUser(browser, 'unfetched.b');
+  await openChat(b.page, 'unfetched.a');
+  await send(b.page, 'written before it was opened');
+  await expect(messages(b.page).locator('.msg .state')).toHaveText(/Sent|Read/);
+  // A fresh page of unfetched.a's, whose first history request fails.
+  await a.page.close();
+  let failures = 1;
+  await a.context.route(/\/api\/chats\/[^/]+\/messages\?/, (route) => (failures-- > 0 ? route.abort() : route.continue()));
+  const page = await a.context.newPage();
+  await page.goto(url());
+  await openChat(page, 'unfetched.b');
+  await expect(messages(page)).toContainText('could not be fetched');
+  await send(page, 'sent while its history was missing');
+  await expect(messages(b.page)).toContainText('sent while its history was missing');
+  await messages(page).getByRole('button', { name: 'Try again' }).click();
+  await expect(messages(page)).toContainText('written before it was opened');
+  await expect(messages(page)).not.toContainText('could not be fetched');
+  for (const u of [a, b]) await u.context.close();
+});

@@ -320,6 +320,46 @@ test("a hidden tab's timers running once a minute keep a live socket, and a dead
   await context.close();
 });
 
+test('unread counts follow the host: what came while away counts, and reading on another device clears it', async ({ browser }) => {
+  const a = await newUser(browser, 'count.a');
+  const b = await newUser(browser, 'count.b');
+  // count.a's second device, whose socket runs through a stand-in that can
+  // lose everything the host sends, then close.
+  const other = await browser.newContext({ ignoreHTTPSErrors: true });
+  let away = false;
+  let close;
+  await other.routeWebSocket(/\/ws$/, (ws) => {
+    const host = ws.connectToServer();
+    close = () => {
+      ws.close();
+      host.close();
+    };
+    host.onMessage((message) => {
+      if (!away) ws.send(message);
+    });
+  });
+  const second = await other.newPage();
+  await second.goto(url());
+  await signIn(second, 'count.a');
+  const entry = (page) => page.getByRole('navigation', { name: 'Chats' }).getByRole('button', { name: /^count\.b\b/ });
+  await openChat(b.page, 'count.a');
+  await send(b.page, 'one');
+  await expect(entry(second)).toContainText('1 unread');
+  away = true;
+  await send(b.page, 'two, while away');
+  await send(b.page, 'three, while away');
+  await expect(messages(b.page).locator('.msg .state', { hasText: /Sent|Read/ })).toHaveCount(3);
+  away = false;
+  close?.();
+  await expect(entry(second)).toContainText('3 unread');
+  // Read on the first device: the second's count goes.
+  await openChat(a.page, 'count.b');
+  await expect(messages(a.page)).toContainText('three, while away');
+  await expect(entry(second)).not.toContainText('unread');
+  await expect(second).toHaveTitle('SecureChat');
+  for (const c of [a.context, b.context, other]) await c.close();
+});
+
 test('messages lost on their way are fetched: after a gap seen live, and after a replay that falls short', async ({ browser }) => {
   const b = await newUser(browser, 'gaps.b');
   const context = await browser.newContext({ ignoreHTTPSErrors: true });

@@ -18,7 +18,7 @@ import * as files from './files.js';
  * @typedef {{id: string, kind: 'direct'|'group', name: string|null, members: {username: string, role: string}[], last_seq: number, read_seq: number, created_at: number}} ChatInfo
  * @typedef {{id: string, chat: string, sender: string, seq: number, ts: number, envelope: e2e.Envelope}} MessageRecord
  * @typedef {{id: string, sender: string, ts: number, seq: number|null, text: string|null, state: 'sending'|'sent'|'failed'|'bad', error?: string, file?: files.FileDescriptor, transfer?: {loaded: number, total: number, rate: number, cancel?: () => void, label: string}, preview?: string, previewPending?: boolean, uploaded?: boolean, source?: File, unstored?: boolean, paging?: boolean, record?: any}} Shown
- * @typedef {{info: ChatInfo, shown: Map<string, Shown>, lastSeq: number, held: number, ahead: Set<number>, filling: boolean, older: boolean, loadingOlder: boolean, unread: number, draft: string, scroll: number|null, loaded: boolean}} ChatState
+ * @typedef {{info: ChatInfo, shown: Map<string, Shown>, lastSeq: number, held: number, ahead: Set<number>, filling: boolean, older: boolean, loadingOlder: boolean, loadFailed?: boolean, unread: number, draft: string, scroll: number|null, loaded: boolean}} ChatState
  */
 
 const $ = (id) => /** @type {HTMLElement} */ (document.getElementById(id));
@@ -290,6 +290,9 @@ async function start(me, keys) {
       if (s === 'signed-out') signOut();
       // Synced: fetch what the replay did not cover (docs/PROTOCOL.md §5.6).
       if (s === 'online') for (const c of state.chats.values()) fill(c);
+      // The open chat's history, if fetching it failed, is fetched now.
+      const open = activeChat();
+      if (s === 'online' && open?.loadFailed && !open.loaded) openChat(open.info.id);
       setStatus(s === 'reconnecting' ? 'Reconnecting…' : s === 'connecting' ? 'Connecting…' : '');
       document.body.dataset.connection = s;
     },
@@ -458,7 +461,15 @@ export async function openChat(key) {
   $('app').classList.add('in-chat');
   $('composer').hidden = false;
   input.value = chat?.draft ?? '';
-  if (chat && !chat.loaded) await loadHistory(chat);
+  if (chat && !chat.loaded) {
+    try {
+      await loadHistory(chat);
+      chat.loadFailed = false;
+    } catch {
+      // Offline, or the host refused for now: the log says so, with Retry.
+      chat.loadFailed = true;
+    }
+  }
   drawList();
   drawHeader();
   drawMessages(true);
@@ -643,6 +654,7 @@ function drawMessages(restoreScroll = false) {
   /** @type {HTMLLIElement[]} */
   const items = [];
   let day = '';
+  if (chat.loadFailed && !chat.loaded) items.push(log.items.get('unloaded') ?? logItem('unloaded', unloadedItem()));
   if (chat.older) items.push(log.items.get('older') ?? logItem('older', olderItem()));
   const sorted = [...chat.shown.values()].filter((m) => !m.paging).sort((a, b) => (a.seq ?? Infinity) - (b.seq ?? Infinity) || a.ts - b.ts);
   for (const m of sorted) {
@@ -668,6 +680,19 @@ function drawMessages(restoreScroll = false) {
   }
   if (restoreScroll && chat.scroll !== null) list.scrollTop = chat.scroll;
   else if (restoreScroll || atBottom) list.scrollTop = list.scrollHeight;
+}
+
+/** The log's first item when its history could not be fetched. */
+function unloadedItem() {
+  const li = document.createElement('li');
+  li.className = 'older';
+  li.append('The messages of this chat could not be fetched. ');
+  const button = document.createElement('button');
+  button.type = 'button';
+  button.textContent = 'Try again';
+  button.dataset.action = 'history';
+  li.appendChild(button);
+  return li;
 }
 
 /** The log's first item while the host has older messages than those shown. */
@@ -705,6 +730,10 @@ function onLogClick(event) {
   const chat = activeChat();
   if (chat && button?.getAttribute('data-action') === 'older') {
     loadOlder(chat);
+    return;
+  }
+  if (chat && button?.getAttribute('data-action') === 'history') {
+    openChat(chat.info.id);
     return;
   }
   const id = button?.closest('li[data-id]')?.getAttribute('data-id');
@@ -993,7 +1022,8 @@ async function receive(rec, live, paging = false) {
       else shown.previewPending = true;
     });
   }
-  if (live && rec.sender !== state.me.username) {
+  // Counted once synced: `welcome` counted those of the replay.
+  if (live && rec.sender !== state.me.username && state.conn?.synced) {
     if (state.active !== rec.chat || document.hidden) {
       chat.unread += 1;
       notify(chat, shown);
@@ -1067,7 +1097,12 @@ async function onFrame(frame) {
       // Every chat the user belongs to: one missing was left (or its
       // member removed) while the page was away.
       const listed = new Set(frame.chats.map((c) => c.id));
-      for (const c of frame.chats) addChat(c);
+      for (const c of frame.chats) {
+        // Unread as the host counts it: what arrived while away, less what
+        // was read on another device. The replay that follows adds nothing.
+        const chat = addChat(c);
+        chat.unread = state.active === c.id && !document.hidden ? 0 : Math.max(0, c.last_seq - c.read_seq);
+      }
       for (const id of [...state.chats.keys()]) if (!listed.has(id)) removeChat(id);
       if (welcomed) {
         // A reconnect: `user` frames sent meanwhile were missed (a
@@ -1125,6 +1160,12 @@ async function onFrame(frame) {
       const r = reads.get(frame.chat) ?? new Map();
       r.set(frame.user, frame.seq);
       reads.set(frame.chat, r);
+      const chat = state.chats.get(frame.chat);
+      if (chat && frame.user === state.me.username) {
+        // Read on another device (or this one): unread below the mark goes.
+        chat.unread = Math.min(chat.unread, Math.max(0, Math.max(chat.lastSeq, chat.info.last_seq) - frame.seq));
+        drawList();
+      }
       if (state.active === frame.chat) drawMessages();
       break;
     }
