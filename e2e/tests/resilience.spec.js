@@ -360,6 +360,41 @@ test('unread counts follow the host: what came while away counts, and reading on
   for (const c of [a.context, b.context, other]) await c.close();
 });
 
+test('a reload that cannot reach the host at first keeps the user signed in', async ({ browser }) => {
+  const { context, page } = await newUser(browser, 'blip');
+  await page.close();
+  let failures = 2;
+  await context.route(/\/api\/me$/, (route) => (failures-- > 0 ? route.abort() : route.continue()));
+  const again = await context.newPage();
+  await again.goto(url());
+  await expect(again.getByRole('navigation', { name: 'Chats' })).toBeVisible();
+  await expect(again.locator('#me-name')).toHaveText('blip');
+  expect(failures).toBeLessThan(0);
+  await context.close();
+});
+
+test('read receipts of a busy chat go at most once a second, the last one included', async ({ browser }) => {
+  const a = await newUser(browser, 'busy.a');
+  const b = await newUser(browser, 'busy.b');
+  await openChat(a.page, 'busy.b');
+  await openChat(b.page, 'busy.a');
+  let reads = 0;
+  let synced = false;
+  a.page.on('websocket', (ws) => {
+    ws.on('framesent', (f) => String(f.payload).startsWith('{"type":"read"') && (reads += 1));
+    ws.on('framereceived', (f) => String(f.payload).startsWith('{"type":"synced"') && (synced = true));
+  });
+  // A fresh socket for the page, so that its frames are seen.
+  await a.page.evaluate(async () => (await import('/js/app.js')).state.conn.ws.close());
+  await expect.poll(() => synced).toBe(true);
+  for (let i = 1; i <= 12; i++) await send(b.page, `quick ${i}`);
+  await expect(messages(a.page)).toContainText('quick 12');
+  // The last one is marked read too (its receipt may wait its turn).
+  await expect(messages(b.page).locator('.msg', { hasText: 'quick 12' }).locator('.state')).toHaveText('Read');
+  expect(reads).toBeLessThan(8);
+  for (const u of [a, b]) await u.context.close();
+});
+
 test('messages lost on their way are fetched: after a gap seen live, and after a replay that falls short', async ({ browser }) => {
   const b = await newUser(browser, 'gaps.b');
   const context = await browser.newContext({ ignoreHTTPSErrors: true });

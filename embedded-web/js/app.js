@@ -18,7 +18,7 @@ import * as files from './files.js';
  * @typedef {{id: string, kind: 'direct'|'group', name: string|null, members: {username: string, role: string}[], last_seq: number, read_seq: number, created_at: number}} ChatInfo
  * @typedef {{id: string, chat: string, sender: string, seq: number, ts: number, envelope: e2e.Envelope}} MessageRecord
  * @typedef {{id: string, sender: string, ts: number, seq: number|null, text: string|null, state: 'sending'|'sent'|'failed'|'bad', error?: string, file?: files.FileDescriptor, transfer?: {loaded: number, total: number, rate: number, cancel?: () => void, label: string}, preview?: string, previewPending?: boolean, uploaded?: boolean, source?: File, unstored?: boolean, paging?: boolean, record?: any}} Shown
- * @typedef {{info: ChatInfo, shown: Map<string, Shown>, lastSeq: number, held: number, ahead: Set<number>, filling: boolean, older: boolean, loadingOlder: boolean, loadFailed?: boolean, unread: number, draft: string, scroll: number|null, loaded: boolean}} ChatState
+ * @typedef {{info: ChatInfo, shown: Map<string, Shown>, lastSeq: number, held: number, ahead: Set<number>, filling: boolean, older: boolean, loadingOlder: boolean, loadFailed?: boolean, readSeen?: number, readSent?: number, unread: number, draft: string, scroll: number|null, loaded: boolean}} ChatState
  */
 
 const $ = (id) => /** @type {HTMLElement} */ (document.getElementById(id));
@@ -290,6 +290,8 @@ async function start(me, keys) {
       if (s === 'signed-out') signOut();
       // Synced: fetch what the replay did not cover (docs/PROTOCOL.md §5.6).
       if (s === 'online') for (const c of state.chats.values()) fill(c);
+      // A read mark the host has not had yet goes now.
+      if (s === 'online') markRead();
       // The open chat's history, if fetching it failed, is fetched now.
       const open = activeChat();
       if (s === 'online' && open?.loadFailed && !open.loaded) openChat(open.info.id);
@@ -1057,8 +1059,36 @@ function markRead() {
   const chat = activeChat();
   if (!chat || document.hidden) return;
   chat.unread = 0;
-  if (chat.lastSeq > 0) state.conn?.send({ type: 'read', chat: chat.info.id, seq: chat.lastSeq });
+  chat.readSeen = Math.max(chat.readSeen ?? 0, chat.lastSeq);
+  sendRead(chat);
   drawList();
+}
+
+/** Chats whose last `read` went less than READ_EVERY_MS ago, with the timer that sends the next. @type {Map<string, number>} */
+const readLater = new Map();
+/**
+ * At most one `read` a chat per this many ms: every frame counts against
+ * the user's rate (docs/PROTOCOL.md §5.8), and a busy chat would spend it
+ * on receipts, one per message, instead of on the user's own messages.
+ */
+const READ_EVERY_MS = 1000;
+
+/** Sends the chat's read mark (what the user has seen), now or with the next `read` allowed. @param {ChatState} chat */
+function sendRead(chat) {
+  const id = chat.info.id;
+  if (readLater.has(id)) return;
+  if ((chat.readSeen ?? 0) <= (chat.readSent ?? 0)) return;
+  // Not synced: sent again at the next `synced` (markRead then).
+  if (!state.conn?.synced) return;
+  state.conn.send({ type: 'read', chat: id, seq: chat.readSeen });
+  chat.readSent = chat.readSeen;
+  readLater.set(
+    id,
+    setTimeout(() => {
+      readLater.delete(id);
+      sendRead(chat);
+    }, READ_EVERY_MS),
+  );
 }
 
 /** Whether a `welcome` came before: the next one follows a reconnect. */
@@ -1609,6 +1639,29 @@ function setupChrome() {
 
 export { drawList, drawHeader, drawMessages, addChat, setStatus };
 
+/**
+ * Signs the page in again with the keys kept here, if the session still
+ * holds: false when it ended (401) or belongs to someone else. While the
+ * host cannot be reached or answers with an error, it tries again, so a
+ * reload while offline keeps the keys instead of asking for the password.
+ * @param {{username: string, enc: CryptoKey, sig: CryptoKey}} saved
+ */
+async function resume(saved) {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const me = await call('GET', '/api/me');
+      if (me.username !== saved.username) return false;
+      setStatus('');
+      await start(me, { enc: saved.enc, sig: saved.sig });
+      return true;
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 401) return false;
+      setStatus('The host cannot be reached; trying again…');
+      await new Promise((r) => setTimeout(r, Math.min(30000, 1000 * 2 ** attempt)));
+    }
+  }
+}
+
 async function boot() {
   applyTheme();
   setupAuth();
@@ -1616,16 +1669,8 @@ async function boot() {
   setupChrome();
   const saved = await store.loadKeys().catch(() => undefined);
   if (saved) {
-    try {
-      const me = await call('GET', '/api/me');
-      if (me.username === saved.username) {
-        await start(me, { enc: saved.enc, sig: saved.sig });
-        return;
-      }
-    } catch {
-      // No valid session: sign in again.
-    }
-    await store.clearKeys();
+    if (await resume(saved)) return;
+    await store.clearKeys().catch(() => {});
   }
   $('auth').hidden = false;
   // Opened directly (https://): explain how to check the host's certificate.
