@@ -164,6 +164,7 @@ test('a message too long for the host shows Not sent, and the connection stays',
     const state = messages(a.page).locator('.msg', { hasText: 'xxxx' }).locator('.state');
     await expect(state).toHaveText('Not sent');
     await expect(state).toHaveAttribute('title', 'This message is too long to send.');
+    await expect(messages(a.page).locator('.msg', { hasText: 'xxxx' }).locator('.why')).toHaveText('This message is too long to send.');
     await send(a.page, 'a short one');
     await expect(messages(a.page).locator('.msg', { hasText: 'a short one' }).locator('.state')).toHaveText(/Sent|Read/);
     expect(sockets).toBe(0);
@@ -173,8 +174,8 @@ test('a message too long for the host shows Not sent, and the connection stays',
 });
 
 test('a long chat opens on its newest messages; older pages come as the reader scrolls up, or asks', async ({ browser }) => {
-  const a = await newUser(browser, 'long.a');
-  const b = await newUser(browser, 'long.b');
+  const a = await newUser(browser, 'paged.a');
+  const b = await newUser(browser, 'paged.b');
   // Pages of 10 instead of 100, so that 25 messages make three of them,
   // and a log short enough to scroll.
   await a.context.route(/\/api\/chats\/[^/]+\/messages\?/, (route) => {
@@ -182,16 +183,16 @@ test('a long chat opens on its newest messages; older pages come as the reader s
     if (u.searchParams.get('limit') === '100') u.searchParams.set('limit', '10');
     route.continue({ url: u.toString() });
   });
-  // Written while long.a's page is closed; it opens again signed in.
+  // Written while paged.a's page is closed; it opens again signed in.
   await a.page.close();
-  await openChat(b.page, 'long.a');
+  await openChat(b.page, 'paged.a');
   const texts = Array.from({ length: 25 }, (_, i) => `line ${i + 1} of the long chat`);
   for (const text of texts) await send(b.page, text);
   await expect(messages(b.page).locator('.msg .state', { hasText: /Sent|Read/ })).toHaveCount(25);
   const page = await a.context.newPage();
   await page.setViewportSize({ width: 900, height: 420 });
   await page.goto(url());
-  await openChat(page, 'long.b');
+  await openChat(page, 'paged.b');
   const log = messages(page);
   const body = (n) => log.locator('.msg .body', { hasText: new RegExp(`^line ${n} of the long chat$`) });
   await expect(log.locator('.msg')).toHaveCount(10);
@@ -232,5 +233,37 @@ test('a chat whose history cannot be fetched says so, offers to try again, and i
   await messages(page).getByRole('button', { name: 'Try again' }).click();
   await expect(messages(page)).toContainText('written before it was opened');
   await expect(messages(page)).not.toContainText('could not be fetched');
+  for (const u of [a, b]) await u.context.close();
+});
+
+test("a group's messages from before a member joined say so to the new member", async ({ browser }) => {
+  const a = await newUser(browser, 'joined.a');
+  const b = await newUser(browser, 'joined.b');
+  const c = await newUser(browser, 'joined.c');
+  const id = await a.page.evaluate(async () => {
+    const { post } = await import('/js/api.js');
+    return (await post('/api/chats', { kind: 'group', name: 'Joiners', members: ['joined.b'] })).id;
+  });
+  await openChat(a.page, 'Joiners');
+  await send(a.page, 'before joined.c came');
+  await expect(messages(a.page).locator('.msg .state')).toHaveText(/Sent|Read/);
+  await a.page.evaluate(async (chat) => (await import('/js/api.js')).post(`/api/chats/${chat}/members`, { username: 'joined.c' }), id);
+  await send(a.page, 'after joined.c came');
+  await openChat(c.page, 'Joiners');
+  await expect(messages(c.page)).toContainText('after joined.c came');
+  await expect(messages(c.page).locator('.msg.bad .body')).toHaveText('Sent before you joined this chat: it was not encrypted for you.');
+  for (const u of [a, b, c]) await u.context.close();
+});
+
+test('Enter in a dialog field does what its main button does, not Close', async ({ browser }) => {
+  const a = await newUser(browser, 'enter.a');
+  const b = await newUser(browser, 'enter.b');
+  await a.page.reload();
+  await a.page.getByRole('button', { name: 'New group' }).click();
+  await a.page.getByRole('checkbox', { name: 'enter.b' }).check();
+  await a.page.getByRole('textbox', { name: 'Group name' }).fill('Made with Enter');
+  await a.page.getByRole('textbox', { name: 'Group name' }).press('Enter');
+  await expect(a.page.getByRole('dialog')).toBeHidden();
+  await expect(a.page.getByRole('heading', { level: 2 })).toHaveText('Made with Enter');
   for (const u of [a, b]) await u.context.close();
 });

@@ -598,9 +598,12 @@ function drawHeader() {
   const changed = others.filter((u) => state.changed.has(u));
   const warning = $('key-warning');
   warning.hidden = !changed.length;
-  warning.querySelector('span').textContent = changed.length
+  const text = changed.length
     ? `The encryption keys of ${changed.join(', ')} changed. Sending is blocked until you compare safety numbers and accept the new keys.`
     : '';
+  // Written only when it changes: an alert written again is read out again.
+  const span = /** @type {HTMLElement} */ (warning.querySelector('span'));
+  if (span.textContent !== text) span.textContent = text;
   /** @type {HTMLButtonElement} */ ($('send')).disabled = changed.length > 0;
 }
 
@@ -777,7 +780,6 @@ function messageItem(chat, m) {
     st.className = 'state';
     const read = chat.info.kind === 'direct' && m.seq !== null && readBy(chat, m.seq);
     st.textContent = m.state === 'sending' ? 'Sending…' : m.state === 'failed' ? 'Not sent' : read ? 'Read' : 'Sent';
-    // Why, for a message not sent (a pointer or a screen reader finds it).
     if (m.state === 'failed' && m.error) st.title = m.error;
     meta.appendChild(st);
     if (m.state === 'failed') {
@@ -800,6 +802,13 @@ function messageItem(chat, m) {
   else if (m.file || m.transfer) body.appendChild(fileCard(m));
   else body.appendChild(render(m.text ?? ''));
   li.append(meta, body);
+  if (mine && m.state === 'failed' && m.error) {
+    // Why it was not sent, in view (a title reaches neither a keyboard nor a touch screen).
+    const why = document.createElement('p');
+    why.className = 'why';
+    why.textContent = m.error;
+    li.appendChild(why);
+  }
   return li;
 }
 
@@ -1008,9 +1017,14 @@ async function receive(rec, live, paging = false) {
       shown.error = `${rec.sender}'s keys changed: accept them to read new messages.`;
       shown.record = rec;
     } else showContent(shown, content);
-  } catch {
+  } catch (err) {
     shown.state = 'bad';
-    shown.error = 'This message failed its signature or decryption check and is not shown.';
+    // Signed by its sender, but with no key for this user: a group's
+    // messages from before they joined (docs/PROTOCOL.md §4.5.14).
+    shown.error =
+      err instanceof Error && err.message === e2e.NOT_A_RECIPIENT
+        ? 'Sent before you joined this chat: it was not encrypted for you.'
+        : 'This message failed its signature or decryption check and is not shown.';
   }
   if (existing?.preview) {
     // Our own picture, sent from this page: its preview is already here.

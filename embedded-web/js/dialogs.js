@@ -34,6 +34,8 @@ function show(title, body, onOk, okLabel = 'OK') {
   const ok = /** @type {HTMLButtonElement} */ ($('dialog-ok'));
   ok.hidden = !onOk;
   ok.textContent = okLabel;
+  // Close is not a submit button, so Enter in a field means OK, not Close.
+  $('dialog-close').onclick = () => dialog.close();
   ok.onclick = async (event) => {
     event.preventDefault();
     if (!onOk) return;

@@ -154,8 +154,12 @@ export async function seal(id, sender, chat, content, recipients, sigKey) {
   return { v: 1, iv: encode(iv), ct: encode(ct), keys, sig: encode(sig) };
 }
 
+/** What `open` throws for a message correctly signed but sealed without a key for the reader. */
+export const NOT_A_RECIPIENT = 'not a recipient';
+
 /**
- * Verifies the sender's signature, then opens the content. Throws on any failure.
+ * Verifies the sender's signature, then opens the content. Throws on any
+ * failure: NOT_A_RECIPIENT when the signature holds but no key is the reader's.
  * @param {{id: string, sender: string, chat: string, envelope: Envelope}} message
  * @param {string} me @param {CryptoKey} encKey @param {PublicKeys} sender
  * @returns {Promise<any>}
@@ -169,7 +173,7 @@ export async function open(message, me, encKey, sender) {
   const ok = await subtle.verify({ name: 'RSA-PSS', saltLength: 32 }, sender.sig, decode(envelope.sig), digest);
   if (!ok) throw new Error('bad signature');
   const wrapped = envelope.keys[me];
-  if (!wrapped) throw new Error('not a recipient');
+  if (!wrapped) throw new Error(NOT_A_RECIPIENT);
   const rawKey = await subtle.decrypt({ name: 'RSA-OAEP' }, encKey, decode(wrapped));
   const key = await subtle.importKey('raw', rawKey, 'AES-GCM', false, ['decrypt']);
   const plain = await subtle.decrypt({ name: 'AES-GCM', iv, additionalData: aad }, key, ct);
