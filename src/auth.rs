@@ -82,6 +82,8 @@ pub struct Passwords {
     memory: Mutex<Vec<Vec<Block>>>,
     /// Verifications asked for and not yet finished (waiting or running).
     pending: AtomicUsize,
+    /// New hashes made (see [`Passwords::hashes_made`]).
+    made: std::sync::atomic::AtomicU64,
 }
 
 impl Passwords {
@@ -99,12 +101,14 @@ impl Passwords {
             dummy_hash,
             memory: Mutex::new(Vec::new()),
             pending: AtomicUsize::new(0),
+            made: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
     /// The Argon2id PHC string of `auth_key` with a fresh 16-byte salt.
     pub async fn hash(&self, auth_key: Vec<u8>) -> Result<String, ApiError> {
         let permit = self.permit().await?;
+        self.made.fetch_add(1, Ordering::Relaxed);
         self.hashers
             .run(permit, move || {
                 argon2()
@@ -141,6 +145,12 @@ impl Passwords {
             }
         }
         Ok(known && ok)
+    }
+
+    /// How many new password hashes were made (accounts created or reset,
+    /// passwords changed) since the start.
+    pub fn hashes_made(&self) -> u64 {
+        self.made.load(Ordering::Relaxed)
     }
 
     /// Waits for room for one more hash.

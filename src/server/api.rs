@@ -234,6 +234,29 @@ async fn count_attempt(
         .map_err(|until| until - now))
 }
 
+/// Writes to the audit log the locks a failed attempt set: the username's
+/// (its counter after the attempt, if counted) and the address's, if this
+/// attempt locked it. SECURITY.md §3: every lock is audited.
+async fn audit_locks(
+    app: &App,
+    actor: &str,
+    ip: Option<(&str, Throttle, Throttle)>,
+    user_after: Option<Throttle>,
+    now: i64,
+) {
+    if let Some(t) = user_after.filter(|t| t.locked_until > now) {
+        let detail = format!("until={} failures={}", t.locked_until, t.failures);
+        app.audit("user_locked", actor, detail).await;
+    }
+    if let Some((ip, before, after)) = ip
+        && after.locked_until > now
+        && before.locked_until <= now
+    {
+        app.audit("ip_locked", ip, format!("until={}", after.locked_until))
+            .await;
+    }
+}
+
 /// Tells every open socket about a new or changed directory entry.
 fn announce_user(app: &App, user: &UserRow) {
     let online: BTreeSet<String> = app.hub.online().into_iter().collect();
@@ -362,6 +385,34 @@ pub async fn register(
             None => Admission::FirstOnly,
         },
     };
+    let refusal = |code: String| match code.as_str() {
+        "username_taken" => ApiError::conflict("username_taken", "That username is taken."),
+        "invalid_invite" => ApiError::forbidden(
+            "invalid_invite",
+            "That invite code is not valid (wrong, used up or expired).",
+        ),
+        _ if mode == RegistrationMode::Invite => ApiError::forbidden(
+            "invite_required",
+            "An invite code from an administrator is needed to create an account.",
+        ),
+        _ => ApiError::forbidden(
+            "registration_closed",
+            "Registration is closed on this server.",
+        ),
+    };
+    // Refused without the password's hash (a whole core for a moment), so
+    // that refused attempts cannot keep the hashing threads from sign-ins.
+    let (name, checked) = (username.clone(), admission.clone());
+    let now = app.clock.now_ms();
+    match app
+        .db
+        .call(move |s| s.admission_precheck(&name, &checked, now))
+        .await
+    {
+        Ok(()) => {}
+        Err(StoreError::Conflict(code)) => return Err(refusal(code)),
+        Err(e) => return Err(e.into()),
+    }
     let new = new_user(&app, username, req).await?;
     let now = app.clock.now_ms();
     let user = match app
@@ -370,23 +421,7 @@ pub async fn register(
         .await
     {
         Ok(user) => user,
-        Err(StoreError::Conflict(code)) => {
-            return Err(match code.as_str() {
-                "username_taken" => ApiError::conflict("username_taken", "That username is taken."),
-                "invalid_invite" => ApiError::forbidden(
-                    "invalid_invite",
-                    "That invite code is not valid (wrong, used up or expired).",
-                ),
-                _ if mode == RegistrationMode::Invite => ApiError::forbidden(
-                    "invite_required",
-                    "An invite code from an administrator is needed to create an account.",
-                ),
-                _ => ApiError::forbidden(
-                    "registration_closed",
-                    "Registration is closed on this server.",
-                ),
-            });
-        }
+        Err(StoreError::Conflict(code)) => return Err(refusal(code)),
         Err(e) => return Err(e.into()),
     };
     app.audit(
@@ -441,14 +476,14 @@ pub async fn login(
                 format!("ip={ip} failures={failures}"),
             )
             .await;
-            if let Some(t) = user_after.filter(|t| t.locked_until > now) {
-                let detail = format!("until={} failures={}", t.locked_until, t.failures);
-                app.audit("user_locked", &actor, detail).await;
-            }
-            if ip_after.locked_until > now && ip_before.locked_until <= now {
-                app.audit("ip_locked", &ip, format!("until={}", ip_after.locked_until))
-                    .await;
-            }
+            audit_locks(
+                &app,
+                &actor,
+                Some((&ip, ip_before, ip_after)),
+                user_after,
+                now,
+            )
+            .await;
             Err(auth::login_failed(None))
         }
     }
@@ -477,10 +512,14 @@ pub async fn complete_reset(
     };
     let ip = peer.ip().to_string();
     let now = app.clock.now_ms();
-    let (ip_before, ip_after) =
+    let (ip_before, ip_after, user_after) =
         match count_attempt(&app, Some(name.clone()), ip.clone(), now).await? {
-            Err(wait) => return Err(auth::login_failed(Some(u64::try_from(wait).unwrap_or(1)))),
-            Ok(counters) => counters[0],
+            Err(wait) => {
+                app.audit("reset_refused_locked", &name, format!("ip={ip}"))
+                    .await;
+                return Err(auth::login_failed(Some(u64::try_from(wait).unwrap_or(1))));
+            }
+            Ok(counters) => (counters[0].0, counters[0].1, counters[1].1),
         };
     let new = new_user(&app, name.clone(), req).await?;
     let code_hash = auth::invite_hash(&code);
@@ -491,6 +530,14 @@ pub async fn complete_reset(
         .await?;
     let Some(user) = done else {
         app.audit("reset_failed", &name, format!("ip={ip}")).await;
+        audit_locks(
+            &app,
+            &name,
+            Some((&ip, ip_before, ip_after)),
+            Some(user_after),
+            now,
+        )
+        .await;
         return Err(failed());
     };
     announce_user(&app, &user);
@@ -564,39 +611,54 @@ pub async fn change_password(
         &req.sig_private,
     )?;
     // The same lock as sign-in: a stolen session must not become a way to
-    // guess the password.
+    // guess the password. The attempt is counted, with the lock's check,
+    // before the old password is checked, so that parallel guesses cannot
+    // slip past a lock (SECURITY.md §3).
     let now = app.clock.now_ms();
     let name = user.user.username.clone();
-    let locked_until = app
+    let limits = app.config.limits.clone();
+    let counted = app
         .db
-        .call(move |s| s.throttle("user", &name))
-        .await?
-        .locked_until;
-    if locked_until > now {
-        return Err(auth::login_failed(Some(
-            u64::try_from(locked_until - now).unwrap_or(1),
-        )));
-    }
+        .call(move |s| {
+            s.count_attempt(&[("user", name.as_str())], now, |_, t| {
+                auth::user_failure(t, now, &limits)
+            })
+        })
+        .await?;
+    let user_after = match counted {
+        Err(locked_until) => {
+            app.audit(
+                "password_change_refused_locked",
+                &user.user.username,
+                String::new(),
+            )
+            .await;
+            return Err(auth::login_failed(Some(
+                u64::try_from(locked_until - now).unwrap_or(1),
+            )));
+        }
+        Ok(counters) => counters[0].1,
+    };
     let ok = req.old_auth_key.len() == 32
         && app
             .passwords
             .verify(Some(user.user.auth_hash.clone()), req.old_auth_key.0)
             .await?;
     if !ok {
-        let limits = app.config.limits.clone();
-        let name = user.user.username.clone();
-        app.db
-            .call(move |s| {
-                s.update_throttle("user", &name, |t| auth::user_failure(t, now, &limits))
-            })
-            .await?;
         app.audit("password_change_failed", &user.user.username, String::new())
             .await;
+        audit_locks(&app, &user.user.username, None, Some(user_after), now).await;
         return Err(ApiError::forbidden(
             "wrong_password",
             "The current password is not correct.",
         ));
     }
+    // The right password: the attempt counted for it is cleared, as a
+    // sign-in's is.
+    let name = user.user.username.clone();
+    app.db
+        .call(move |s| s.update_throttle("user", &name, |_| Throttle::default()))
+        .await?;
     let auth_hash = app.passwords.hash(req.auth_key.0).await?;
     let creds = NewCredentials {
         salt: req.salt.0,
@@ -739,6 +801,24 @@ pub async fn create_chat(
         }
         CreateChatRequest::Group { name, members } => {
             let name = group_name(&name)?;
+            let max = app.config.limits.max_group_members;
+            let too_many = || {
+                ApiError::bad_request(
+                    "too_many_members",
+                    format!("A group has at most {max} members."),
+                )
+            };
+            // More distinct names than a group holds: refused before any is
+            // looked up (a body may list some 200 000).
+            let me_name = user.user.username.to_lowercase();
+            let named: std::collections::HashSet<String> = members
+                .iter()
+                .map(|m| m.trim().to_lowercase())
+                .filter(|m| *m != me_name)
+                .collect();
+            if named.len() + 1 > max {
+                return Err(too_many());
+            }
             let mut ids = vec![me_id];
             for member in &members {
                 let u = active_user(&app, member).await?;
@@ -746,14 +826,8 @@ pub async fn create_chat(
                     ids.push(u.id);
                 }
             }
-            if ids.len() > app.config.limits.max_group_members {
-                return Err(ApiError::bad_request(
-                    "too_many_members",
-                    format!(
-                        "A group has at most {} members.",
-                        app.config.limits.max_group_members
-                    ),
-                ));
+            if ids.len() > max {
+                return Err(too_many());
             }
             let chat = app
                 .db

@@ -64,7 +64,7 @@ pub async fn upgrade(
     Ok(ws
         .read_buffer_size(limits.ws_read_buffer)
         .write_buffer_size(limits.ws_write_buffer)
-        .max_write_buffer_size(limits.max_frame_bytes * 4)
+        .max_write_buffer_size(MAX_SERVER_FRAME)
         .max_frame_size(limits.max_frame_bytes)
         .max_message_size(limits.max_frame_bytes)
         .on_upgrade(move |socket| async move {
@@ -75,6 +75,7 @@ pub async fn upgrade(
                 peer,
                 socket,
                 hello: false,
+                hello_tried: false,
                 replayed: HashMap::new(),
                 refused_in_a_row: 0,
                 conn_id: 0,
@@ -132,6 +133,9 @@ struct Connection {
     socket: WebSocket,
     /// Whether `hello` has been received; live frames wait until it has.
     hello: bool,
+    /// Whether a hello-typed frame came, well-formed or not: only the first
+    /// is free of the rate limit.
+    hello_tried: bool,
     /// The highest sequence number replayed per chat, so live frames queued
     /// during the replay are not sent twice.
     replayed: HashMap<Arc<str>, u64>,
@@ -142,6 +146,12 @@ struct Connection {
     /// The opaque id of this chat session in the chat logs' names.
     log_session: Arc<str>,
 }
+
+/// The largest frame the host writes. Server frames are not bound by the
+/// clients' limit (docs/PROTOCOL.md §5.8): `welcome` grows with the user's
+/// chats, and a user may be added to many groups. A larger frame could not
+/// be written at all; the buffer holds what is written at the moment only.
+const MAX_SERVER_FRAME: usize = 16 << 20;
 
 /// How long a client waits before resending a message the busy writer
 /// refused.
@@ -216,70 +226,80 @@ impl Connection {
         recheck.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
         let shutdown = self.app.shutdown.clone();
+        // A session ended between the upgrade's check and the registration
+        // (a logout, a password change) found no socket to close: checked
+        // once more now that it would.
+        let ended_meanwhile = Box::pin(check_session(&self.app, self.session))
+            .await
+            .is_err();
 
-        let outcome: Option<(u16, &'static str)> = loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break Some((close::GOING_AWAY, "server shutting down")),
-                _ = closer.token.cancelled() => {
-                    let code = closer.code().unwrap_or(close::SESSION_ENDED);
-                    let reason = match code {
-                        close::TRY_AGAIN_LATER => "too far behind; reconnect and send hello",
-                        _ => "session ended",
-                    };
-                    break Some((code, reason));
-                }
-                incoming = self.socket.recv() => {
-                    last_heard = Instant::now();
-                    match incoming {
-                        None | Some(Ok(Message::Close(_))) => break None,
-                        Some(Err(e)) => {
-                            if is_capacity_error(e) {
-                                break Some((close::TOO_BIG, "frame larger than the limit"));
+        let outcome: Option<(u16, &'static str)> = if ended_meanwhile {
+            Some((close::SESSION_ENDED, "session ended"))
+        } else {
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break Some((close::GOING_AWAY, "server shutting down")),
+                    _ = closer.token.cancelled() => {
+                        let code = closer.code().unwrap_or(close::SESSION_ENDED);
+                        let reason = match code {
+                            close::TRY_AGAIN_LATER => "too far behind; reconnect and send hello",
+                            _ => "session ended",
+                        };
+                        break Some((code, reason));
+                    }
+                    incoming = self.socket.recv() => {
+                        last_heard = Instant::now();
+                        match incoming {
+                            None | Some(Ok(Message::Close(_))) => break None,
+                            Some(Err(e)) => {
+                                if is_capacity_error(e) {
+                                    break Some((close::TOO_BIG, "frame larger than the limit"));
+                                }
+                                break None;
                             }
-                            break None;
-                        }
-                        // Boxed: the frame handlers' state lives on the heap only
-                        // while a frame is handled, not in every idle socket's task.
-                        Some(Ok(message)) => {
-                            let flow = match message {
-                                Message::Text(text) => Box::pin(self.handle_text(&text)).await,
-                                Message::Binary(_) => Box::pin(self.refuse_binary()).await,
-                                _ => Flow::Continue,
-                            };
-                            match flow {
-                                Flow::Continue => {}
-                                Flow::Close(code, reason) => break Some((code, reason)),
-                                // If the session ends or the server stops
-                                // meanwhile, the message is dropped unacked
-                                // and the next turn of the loop closes.
-                                Flow::Busy(pending) => {
-                                    let ended = [&shutdown, &closer.token];
-                                    let wait = self.wait_for_writer(pending, &mut rx, ended);
-                                    if !Box::pin(wait).await {
-                                        break None;
+                            // Boxed: the frame handlers' state lives on the heap only
+                            // while a frame is handled, not in every idle socket's task.
+                            Some(Ok(message)) => {
+                                let flow = match message {
+                                    Message::Text(text) => Box::pin(self.handle_text(&text)).await,
+                                    Message::Binary(_) => Box::pin(self.refuse_binary()).await,
+                                    _ => Flow::Continue,
+                                };
+                                match flow {
+                                    Flow::Continue => {}
+                                    Flow::Close(code, reason) => break Some((code, reason)),
+                                    // If the session ends or the server stops
+                                    // meanwhile, the message is dropped unacked
+                                    // and the next turn of the loop closes.
+                                    Flow::Busy(pending) => {
+                                        let ended = [&shutdown, &closer.token];
+                                        let wait = self.wait_for_writer(pending, &mut rx, ended);
+                                        if !Box::pin(wait).await {
+                                            break None;
+                                        }
                                     }
                                 }
                             }
                         }
                     }
-                }
-                Some(out) = rx.recv(), if self.hello => {
-                    if !Box::pin(self.send_queued(out, &mut rx)).await {
-                        break None;
+                    Some(out) = rx.recv(), if self.hello => {
+                        if !Box::pin(self.send_queued(out, &mut rx)).await {
+                            break None;
+                        }
                     }
-                }
-                _ = ping.tick() => {
-                    if last_heard.elapsed() > idle_timeout {
-                        break Some((close::IDLE, "no answer to pings"));
+                    _ = ping.tick() => {
+                        if last_heard.elapsed() > idle_timeout {
+                            break Some((close::IDLE, "no answer to pings"));
+                        }
+                        if !Box::pin(self.write(Message::Ping(Default::default()))).await {
+                            break None;
+                        }
                     }
-                    if !Box::pin(self.write(Message::Ping(Default::default()))).await {
-                        break None;
-                    }
-                }
-                _ = recheck.tick() => {
-                    if Box::pin(check_session(&self.app, self.session)).await.is_err() {
-                        break Some((close::SESSION_ENDED, "session ended"));
+                    _ = recheck.tick() => {
+                        if Box::pin(check_session(&self.app, self.session)).await.is_err() {
+                            break Some((close::SESSION_ENDED, "session ended"));
+                        }
                     }
                 }
             }
@@ -506,7 +526,12 @@ impl Connection {
     async fn handle_loose(&mut self, text: &str, admitted: bool) -> Flow {
         let parsed = serde_json::from_str::<serde_json::Value>(text);
         let field = |name: &str| parsed.as_ref().ok().and_then(|v| str_field(v, name));
-        let first_hello = !self.hello && field("type").as_deref() == Some("hello");
+        // Only the connection's first hello-typed frame is free, well-formed
+        // or not: malformed ones after it count like any frame.
+        let first_hello = !self.hello_tried && field("type").as_deref() == Some("hello");
+        if first_hello {
+            self.hello_tried = true;
+        }
         if !admitted
             && !first_hello
             && let Err(flow) = self.admit(|| field("id")).await
@@ -635,7 +660,10 @@ impl Connection {
                 frame_burst: limits.frame_burst,
             },
         };
-        self.send(&welcome).await;
+        if !self.write(Message::Text(encode(&welcome).text)).await {
+            tracing::warn!("a welcome could not be written");
+            return Flow::Close(1011, "welcome failed");
+        }
         let mut batch = Vec::with_capacity(replay.len().min(SEND_BATCH));
         let mut rows = replay.into_iter().peekable();
         while let Some(row) = rows.next() {

@@ -105,6 +105,7 @@ pub struct NewCredentials {
 }
 
 /// How registration is authorised, checked inside the insert's transaction.
+#[derive(Debug, Clone)]
 pub enum Admission {
     /// Registration is open (or this is the first account).
     Open,
@@ -112,6 +113,57 @@ pub enum Admission {
     Invite([u8; 32]),
     /// Only the first account may be created.
     FirstOnly,
+}
+
+/// Whether `username` may be created under `admission`: `Conflict`
+/// `registration_closed`, `invalid_invite` or `username_taken` if not;
+/// otherwise whether it is the first account. With `consume`, one use of
+/// the invite is taken.
+fn admit(
+    conn: &rusqlite::Connection,
+    username: &str,
+    admission: &Admission,
+    now: i64,
+    consume: bool,
+) -> Result<bool> {
+    let count: i64 = conn.query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0))?;
+    let first = count == 0;
+    if !first {
+        match admission {
+            Admission::Open => {}
+            Admission::FirstOnly => {
+                return Err(StoreError::Conflict("registration_closed".into()));
+            }
+            Admission::Invite(hash) => {
+                let valid = if consume {
+                    conn.execute(
+                        "UPDATE invites SET uses_left = uses_left - 1
+                         WHERE code_hash = ?1 AND uses_left > 0 AND expires_at > ?2",
+                        params![hash.as_slice(), now],
+                    )? > 0
+                } else {
+                    conn.query_row(
+                        "SELECT EXISTS(SELECT 1 FROM invites
+                         WHERE code_hash = ?1 AND uses_left > 0 AND expires_at > ?2)",
+                        params![hash.as_slice(), now],
+                        |r| r.get(0),
+                    )?
+                };
+                if !valid {
+                    return Err(StoreError::Conflict("invalid_invite".into()));
+                }
+            }
+        }
+    }
+    let taken: bool = conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM users WHERE username = ?1)",
+        [username],
+        |r| r.get(0),
+    )?;
+    if taken {
+        return Err(StoreError::Conflict("username_taken".into()));
+    }
+    Ok(first)
 }
 
 /// A session joined with its user.
@@ -1307,34 +1359,7 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let count: i64 = tx.query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0))?;
-        let first = count == 0;
-        if !first {
-            match admission {
-                Admission::Open => {}
-                Admission::FirstOnly => {
-                    return Err(StoreError::Conflict("registration_closed".into()));
-                }
-                Admission::Invite(hash) => {
-                    let used = tx.execute(
-                        "UPDATE invites SET uses_left = uses_left - 1
-                         WHERE code_hash = ?1 AND uses_left > 0 AND expires_at > ?2",
-                        params![hash.as_slice(), now],
-                    )?;
-                    if used == 0 {
-                        return Err(StoreError::Conflict("invalid_invite".into()));
-                    }
-                }
-            }
-        }
-        let taken: bool = tx.query_row(
-            "SELECT EXISTS(SELECT 1 FROM users WHERE username = ?1)",
-            [&new.username],
-            |r| r.get(0),
-        )?;
-        if taken {
-            return Err(StoreError::Conflict("username_taken".into()));
-        }
+        let first = admit(&tx, &new.username, &admission, now, true)?;
         tx.execute(
             "INSERT INTO users (username, created_at, is_admin, salt, iterations, auth_hash,
                 enc_public, sig_public, enc_private_iv, enc_private_ct, sig_private_iv, sig_private_ct)
@@ -1357,6 +1382,18 @@ impl Store {
         let id = tx.last_insert_rowid();
         tx.commit()?;
         self.user_by_id(id)
+    }
+
+    /// What [`Store::create_user`] would refuse `username` for (a `Conflict`
+    /// with its code), checked without writing, so that a refusal costs no
+    /// password hash. `create_user` checks again and decides.
+    pub fn admission_precheck(
+        &self,
+        username: &str,
+        admission: &Admission,
+        now: i64,
+    ) -> Result<()> {
+        admit(&self.conn, username, admission, now, false).map(|_| ())
     }
 
     /// The user with this canonical username.

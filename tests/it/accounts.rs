@@ -40,6 +40,10 @@ async fn first_user_is_admin_and_registration_modes_are_enforced() {
     let mut bob = server.user("bob").await;
     assert!(!bob.me().await.unwrap().is_admin);
 
+    // A refused registration costs no password hash.
+    let app = server.running.as_ref().unwrap().app.clone();
+    let hashes = || app.passwords.hashes_made();
+    let before = hashes();
     // Taken names are refused whatever their case.
     assert_refused(register(&server, "ALICE", 3, None).await, "username_taken");
 
@@ -47,6 +51,7 @@ async fn first_user_is_admin_and_registration_modes_are_enforced() {
     assert_eq!(set_mode(&bob, "invite").await, StatusCode::FORBIDDEN);
     assert_eq!(set_mode(&admin, "invite").await, StatusCode::OK);
     assert_refused(register(&server, "carol", 2, None).await, "invite_required");
+    assert_eq!(hashes(), before);
 
     let r = admin
         .raw(
@@ -62,6 +67,7 @@ async fn first_user_is_admin_and_registration_modes_are_enforced() {
     register(&server, "carol", 2, Some(code))
         .await
         .expect("invite admits");
+    assert_eq!(hashes(), before + 1);
     assert_refused(
         register(&server, "dave", 3, Some(code)).await,
         "invalid_invite",
@@ -72,6 +78,7 @@ async fn first_user_is_admin_and_registration_modes_are_enforced() {
         register(&server, "dave", 3, None).await,
         "registration_closed",
     );
+    assert_eq!(hashes(), before + 1);
 
     let r = admin
         .raw(Method::GET, "/api/admin/audit", None)
@@ -360,5 +367,56 @@ async fn administrators_reset_accounts_from_the_api() {
         .complete_reset("bob", &code, "bob's brand new passphrase", keys(2))
         .await
         .expect("the code works");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn parallel_guesses_of_the_old_password_cannot_slip_past_the_lock() {
+    let mut server = TestServer::start().await;
+    let alice = server.user("alice").await;
+    // The account's own wrapped keys make a well-formed body; the old auth
+    // key is a guess.
+    let keys: serde_json::Value = alice
+        .raw(Method::GET, "/api/keys", None)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let b64 = |bytes: &[u8]| {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    };
+    let body = json!({
+        "old_auth_key": b64(&[5u8; 32]),
+        "salt": keys["salt"],
+        "iterations": keys["iterations"],
+        "auth_key": b64(&[6u8; 32]),
+        "enc_private": keys["enc_private"],
+        "sig_private": keys["sig_private"],
+    });
+    let guesses = (0..10).map(|_| async {
+        alice
+            .raw(Method::POST, "/api/change-password", Some(&body))
+            .await
+            .unwrap()
+            .status()
+    });
+    let statuses = futures_util::future::join_all(guesses).await;
+    let wrong = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::FORBIDDEN)
+        .count();
+    let locked = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!((wrong, locked), (5, 5), "{statuses:?}");
+    let app = server.running.as_ref().unwrap().app.clone();
+    let audit = app.db.call(|s| s.audit_log(100)).await.unwrap();
+    assert!(
+        audit.iter().any(|e| e.event == "user_locked"),
+        "the lock is audited"
+    );
     server.stop().await;
 }

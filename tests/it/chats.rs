@@ -250,3 +250,25 @@ async fn presence_typing_and_read_reach_the_members() {
     .await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_group_of_more_names_than_it_holds_is_refused_before_any_is_looked_up() {
+    let mut server = TestServer::start().await;
+    let mut alice = server.user("alice").await;
+    let _bob = server.user("bob").await;
+    // 60 distinct names, none of them an account: too many, not "not found".
+    let names: Vec<String> = (0..60).map(|i| format!("nobody{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    super::harness::assert_refused(alice.create_group("Crowd", &refs).await, "too_many_members");
+    // Repeats and the caller's own name do not count twice.
+    let mut repeated = vec!["bob"; 80];
+    repeated.extend(["Bob", "alice", "ALICE"]);
+    let group = alice.create_group("Pair", &repeated).await.unwrap();
+    assert_eq!(group.members.len(), 2);
+    // A name that is not an account, among few: "not found", as before.
+    super::harness::assert_refused(
+        alice.create_group("Trio", &["bob", "nobody"]).await,
+        "not_found",
+    );
+    server.stop().await;
+}

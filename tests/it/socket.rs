@@ -441,3 +441,48 @@ async fn a_silent_peer_is_closed_and_an_answering_one_is_kept() {
     super::harness::expect_nothing_queued(&mut lively).await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_welcome_larger_than_any_client_frame_is_still_written() {
+    // Client frames of at most 4 KiB; the welcome of a user in 100 groups
+    // with long names is several times that, as server frames may be.
+    let mut server = TestServer::start_with(|l| {
+        l.max_frame_bytes = 4096;
+        l.http_per_sec = 1000.0;
+        l.http_burst = 1000.0;
+    })
+    .await;
+    let mut alice = server.user("alice").await;
+    let _bob = server.user("bob").await;
+    for i in 0..100 {
+        let name = format!("{i:02} {}", "a long group name ".repeat(3));
+        alice.create_group(name.trim(), &["bob"]).await.unwrap();
+    }
+    let (_socket, chats) = online(&alice).await;
+    assert_eq!(chats.len(), 100);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_first_hello_is_free_of_the_rate_limit_even_when_malformed() {
+    let mut server = TestServer::start_with(|l| {
+        l.frames_per_sec = 0.001;
+        l.frame_burst = 5.0;
+        l.abuse_close_after = 10;
+    })
+    .await;
+    let alice = server.user("alice").await;
+    let mut socket = alice.connect().await.unwrap();
+    // A malformed hello again and again: one free, five taken, ten refused.
+    for _ in 0..30 {
+        if socket
+            .send_text(r#"{"type":"hello","since":[]}"#)
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert_eq!(expect_close(&mut socket).await, Some(close::POLICY));
+    server.stop().await;
+}
