@@ -234,6 +234,31 @@ async fn count_attempt(
         .map_err(|until| until - now))
 }
 
+/// Writes `event` (an attempt refused during a lock) to the audit log if it
+/// is the first such refusal of `actor` from `ip` during the lock that ends
+/// at `locked_until`: a client that keeps trying during a lock would
+/// otherwise add a record and a commit per attempt.
+async fn audit_refusal(
+    app: &App,
+    event: &'static str,
+    actor: &str,
+    ip: &str,
+    locked_until: i64,
+    now: i64,
+) {
+    let first = {
+        let mut seen = app
+            .refusals_audited
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.retain(|_, until| *until > now);
+        seen.insert((actor.to_owned(), ip.to_owned()), locked_until) != Some(locked_until)
+    };
+    if first {
+        app.audit(event, actor, format!("ip={ip}")).await;
+    }
+}
+
 /// Writes to the audit log the locks a failed attempt set: the username's
 /// (its counter after the attempt, if counted) and the address's, if this
 /// attempt locked it. SECURITY.md §3: every lock is audited.
@@ -449,8 +474,7 @@ pub async fn login(
     let actor = name.clone().unwrap_or_else(|| "(invalid name)".into());
     let counters = match count_attempt(&app, name.clone(), ip.clone(), now).await? {
         Err(wait) => {
-            app.audit("login_refused_locked", &actor, format!("ip={ip}"))
-                .await;
+            audit_refusal(&app, "login_refused_locked", &actor, &ip, now + wait, now).await;
             return Err(auth::login_failed(Some(u64::try_from(wait).unwrap_or(1))));
         }
         Ok(counters) => counters,
@@ -515,8 +539,7 @@ pub async fn complete_reset(
     let (ip_before, ip_after, user_after) =
         match count_attempt(&app, Some(name.clone()), ip.clone(), now).await? {
             Err(wait) => {
-                app.audit("reset_refused_locked", &name, format!("ip={ip}"))
-                    .await;
+                audit_refusal(&app, "reset_refused_locked", &name, &ip, now + wait, now).await;
                 return Err(auth::login_failed(Some(u64::try_from(wait).unwrap_or(1))));
             }
             Ok(counters) => (counters[0].0, counters[0].1, counters[1].1),
@@ -599,6 +622,7 @@ pub async fn me(user: AuthUser) -> Json<Me> {
 /// hash and wrapped keys at once and ends every other session.
 pub async fn change_password(
     State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     user: AuthUser,
     Body(req): Body<ChangePasswordRequest>,
 ) -> Result<StatusCode, ApiError> {
@@ -627,10 +651,15 @@ pub async fn change_password(
         .await?;
     let user_after = match counted {
         Err(locked_until) => {
-            app.audit(
+            let ip = peer.ip().to_string();
+            let actor = &user.user.username;
+            audit_refusal(
+                &app,
                 "password_change_refused_locked",
-                &user.user.username,
-                String::new(),
+                actor,
+                &ip,
+                locked_until,
+                now,
             )
             .await;
             return Err(auth::login_failed(Some(

@@ -62,6 +62,10 @@ pub struct AppState {
     pub tls: TlsMaterial,
     /// Writes the encrypted chat and audit logs.
     pub logger: Logger,
+    /// Sign-ins refused during a lock that are in the audit log already,
+    /// by (actor, address), with the end of that lock: one record a lock,
+    /// not one per refused attempt.
+    pub refusals_audited: std::sync::Mutex<std::collections::HashMap<(String, String), i64>>,
 }
 
 /// The shared handle given to handlers.
@@ -309,6 +313,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         tasks: TaskTracker::new(),
         tls: material,
         logger,
+        refusals_audited: std::sync::Mutex::default(),
     });
 
     let handle = axum_server::Handle::new();
@@ -340,7 +345,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
 /// Housekeeping while the server runs: every second it notices changes an
 /// administrator made from the command line (and closes sockets whose
 /// session or account is gone); every hour it applies the retention period
-/// and drops spent invites.
+/// and drops spent invites, expired sessions and spent sign-in counters.
 async fn maintenance(app: App) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -392,11 +397,28 @@ pub async fn close_revoked_sockets(app: &App) {
 }
 
 /// Deletes messages and chat logs older than the retention period (if one
-/// is set) and spent invites.
+/// is set), spent invites, expired sessions and spent sign-in counters.
 pub async fn apply_retention(app: &App) -> Result<(), crate::store::StoreError> {
     let now = app.clock.now_ms();
     let days = app.db.call(|s| s.number("retention_days")).await?;
     app.db.call(move |s| s.prune_invites(now)).await?;
+    let limits = &app.config.limits;
+    let (idle, absolute, window) = (
+        crate::auth::ms(limits.session_idle),
+        crate::auth::ms(limits.session_absolute),
+        crate::auth::ms(limits.login_window),
+    );
+    let (sessions, counters) = app
+        .db
+        .call(move |s| s.prune_spent(now, idle, absolute, window))
+        .await?;
+    if sessions > 0 || counters > 0 {
+        tracing::info!(
+            sessions,
+            counters,
+            "expired sessions and spent sign-in counters removed"
+        );
+    }
     let file_cutoff = (days > 0).then(|| now - days.saturating_mul(86_400_000));
     if let Err(e) = crate::files::prune(app, file_cutoff).await {
         tracing::error!(error = %e, "pruning files failed");

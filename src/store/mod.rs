@@ -2392,6 +2392,30 @@ impl Store {
     }
 
     /// Deletes invites that are used up or expired before `now`.
+    /// Deletes what nothing will read again: sessions past their idle or
+    /// absolute lifetime (a session is otherwise deleted only when next
+    /// presented), and throttle counters whose window and lock both ended
+    /// more than `window` ago, which count as fresh ones. Returns how many
+    /// sessions and counters went.
+    pub fn prune_spent(
+        &self,
+        now: i64,
+        idle: i64,
+        absolute: i64,
+        window: i64,
+    ) -> Result<(usize, usize)> {
+        let sessions = self.conn.execute(
+            "DELETE FROM sessions WHERE last_seen <= ?1 OR created_at <= ?2",
+            params![now.saturating_sub(idle), now.saturating_sub(absolute)],
+        )?;
+        let spent = now.saturating_sub(window);
+        let counters = self.conn.execute(
+            "DELETE FROM throttle WHERE window_start < ?1 AND locked_until < ?1",
+            params![spent],
+        )?;
+        Ok((sessions, counters))
+    }
+
     pub fn prune_invites(&self, now: i64) -> Result<()> {
         self.conn.execute(
             "DELETE FROM invites WHERE uses_left <= 0 OR expires_at <= ?1",
@@ -3325,6 +3349,49 @@ pub(crate) mod tests {
     fn ids_in(s: &Store, chat: &str) -> Vec<String> {
         let left = s.messages_after(chat, 0, 1000).unwrap();
         left.into_iter().map(|m| m.id).collect()
+    }
+
+    #[test]
+    fn expired_sessions_and_spent_counters_are_swept_and_live_ones_kept() {
+        let (mut s, a, _, _) = alice_bob_and_carol();
+        let (hour, day) = (3_600_000i64, 86_400_000i64);
+        let now = 100 * day;
+        // Idle 12 h, absolute 30 days, a counting window of 15 minutes.
+        let (idle, absolute, window) = (12 * hour, 30 * day, 15 * 60_000);
+        s.create_session(&[1; 32], a.id, now - hour, "10.0.0.1")
+            .unwrap(); // live
+        s.create_session(&[2; 32], a.id, now - 13 * hour, "10.0.0.1")
+            .unwrap(); // idle too long
+        s.create_session(&[3; 32], a.id, now - 31 * day, "10.0.0.1")
+            .unwrap();
+        s.touch_session(&[3; 32], now - hour).unwrap(); // in use, but too old
+        let counter = |window_start, locked_until| {
+            move |_: Throttle| Throttle {
+                window_start,
+                failures: 3,
+                locked_until,
+            }
+        };
+        s.update_throttle("user", "counting", counter(now - 60_000, 0))
+            .unwrap();
+        s.update_throttle("user", "locked", counter(now - 2 * hour, now + hour))
+            .unwrap();
+        s.update_throttle(
+            "user",
+            "lock-just-ended",
+            counter(now - 2 * hour, now - 60_000),
+        )
+        .unwrap();
+        s.update_throttle("ip", "10.0.0.9", counter(now - hour, now - hour))
+            .unwrap();
+        assert_eq!(s.prune_spent(now, idle, absolute, window).unwrap(), (2, 1));
+        assert!(s.session(&[1; 32]).unwrap().is_some());
+        assert!(s.session(&[2; 32]).unwrap().is_none());
+        assert!(s.session(&[3; 32]).unwrap().is_none());
+        for kept in ["counting", "locked", "lock-just-ended"] {
+            assert_eq!(s.throttle("user", kept).unwrap().failures, 3, "{kept}");
+        }
+        assert_eq!(s.throttle("ip", "10.0.0.9").unwrap(), Throttle::default());
     }
 
     #[test]

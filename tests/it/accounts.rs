@@ -299,6 +299,14 @@ async fn parallel_guesses_cannot_slip_past_the_lock() {
         .filter(|s| **s == StatusCode::UNAUTHORIZED)
         .count();
     assert_eq!((failed, refused), (5, 5), "{statuses:?}");
+    // Refusals during the lock: one audit record, not one each.
+    let app = server.running.as_ref().unwrap().app.clone();
+    let audit = app.db.call(|s| s.audit_log(100)).await.unwrap();
+    let refusals = audit
+        .iter()
+        .filter(|e| e.event == "login_refused_locked")
+        .count();
+    assert_eq!(refusals, 1);
     server.stop().await;
 }
 
