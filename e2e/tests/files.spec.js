@@ -188,3 +188,38 @@ test("a preview's picture is let go when its chat is left, and shown again on re
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('a reader at the bottom of the log stays there when a picture loads', async ({ browser }) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'securechat-files-'));
+  const a = await newUser(browser, 'stick.a');
+  const b = await newUser(browser, 'stick.b');
+  try {
+    await a.page.setViewportSize({ width: 900, height: 420 });
+    await openChat(a.page, 'stick.b');
+    await openChat(b.page, 'stick.a');
+    for (let i = 1; i <= 12; i++) await send(b.page, `line ${i}`);
+    await expect(messages(a.page)).toContainText('line 12');
+    // A picture of 400 × 300, drawn by the browser.
+    const png = await b.page.evaluate(() => {
+      const canvas = document.createElement('canvas');
+      canvas.width = 400;
+      canvas.height = 300;
+      const g = canvas.getContext('2d');
+      g.fillStyle = '#3a7';
+      g.fillRect(0, 0, 400, 300);
+      return canvas.toDataURL('image/png').split(',')[1];
+    });
+    const image = path.join(dir, 'tall.png');
+    fs.writeFileSync(image, Buffer.from(png, 'base64'));
+    await attach(b.page, image);
+    const preview = messages(a.page).getByRole('img', { name: 'Preview of tall.png' });
+    await expect(preview).toBeVisible({ timeout: 60_000 });
+    await expect.poll(() => preview.evaluate((img) => img.complete && img.naturalHeight)).toBe(300);
+    await expect
+      .poll(() => messages(a.page).evaluate((list) => list.scrollHeight - list.scrollTop - list.clientHeight))
+      .toBeLessThan(40);
+  } finally {
+    for (const u of [a, b]) await u.context.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});

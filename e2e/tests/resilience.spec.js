@@ -395,6 +395,22 @@ test('read receipts of a busy chat go at most once a second, the last one includ
   for (const u of [a, b]) await u.context.close();
 });
 
+test("a disabled account's chat stays in the list, marked disabled, to be read", async ({ browser }) => {
+  const a = await newUser(browser, 'keeper.a');
+  const b = await newUser(browser, 'gone.b');
+  await openChat(b.page, 'keeper.a');
+  await send(b.page, 'before I go');
+  const entry = a.page.getByRole('navigation', { name: 'Chats' }).getByRole('button', { name: /^gone\.b\b/ });
+  await expect(entry).toContainText('1 unread');
+  admin('user', 'disable', 'gone.b');
+  await a.page.reload();
+  await expect(entry).toContainText('disabled');
+  await expect(entry).toContainText('1 unread');
+  await entry.click();
+  await expect(messages(a.page)).toContainText('before I go');
+  for (const u of [a, b]) await u.context.close();
+});
+
 test('messages lost on their way are fetched: after a gap seen live, and after a replay that falls short', async ({ browser }) => {
   const b = await newUser(browser, 'gaps.b');
   const context = await browser.newContext({ ignoreHTTPSErrors: true });

@@ -277,10 +277,12 @@ export async function acceptKeys(username) {
 async function start(me, keys) {
   state.me = me;
   state.keys = keys;
+  // Fetched before the app shows: if this fails, the sign-in form (or the
+  // status line) says so, instead of an empty app.
+  const [users, chats] = await Promise.all([get('/api/users'), get('/api/chats')]);
   $('auth').hidden = true;
   $('app').hidden = false;
   $('me-name').textContent = me.username;
-  const [users, chats] = await Promise.all([get('/api/users'), get('/api/chats')]);
   for (const u of users) state.users.set(u.username, u);
   for (const c of chats) addChat(c);
   await pinOwnKeys();
@@ -380,15 +382,17 @@ function newestOf(chat) {
 function drawList() {
   const list = $('chat-list');
   const q = /** @type {HTMLInputElement} */ ($('filter')).value.trim().toLowerCase();
-  /** @type {{id: string, key: string, name: string, chat: ChatState|null, online: boolean|null, group: boolean}[]} */
+  /** @type {{id: string, key: string, name: string, chat: ChatState|null, online: boolean|null, group: boolean, disabled?: boolean}[]} */
   const entries = [];
   for (const c of state.chats.values()) {
     if (c.info.kind === 'group') entries.push({ id: `group:${c.info.id}`, key: c.info.id, name: c.info.name ?? 'Group', chat: c, online: null, group: true });
   }
   for (const u of state.users.values()) {
-    if (u.username === state.me.username || u.disabled) continue;
+    if (u.username === state.me.username) continue;
     const chat = directWith(u.username);
-    entries.push({ id: `user:${u.username}`, key: chat ? chat.info.id : `user:${u.username}`, name: u.username, chat, online: state.online.has(u.username), group: false });
+    // A disabled account is listed only for the chat you had with it, to read.
+    if (u.disabled && !chat) continue;
+    entries.push({ id: `user:${u.username}`, key: chat ? chat.info.id : `user:${u.username}`, name: u.username, chat, online: state.online.has(u.username), group: false, disabled: !!u.disabled });
   }
   // Each chat's newest message, found once per drawing (not once per
   // comparison of the sort, nor by copying its messages).
@@ -407,7 +411,7 @@ function drawList() {
     dot.className = `dot${e.group ? ' group' : e.online ? ' online' : ''}`;
     extra.className = e.chat?.unread ? 'unread' : '';
     extra.textContent = e.chat?.unread ? String(e.chat.unread) : '';
-    status.textContent = `${e.group ? ', group' : e.online ? ', online' : ', offline'}${e.chat?.unread ? `, ${e.chat.unread} unread` : ''}`;
+    status.textContent = `${e.group ? ', group' : e.disabled ? ', disabled' : e.online ? ', online' : ', offline'}${e.chat?.unread ? `, ${e.chat.unread} unread` : ''}`;
     const last = newest.get(e);
     preview.textContent = last ? `${last.sender === state.me.username ? 'You: ' : ''}${last.text ?? ''}` : '';
     shown.push(li);
@@ -627,6 +631,8 @@ const log = {
   items: /** @type {Map<string, HTMLLIElement>} */ (new Map()),
   /** What each text message's item was last built from (see `messageLogItem`). @type {Map<string, any[]>} */
   drawnFrom: new Map(),
+  /** Whether the reader is at the bottom of the log (as of the last drawing or scroll). */
+  atBottom: true,
 };
 
 /** The log item `key` as `fresh` shows it: the kept element, patched, or `fresh`. @param {string} key @param {HTMLLIElement} fresh */
@@ -685,6 +691,7 @@ function drawMessages(restoreScroll = false) {
   }
   if (restoreScroll && chat.scroll !== null) list.scrollTop = chat.scroll;
   else if (restoreScroll || atBottom) list.scrollTop = list.scrollHeight;
+  log.atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
 }
 
 /** The log's first item when its history could not be fetched. */
@@ -1614,10 +1621,22 @@ function setupChrome() {
   $('messages').addEventListener(
     'scroll',
     () => {
+      const list = $('messages');
+      log.atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
       const chat = activeChat();
-      if (chat?.older && $('messages').scrollTop < 200) loadOlder(chat);
+      if (chat?.older && list.scrollTop < 200) loadOlder(chat);
     },
     { passive: true },
+  );
+  // A picture's preview that loads makes the log taller: a reader at the
+  // bottom stays there (a load does not bubble, so it is caught on its way down).
+  $('messages').addEventListener(
+    'load',
+    (event) => {
+      const list = $('messages');
+      if (/** @type {Element} */ (event.target).tagName === 'IMG' && log.atBottom) list.scrollTop = list.scrollHeight;
+    },
+    true,
   );
   $('chat-list').addEventListener('pointerdown', (e) => {
     // A press of the main button on an entry; not one on the scrollbar, whose
