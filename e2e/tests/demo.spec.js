@@ -267,3 +267,22 @@ test('Enter in a dialog field does what its main button does, not Close', async 
   await expect(a.page.getByRole('heading', { level: 2 })).toHaveText('Made with Enter');
   for (const u of [a, b]) await u.context.close();
 });
+
+test('public keys that the host gives out as your own but are not block sending, with a warning', async ({ browser }) => {
+  const a = await newUser(browser, 'self.a');
+  const b = await newUser(browser, 'self.b');
+  // A host (here a stand-in) that hands self.a's page self.b's keys as self.a's.
+  await a.context.route(/\/api\/users$/, async (route) => {
+    const response = await route.fetch();
+    const users = await response.json();
+    const other = users.find((u) => u.username === 'self.b');
+    for (const u of users) if (u.username === 'self.a') Object.assign(u, { enc_public: other.enc_public, sig_public: other.sig_public });
+    await route.fulfill({ response, json: users });
+  });
+  await a.page.reload();
+  await openChat(a.page, 'self.b');
+  await expect(a.page.getByRole('alert').filter({ hasText: 'do not match the keys you signed in with' })).toBeVisible();
+  await expect(a.page.getByRole('button', { name: 'Send' })).toBeDisabled();
+  await expect(a.page.getByRole('button', { name: 'Accept new keys' })).toBeHidden();
+  for (const u of [a, b]) await u.context.close();
+});

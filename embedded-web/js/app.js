@@ -18,7 +18,7 @@ import * as files from './files.js';
  * @typedef {{id: string, kind: 'direct'|'group', name: string|null, members: {username: string, role: string}[], last_seq: number, read_seq: number, created_at: number}} ChatInfo
  * @typedef {{id: string, chat: string, sender: string, seq: number, ts: number, envelope: e2e.Envelope}} MessageRecord
  * @typedef {{id: string, sender: string, ts: number, seq: number|null, text: string|null, state: 'sending'|'sent'|'failed'|'bad', error?: string, file?: files.FileDescriptor, transfer?: {loaded: number, total: number, rate: number, cancel?: () => void, label: string}, preview?: string, previewPending?: boolean, uploaded?: boolean, source?: File, unstored?: boolean, paging?: boolean, record?: any}} Shown
- * @typedef {{info: ChatInfo, shown: Map<string, Shown>, lastSeq: number, held: number, ahead: Set<number>, filling: boolean, older: boolean, loadingOlder: boolean, loadFailed?: boolean, readSeen?: number, readSent?: number, unread: number, draft: string, scroll: number|null, loaded: boolean}} ChatState
+ * @typedef {{info: ChatInfo, shown: Map<string, Shown>, lastSeq: number, held: number, ahead: Set<number>, filling: boolean, older: boolean, loadingOlder: boolean, loadFailed?: boolean, readSeen?: number, readSent?: number, countedTo?: number, unread: number, draft: string, scroll: number|null, loaded: boolean}} ChatState
  */
 
 const $ = (id) => /** @type {HTMLElement} */ (document.getElementById(id));
@@ -29,6 +29,7 @@ export const state = {
   /** @type {Map<string, UserEntry>} */ users: new Map(),
   /** @type {Map<string, Promise<e2e.PublicKeys>>} */ publicKeys: new Map(),
   /** Users whose keys changed since they were pinned, until accepted. @type {Set<string>} */ changed: new Set(),
+  /** The host's public keys for the user do not pair with the private keys held here. */ ownKeysBad: false,
   /** @type {Map<string, ChatState>} */ chats: new Map(),
   /** The open chat id, or "user:<name>" for a person without a chat yet. @type {string|null} */ active: null,
   /** @type {Set<string>} */ online: new Set(),
@@ -250,8 +251,10 @@ async function pinOwnKeys() {
     const entry = state.users.get(me) ?? (await get(`/api/users/${encodeURIComponent(me)}`));
     const keys = await e2e.importPublic(entry.enc_public, entry.sig_public);
     if (await e2e.pairsWith(keys, state.keys)) await store.pin(me, me, encode(keys.fingerprint));
+    // Not the user's: the host hands out keys that are not theirs.
+    else state.ownKeysBad = true;
   } catch {
-    // Checked again when the keys are first used.
+    // Not checked (the host did not answer): the pin, if any, decides.
   }
 }
 
@@ -315,7 +318,7 @@ function addChat(info) {
     return existing;
   }
   /** @type {ChatState} */
-  const chat = { info, shown: new Map(), lastSeq: 0, held: 0, ahead: new Set(), filling: false, older: false, loadingOlder: false, unread: Math.max(0, info.last_seq - info.read_seq), draft: '', scroll: null, loaded: false };
+  const chat = { info, shown: new Map(), lastSeq: 0, held: 0, ahead: new Set(), filling: false, older: false, loadingOlder: false, unread: Math.max(0, info.last_seq - info.read_seq), countedTo: info.last_seq, draft: '', scroll: null, loaded: false };
   state.chats.set(info.id, chat);
   return chat;
 }
@@ -601,14 +604,17 @@ function drawHeader() {
   info.textContent = chat.info.kind === 'group' ? 'Members' : 'Safety number';
   const changed = others.filter((u) => state.changed.has(u));
   const warning = $('key-warning');
-  warning.hidden = !changed.length;
-  const text = changed.length
-    ? `The encryption keys of ${changed.join(', ')} changed. Sending is blocked until you compare safety numbers and accept the new keys.`
-    : '';
+  warning.hidden = !changed.length && !state.ownKeysBad;
+  const text = state.ownKeysBad
+    ? 'The public keys the host has for you do not match the keys you signed in with. Sending is blocked: tell your administrator.'
+    : changed.length
+      ? `The encryption keys of ${changed.join(', ')} changed. Sending is blocked until you compare safety numbers and accept the new keys.`
+      : '';
   // Written only when it changes: an alert written again is read out again.
   const span = /** @type {HTMLElement} */ (warning.querySelector('span'));
   if (span.textContent !== text) span.textContent = text;
-  /** @type {HTMLButtonElement} */ ($('send')).disabled = changed.length > 0;
+  /** @type {HTMLButtonElement} */ ($('send')).disabled = changed.length > 0 || !!state.ownKeysBad;
+  $('accept-keys').hidden = !!state.ownKeysBad;
 }
 
 // Made once: a date's `toLocale…String` builds a formatter on every call,
@@ -1045,8 +1051,9 @@ async function receive(rec, live, paging = false) {
       else shown.previewPending = true;
     });
   }
-  // Counted once synced: `welcome` counted those of the replay.
-  if (live && rec.sender !== state.me.username && state.conn?.synced) {
+  // Counted past what `welcome` counted (the replay's, and any stored
+  // while the socket was being set up).
+  if (live && rec.sender !== state.me.username && rec.seq > (chat.countedTo ?? 0)) {
     if (state.active !== rec.chat || document.hidden) {
       chat.unread += 1;
       notify(chat, shown);
@@ -1084,6 +1091,9 @@ function markRead() {
   sendRead(chat);
   drawList();
 }
+
+/** Chats with the user's own messages acknowledged, to be marked read once the outbox is empty. @type {Set<ChatState>} */
+const ownRead = new Set();
 
 /** Chats whose last `read` went less than READ_EVERY_MS ago, with the timer that sends the next. @type {Map<string, number>} */
 const readLater = new Map();
@@ -1153,6 +1163,9 @@ async function onFrame(frame) {
         // was read on another device. The replay that follows adds nothing.
         const chat = addChat(c);
         chat.unread = state.active === c.id && !document.hidden ? 0 : Math.max(0, c.last_seq - c.read_seq);
+        chat.countedTo = c.last_seq;
+        // The read mark the host has: a receipt lost with a socket goes again.
+        chat.readSent = c.read_seq;
       }
       for (const id of [...state.chats.keys()]) if (!listed.has(id)) removeChat(id);
       if (welcomed) {
@@ -1192,6 +1205,18 @@ async function onFrame(frame) {
         chat.lastSeq = Math.max(chat.lastSeq, frame.seq);
         hold(chat, frame.seq, true);
         if (state.active === chat.info.id) drawMessages();
+      }
+      // The user's own message, in a chat read up to just before it: read
+      // too, or the host would count it unread at the next welcome. Marked
+      // once the outbox is empty, so that receipts do not take the rate a
+      // backlog of sends needs.
+      if (chat && (chat.readSeen ?? chat.readSent ?? 0) >= frame.seq - 1) {
+        chat.readSeen = Math.max(chat.readSeen ?? 0, frame.seq);
+        ownRead.add(chat);
+      }
+      if (!state.conn?.outbox.size) {
+        for (const c of ownRead) sendRead(c);
+        ownRead.clear();
       }
       break;
     }
@@ -1403,6 +1428,10 @@ async function sealFrame(chat, id, content) {
   const recipients = await Promise.all(
     chat.info.members.map(async (m) => ({ username: m.username, keys: await publicKeys(m.username) })),
   );
+  if (state.ownKeysBad) {
+    drawHeader();
+    throw new Error('The public keys the host has for you are not yours: nothing is sent.');
+  }
   if (recipients.some((r) => state.changed.has(r.username))) {
     drawHeader();
     throw new Error('The encryption keys of a member changed: compare safety numbers and accept them, then use Retry.');
@@ -1424,7 +1453,7 @@ async function keysAccepted(chat) {
   await accountsRead;
   const members = chat.info.members.map((m) => m.username);
   await Promise.all(members.map((u) => publicKeys(u)));
-  if (members.some((u) => state.changed.has(u))) {
+  if (state.ownKeysBad || members.some((u) => state.changed.has(u))) {
     drawHeader();
     return false;
   }
@@ -1688,7 +1717,10 @@ async function resume(saved) {
       await start(me, { enc: saved.enc, sig: saved.sig });
       return true;
     } catch (err) {
-      if (err instanceof ApiError && err.status === 401) return false;
+      // Only what passes (no connection, the host busy or restarting) is
+      // tried again; anything else asks for the password.
+      const passing = err instanceof ApiError && (err.status === 0 || err.status === 429 || err.status >= 500);
+      if (!passing) return false;
       setStatus('The host cannot be reached; trying again…');
       await new Promise((r) => setTimeout(r, Math.min(30000, 1000 * 2 ** attempt)));
     }

@@ -62,7 +62,7 @@ export class Connection {
     this.stopped = false;
     this.lastHeard = Date.now();
     this.lastTick = Date.now();
-    /** The ping that asks whether the socket still holds: when it went, how long it may wait. @type {{at: number, wait: number}|null} */
+    /** The ping that asks whether the socket still holds: when it went, how long it may wait, and whether it was given a second more. @type {{at: number, wait: number, late?: boolean}|null} */
     this.probe = null;
     this.timer = setInterval(() => this.tick(), 2000);
     this.onWake = () => this.tick(true);
@@ -105,7 +105,11 @@ export class Connection {
         this.inFlight.clear();
         this.parked.clear();
       }
-      if (frame.type === 'ack') this.outbox.delete(frame.id);
+      if (frame.type === 'ack') {
+        this.outbox.delete(frame.id);
+        // Taken: the pace eases back towards the host's rate.
+        if (this.pace) this.pace = Math.max(SEND_PACE_MS, this.pace - 100);
+      }
       if (frame.type === 'error' && frame.code === 'rate_limited') {
         const wait = Math.max(1, Number(frame.retry_after_ms) || SEND_PACE_MS);
         if (!this.pace) this.pace = Math.max(SEND_PACE_MS, wait);
@@ -186,7 +190,17 @@ export class Connection {
     // Any frame since the ping answers it.
     if (this.probe && this.lastHeard >= this.probe.at) this.probe = null;
     if (this.probe && now - this.probe.at >= this.probe.wait) {
+      // Noticed late (the page was busy, or its timers throttled): the
+      // answer may be waiting behind this very check, so once, a second more.
+      if (!this.probe.late && now - this.probe.at > this.probe.wait + 1000) {
+        this.probe.late = true;
+        this.probe.wait = now - this.probe.at + 1000;
+        clearTimeout(this.probeTimer);
+        this.probeTimer = setTimeout(() => this.tick(), 1000);
+        return;
+      }
       this.ws = null;
+      this.synced = false;
       ws.onclose = null;
       ws.close();
       this.retry();

@@ -839,17 +839,22 @@ pub async fn create_chat(
             };
             // More distinct names than a group holds: refused before any is
             // looked up (a body may list some 200 000).
-            let me_name = user.user.username.to_lowercase();
+            let me_name = user.user.username.to_ascii_lowercase();
             let named: std::collections::HashSet<String> = members
                 .iter()
-                .map(|m| m.trim().to_lowercase())
+                .map(|m| m.trim().to_ascii_lowercase())
                 .filter(|m| *m != me_name)
                 .collect();
             if named.len() + 1 > max {
                 return Err(too_many());
             }
+            // Each name looked up once, in the order given.
+            let mut seen = std::collections::HashSet::new();
             let mut ids = vec![me_id];
             for member in &members {
+                if !seen.insert(member.trim().to_ascii_lowercase()) {
+                    continue;
+                }
                 let u = active_user(&app, member).await?;
                 if !ids.contains(&u.id) {
                     ids.push(u.id);
