@@ -73,11 +73,38 @@ async function resetAccount(page, name, code, password = PASSWORD) {
   await form.getByRole('button', { name: 'Reset account' }).click();
 }
 
+/**
+ * Runs the sockets of `context`'s pages through a stand-in between page and
+ * host. `toHost(frame, page)` and `toPage(frame)` get each frame, parsed,
+ * and return false to drop it; `toHost` may answer through `page.send`.
+ * The result's `close()` ends the current socket, as a lost connection.
+ * @param {import('@playwright/test').BrowserContext} context
+ * @param {{toHost?: (frame: any, page: import('@playwright/test').WebSocketRoute) => boolean, toPage?: (frame: any) => boolean}} [filters]
+ */
+async function standIn(context, { toHost = () => true, toPage = () => true } = {}) {
+  /** @type {(() => void)|undefined} */
+  let closeCurrent;
+  await context.routeWebSocket(/\/ws$/, (ws) => {
+    const host = ws.connectToServer();
+    closeCurrent = () => {
+      ws.close({ code: 1001, reason: 'away' });
+      host.close();
+    };
+    ws.onMessage((message) => {
+      if (toHost(JSON.parse(String(message)), ws)) host.send(message);
+    });
+    host.onMessage((message) => {
+      if (toPage(JSON.parse(String(message)))) ws.send(message);
+    });
+  });
+  return { close: () => closeCurrent?.() };
+}
+
 function messages(page) {
   return page.getByRole('log', { name: 'Messages' });
 }
 
-module.exports = { PASSWORD, attach, messages, newUser, openChat, resetAccount, send, signIn, signOut, signUp, url };
+module.exports = { PASSWORD, attach, messages, newUser, openChat, resetAccount, send, signIn, signOut, signUp, standIn, url };
 
 const { spawn, execFileSync } = require('node:child_process');
 const path = require('node:path');

@@ -1,5 +1,5 @@
 const { test, expect } = require('@playwright/test');
-const { admin, messages, newUser, openChat, resetAccount, resetPeer, send, signUp, startPeer, url } = require('./helpers');
+const { admin, messages, newUser, openChat, resetAccount, resetPeer, send, signUp, standIn, startPeer, url } = require('./helpers');
 
 test('a browser user and a native-client user exchange messages both ways', async ({ browser }) => {
   const web = await newUser(browser, 'webber');
@@ -112,16 +112,7 @@ test("a contact's key change made while the page was away is found on reconnecti
   // The page's socket runs through a stand-in that can drop the host's
   // `user` frames, as a page that is away misses them, and close.
   let away = false;
-  /** @type {import('@playwright/test').WebSocketRoute | null} */
-  let socket = null;
-  await context.routeWebSocket(/\/ws$/, (ws) => {
-    socket = ws;
-    const host = ws.connectToServer();
-    host.onMessage((message) => {
-      if (away && JSON.parse(String(message)).type === 'user') return;
-      ws.send(message);
-    });
-  });
+  const socket = await standIn(context, { toPage: (frame) => !(away && frame.type === 'user') });
   const page = await signUp(context, 'returner');
   const peer = await startPeer('reborn', 'returner');
   try {
@@ -134,7 +125,7 @@ test("a contact's key change made while the page was away is found on reconnecti
     const warning = page.getByRole('alert').filter({ hasText: 'keys of reborn changed' });
     await expect(page.getByRole('button', { name: 'Send' })).toBeEnabled();
     away = false;
-    socket?.close({ code: 1001, reason: 'away' });
+    socket.close();
     await expect(warning).toBeVisible();
     await expect(page.getByRole('button', { name: 'Send' })).toBeDisabled();
   } finally {
@@ -148,15 +139,7 @@ test('a message from a contact reset while the page was away says their keys cha
   // The page's socket runs through a stand-in that drops everything the
   // host sends while the page is away, then closes.
   let away = false;
-  /** @type {(() => void) | null} */
-  let close = null;
-  await context.routeWebSocket(/\/ws$/, (ws) => {
-    const host = ws.connectToServer();
-    close = () => ws.close({ code: 1001, reason: 'away' });
-    host.onMessage((message) => {
-      if (!away) ws.send(message);
-    });
-  });
+  const socket = await standIn(context, { toPage: () => !away });
   const page = await signUp(context, 'kept.a');
   const b = await newUser(browser, 'kept.b');
   try {
@@ -177,7 +160,7 @@ test('a message from a contact reset while the page was away says their keys cha
     await send(b2, 'after the reset');
     await expect(messages(b2).locator('.msg', { hasText: 'after the reset' }).locator('.state')).toHaveText(/Sent|Read/);
     away = false;
-    close?.();
+    socket.close();
     // The replay brings it: opened with the new keys once the accounts are
     // read again, and held back until they are accepted.
     await expect(page.getByRole('alert').filter({ hasText: 'keys of kept.b changed' })).toBeVisible();

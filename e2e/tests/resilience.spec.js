@@ -1,5 +1,5 @@
 const { test, expect } = require('@playwright/test');
-const { PASSWORD, admin, messages, newUser, openChat, resetAccount, send, signIn, signOut, signUp, url } = require('./helpers');
+const { PASSWORD, admin, messages, newUser, openChat, resetAccount, send, signIn, signOut, signUp, standIn, url } = require('./helpers');
 const server = require('../server');
 
 test('a server restart mid-conversation: Reconnecting, then every message exactly once', async ({ browser }) => {
@@ -104,21 +104,16 @@ test("send errors get what the protocol's table asks: resent, resealed, renamed,
   const plan = [];
   /** The ids of the `send` frames the page sent. @type {{id: string}[]} */
   const sends = [];
-  await context.routeWebSocket(/\/ws$/, (ws) => {
-    const host = ws.connectToServer();
-    ws.onMessage((message) => {
-      const frame = JSON.parse(String(message));
-      if (frame.type === 'send') {
-        sends.push({ id: frame.id });
-        const code = plan.shift();
-        if (code) {
-          const members = code === 'members_mismatch' ? { members: ['errs.a', 'errs.b'] } : {};
-          ws.send(JSON.stringify({ type: 'error', code, id: frame.id, message: `refused: ${code}`, ...members }));
-          return;
-        }
-      }
-      host.send(message);
-    });
+  await standIn(context, {
+    toHost: (frame, page) => {
+      if (frame.type !== 'send') return true;
+      sends.push({ id: frame.id });
+      const code = plan.shift();
+      if (!code) return true;
+      const members = code === 'members_mismatch' ? { members: ['errs.a', 'errs.b'] } : {};
+      page.send(JSON.stringify({ type: 'error', code, id: frame.id, message: `refused: ${code}`, ...members }));
+      return false;
+    },
   });
   const page = await signUp(context, 'errs.a');
   await openChat(page, 'errs.b');
@@ -166,21 +161,14 @@ test('messages not yet sent outlive a reload and a sign-out, and go once; one re
   // sends for good, as the host would a malformed one.
   /** @type {'pass'|'hold'|'no-ack'|'refuse'} */
   let mode = 'pass';
-  await context.routeWebSocket(/\/ws$/, (ws) => {
-    const host = ws.connectToServer();
-    ws.onMessage((message) => {
-      const frame = JSON.parse(String(message));
-      if (frame.type === 'send' && mode === 'hold') return;
+  await standIn(context, {
+    toHost: (frame, page) => {
       if (frame.type === 'send' && mode === 'refuse') {
-        ws.send(JSON.stringify({ type: 'error', code: 'bad_envelope', id: frame.id, message: 'refused: bad_envelope' }));
-        return;
+        page.send(JSON.stringify({ type: 'error', code: 'bad_envelope', id: frame.id, message: 'refused: bad_envelope' }));
       }
-      host.send(message);
-    });
-    host.onMessage((message) => {
-      if (mode === 'no-ack' && JSON.parse(String(message)).type === 'ack') return;
-      ws.send(message);
-    });
+      return !(frame.type === 'send' && (mode === 'hold' || mode === 'refuse'));
+    },
+    toPage: (frame) => !(mode === 'no-ack' && frame.type === 'ack'),
   });
   const page = await signUp(context, 'out.a');
   await openChat(page, 'out.b');
@@ -245,13 +233,7 @@ test("a message kept while its recipient's keys changed waits, Not sent, until t
   const context = await browser.newContext({ ignoreHTTPSErrors: true });
   // The page's socket runs through a stand-in that can keep its sends from the host.
   let hold = false;
-  await context.routeWebSocket(/\/ws$/, (ws) => {
-    const host = ws.connectToServer();
-    ws.onMessage((message) => {
-      if (hold && JSON.parse(String(message)).type === 'send') return;
-      host.send(message);
-    });
-  });
+  await standIn(context, { toHost: (frame) => !(hold && frame.type === 'send') });
   const page = await signUp(context, 'rekey.a');
   await openChat(page, 'rekey.b');
   const state = messages(page).locator('.msg', { hasText: 'written before the reset' }).locator('.state');
@@ -289,12 +271,7 @@ test("a hidden tab's timers running once a minute keep a live socket, and a dead
   // The page's socket runs through a stand-in that can stop passing on
   // what the host sends, answers to pings included, as a dead socket would.
   let deaf = false;
-  await context.routeWebSocket(/\/ws$/, (ws) => {
-    const host = ws.connectToServer();
-    host.onMessage((message) => {
-      if (!deaf) ws.send(message);
-    });
-  });
+  await standIn(context, { toPage: () => !deaf });
   const page = await signUp(context, 'hidden.tab');
   const socket = () =>
     page.evaluate(async () => {
@@ -329,17 +306,7 @@ test('unread counts follow the host: what came while away counts, and reading on
   // lose everything the host sends, then close.
   const other = await browser.newContext({ ignoreHTTPSErrors: true });
   let away = false;
-  let close;
-  await other.routeWebSocket(/\/ws$/, (ws) => {
-    const host = ws.connectToServer();
-    close = () => {
-      ws.close();
-      host.close();
-    };
-    host.onMessage((message) => {
-      if (!away) ws.send(message);
-    });
-  });
+  const socket = await standIn(other, { toPage: () => !away });
   const second = await other.newPage();
   await second.goto(url());
   await signIn(second, 'count.a');
@@ -352,7 +319,7 @@ test('unread counts follow the host: what came while away counts, and reading on
   await send(b.page, 'three, while away');
   await expect(messages(b.page).locator('.msg .state', { hasText: /Sent|Read/ })).toHaveCount(3);
   away = false;
-  close?.();
+  socket.close();
   await expect(entry(second)).toContainText('3 unread');
   // Read on the first device: the second's count goes.
   await openChat(a.page, 'count.b');
@@ -425,21 +392,12 @@ test('messages lost on their way are fetched: after a gap seen live, and after a
   // The page's socket runs through a stand-in that can drop the host's
   // next `message` frame, or all of them, and close.
   let [dropNext, dropAll] = [false, false];
-  /** @type {(() => void) | null} */
-  let close = null;
-  await context.routeWebSocket(/\/ws$/, (ws) => {
-    const host = ws.connectToServer();
-    close = () => {
-      ws.close();
-      host.close();
-    };
-    host.onMessage((message) => {
-      if ((dropNext || dropAll) && JSON.parse(String(message)).type === 'message') {
-        dropNext = false;
-        return;
-      }
-      ws.send(message);
-    });
+  const socket = await standIn(context, {
+    toPage: (frame) => {
+      if (!((dropNext || dropAll) && frame.type === 'message')) return true;
+      dropNext = false;
+      return false;
+    },
   });
   const page = await signUp(context, 'gaps.a');
   await openChat(page, 'gaps.b');
@@ -458,7 +416,7 @@ test('messages lost on their way are fetched: after a gap seen live, and after a
   await send(b.page, 'fourth');
   await send(b.page, 'fifth');
   await expect(messages(b.page).locator('.msg .state', { hasText: /Sent|Read/ })).toHaveCount(5);
-  close?.();
+  socket.close();
   await expect(messages(page)).toContainText('fifth');
   await expect(messages(page)).toContainText('fourth');
   for (const text of ['first', 'second, lost on the way', 'third', 'fourth', 'fifth']) {

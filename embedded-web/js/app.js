@@ -671,8 +671,11 @@ function drawMessages(restoreScroll = false) {
   /** @type {HTMLLIElement[]} */
   const items = [];
   let day = '';
-  if (chat.loadFailed && !chat.loaded) items.push(log.items.get('unloaded') ?? logItem('unloaded', unloadedItem()));
-  if (chat.older) items.push(log.items.get('older') ?? logItem('older', olderItem()));
+  // While its history could not be fetched, and while the host has older messages than those shown.
+  if (chat.loadFailed && !chat.loaded) {
+    items.push(log.items.get('unloaded') ?? logItem('unloaded', noticeItem('The messages of this chat could not be fetched.', 'Try again', 'history')));
+  }
+  if (chat.older) items.push(log.items.get('older') ?? logItem('older', noticeItem('', 'Show older messages', 'older')));
   const sorted = [...chat.shown.values()].filter((m) => !m.paging).sort((a, b) => (a.seq ?? Infinity) - (b.seq ?? Infinity) || a.ts - b.ts);
   for (const m of sorted) {
     const d = dayOf(m.ts);
@@ -700,27 +703,18 @@ function drawMessages(restoreScroll = false) {
   log.atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
 }
 
-/** The log's first item when its history could not be fetched. */
-function unloadedItem() {
+/**
+ * A log item above the messages: `text`, then a button that does `action`
+ * (see `onLogClick`). @param {string} text @param {string} label @param {string} action
+ */
+function noticeItem(text, label, action) {
   const li = document.createElement('li');
   li.className = 'older';
-  li.append('The messages of this chat could not be fetched. ');
+  if (text) li.append(text, ' ');
   const button = document.createElement('button');
   button.type = 'button';
-  button.textContent = 'Try again';
-  button.dataset.action = 'history';
-  li.appendChild(button);
-  return li;
-}
-
-/** The log's first item while the host has older messages than those shown. */
-function olderItem() {
-  const li = document.createElement('li');
-  li.className = 'older';
-  const button = document.createElement('button');
-  button.type = 'button';
-  button.textContent = 'Show older messages';
-  button.dataset.action = 'older';
+  button.textContent = label;
+  button.dataset.action = action;
   li.appendChild(button);
   return li;
 }
