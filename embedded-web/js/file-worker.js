@@ -10,13 +10,17 @@ const SLICE = 8 << 20;
 
 /**
  * The SHA-256 of `blob`: by WebCrypto in one piece up to `whole` bytes,
- * incrementally above (slower, in memory that stays flat).
- * @param {Blob} blob @param {number} whole @returns {Promise<ArrayBuffer>}
+ * incrementally above (slower, in memory that stays flat), stopping
+ * between slices once `stopped()`.
+ * @param {Blob} blob @param {number} whole @param {() => boolean} stopped @returns {Promise<ArrayBuffer>}
  */
-async function digest(blob, whole) {
+async function digest(blob, whole, stopped) {
   if (blob.size <= whole) return crypto.subtle.digest('SHA-256', await blob.arrayBuffer());
   const sha = new Sha256();
-  for (let at = 0; at < blob.size; at += SLICE) sha.update(new Uint8Array(await blob.slice(at, at + SLICE).arrayBuffer()));
+  for (let at = 0; at < blob.size; at += SLICE) {
+    if (stopped()) throw new Error('cancelled');
+    sha.update(new Uint8Array(await blob.slice(at, at + SLICE).arrayBuffer()));
+  }
   return sha.digest().buffer;
 }
 
@@ -34,16 +38,26 @@ async function keyOf(raw, usage) {
 
 /** The digest under way, if any: the next waits for it. */
 let digests = Promise.resolve();
+/** Jobs cancelled (an upload cancelled or failed): a digest stops, or never starts. */
+const cancelled = new Set();
 
 self.onmessage = async (event) => {
   const { op, id } = event.data;
+  if (op === 'cancel') {
+    cancelled.add(event.data.job);
+    return;
+  }
   try {
     if (op === 'digest') {
       // One at a time: files dropped together are not all read at once.
-      const job = digests.then(() => digest(event.data.blob, event.data.whole));
+      const job = digests.then(() => digest(event.data.blob, event.data.whole, () => cancelled.has(id)));
       digests = job.catch(() => {});
-      const hash = await job;
-      self.postMessage({ id, result: hash }, [hash]);
+      try {
+        const hash = await job;
+        self.postMessage({ id, result: hash }, [hash]);
+      } finally {
+        cancelled.delete(id);
+      }
     } else if (op === 'encrypt') {
       const { blob, key, prefix, fileId, index, chunks } = event.data;
       const plain = await blob.slice(index * CHUNK, (index + 1) * CHUNK).arrayBuffer();

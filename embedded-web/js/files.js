@@ -47,13 +47,15 @@ function fileWorker() {
     w.onmessageerror = fail;
     return w;
   };
-  /** @param {any} message @param {Transferable[]} transfer */
-  return (message, transfer = []) => {
+  /** A job; `signal` cancels it (the worker stops what it can). @param {any} message @param {Transferable[]} transfer @param {AbortSignal} [signal] */
+  return (message, transfer = [], signal = undefined) => {
     worker ??= start();
     const id = nextJob++;
+    const to = /** @type {Worker} */ (worker);
+    signal?.addEventListener('abort', () => to.postMessage({ op: 'cancel', job: id }), { once: true });
     return new Promise((resolve, reject) => {
       jobs.set(id, { resolve, reject });
-      /** @type {Worker} */ (worker).postMessage({ ...message, id }, transfer);
+      to.postMessage({ ...message, id }, transfer);
     });
   };
 }
@@ -64,12 +66,12 @@ const run = fileWorker();
 const hash = fileWorker();
 
 /**
- * The SHA-256 of `blob`, off the page's thread.
- * @param {Blob} blob @param {number} whole the largest size hashed in one piece
+ * The SHA-256 of `blob`, off the page's thread; `signal` stops it.
+ * @param {Blob} blob @param {number} whole the largest size hashed in one piece @param {AbortSignal} [signal]
  * @returns {Promise<ArrayBuffer>}
  */
-export function digest(blob, whole = WHOLE_DIGEST_MAX) {
-  return hash({ op: 'digest', blob, whole });
+export function digest(blob, whole = WHOLE_DIGEST_MAX, signal = undefined) {
+  return hash({ op: 'digest', blob, whole }, [], signal);
 }
 
 /**
@@ -142,8 +144,11 @@ export async function upload(file, chat, onProgress, signal) {
   // Frees the space the host set aside for the file, and what it holds of it.
   const discard = () => call('DELETE', `/api/files/${status.id}`).catch(() => {});
   signal.addEventListener('abort', discard, { once: true });
-  // Hashed while it uploads; read in slices when large.
-  const sha = digest(file);
+  // Hashed while it uploads; read in slices when large. Stopped with the
+  // upload, so that the next file's hash does not wait behind it.
+  const hashing = new AbortController();
+  signal.addEventListener('abort', () => hashing.abort(), { once: true });
+  const sha = digest(file, WHOLE_DIGEST_MAX, hashing.signal);
   sha.catch(() => {});
   let held = new Set();
   for (let attempt = 0; ; attempt++) {
@@ -165,6 +170,7 @@ export async function upload(file, chat, onProgress, signal) {
       if (!transient || attempt >= 30) {
         // Given up (a cancel discards the file above).
         discard();
+        hashing.abort();
         throw err;
       }
       // The connection dropped: wait, then ask the server what it holds.
