@@ -383,6 +383,8 @@ test("a disabled account's chat stays in the list, marked disabled, to be read",
   await expect(entry).toContainText('1 unread');
   await entry.click();
   await expect(messages(a.page)).toContainText('before I go');
+  await expect(a.page.getByText('disabled account: read only')).toBeVisible();
+  await expect(a.page.getByRole('button', { name: 'Send' })).toBeDisabled();
   for (const u of [a, b]) await u.context.close();
 });
 

@@ -18,6 +18,7 @@ export class ApiError extends Error {
  */
 export async function call(method, path, body) {
   let response;
+  let textBody;
   try {
     response = await fetch(path, {
       method,
@@ -25,10 +26,11 @@ export async function call(method, path, body) {
       headers: body === undefined ? {} : { 'Content-Type': 'application/json' },
       body: body === undefined ? undefined : JSON.stringify(body),
     });
+    // Inside: a connection that breaks during the answer is "offline" too.
+    textBody = await response.text();
   } catch {
     throw new ApiError(0, 'offline', 'The server cannot be reached. Check the connection and try again.', undefined);
   }
-  const textBody = await response.text();
   let json = null;
   try {
     json = textBody ? JSON.parse(textBody) : null;

@@ -295,8 +295,11 @@ async function start(me, keys) {
       if (s === 'signed-out') signOut();
       // Synced: fetch what the replay did not cover (docs/PROTOCOL.md §5.6).
       if (s === 'online') for (const c of state.chats.values()) fill(c);
-      // A read mark the host has not had yet goes now.
-      if (s === 'online') markRead();
+      // Read marks the host has not had yet (lost with a socket) go now.
+      if (s === 'online') {
+        markRead();
+        for (const c of state.chats.values()) sendRead(c);
+      }
       // The open chat's history, if fetching it failed, is fetched now.
       const open = activeChat();
       if (s === 'online' && open?.loadFailed && !open.loaded) openChat(open.info.id);
@@ -595,10 +598,12 @@ function drawHeader() {
   if (!chat) return;
   $('chat-title').textContent = chatTitle(chat.info);
   const others = chat.info.members.map((m) => m.username).filter((u) => u !== state.me.username);
+  // A direct chat with a disabled account is there to be read: nothing sent to it would be.
+  const gone = chat.info.kind === 'direct' && !!state.users.get(others[0])?.disabled;
   $('chat-sub').textContent =
     chat.info.kind === 'group'
       ? `${chat.info.members.length} members`
-      : state.online.has(others[0]) ? 'online' : 'offline';
+      : gone ? 'disabled account: read only' : state.online.has(others[0]) ? 'online' : 'offline';
   const info = $('chat-info');
   info.hidden = false;
   info.textContent = chat.info.kind === 'group' ? 'Members' : 'Safety number';
@@ -613,7 +618,7 @@ function drawHeader() {
   // Written only when it changes: an alert written again is read out again.
   const span = /** @type {HTMLElement} */ (warning.querySelector('span'));
   if (span.textContent !== text) span.textContent = text;
-  /** @type {HTMLButtonElement} */ ($('send')).disabled = changed.length > 0 || !!state.ownKeysBad;
+  /** @type {HTMLButtonElement} */ ($('send')).disabled = changed.length > 0 || !!state.ownKeysBad || gone;
   $('accept-keys').hidden = !!state.ownKeysBad;
 }
 
@@ -1089,6 +1094,13 @@ function markRead() {
 /** Chats with the user's own messages acknowledged, to be marked read once the outbox is empty. @type {Set<ChatState>} */
 const ownRead = new Set();
 
+/** Marks them read if the outbox is empty now (the last send acknowledged, or given up). */
+function flushOwnReads() {
+  if (state.conn?.outbox.size) return;
+  for (const c of ownRead) sendRead(c);
+  ownRead.clear();
+}
+
 /** Chats whose last `read` went less than READ_EVERY_MS ago, with the timer that sends the next. @type {Map<string, number>} */
 const readLater = new Map();
 /**
@@ -1156,7 +1168,7 @@ async function onFrame(frame) {
         // Unread as the host counts it: what arrived while away, less what
         // was read on another device. The replay that follows adds nothing.
         const chat = addChat(c);
-        chat.unread = state.active === c.id && !document.hidden ? 0 : Math.max(0, c.last_seq - c.read_seq);
+        chat.unread = state.active === c.id && !document.hidden ? 0 : Math.max(0, c.last_seq - Math.max(c.read_seq, chat.readSeen ?? 0));
         chat.countedTo = c.last_seq;
         // The read mark the host has: a receipt lost with a socket goes again.
         chat.readSent = c.read_seq;
@@ -1204,14 +1216,11 @@ async function onFrame(frame) {
       // too, or the host would count it unread at the next welcome. Marked
       // once the outbox is empty, so that receipts do not take the rate a
       // backlog of sends needs.
-      if (chat && (chat.readSeen ?? chat.readSent ?? 0) >= frame.seq - 1) {
+      if (chat && Math.max(chat.readSeen ?? 0, chat.readSent ?? 0) >= frame.seq - 1) {
         chat.readSeen = Math.max(chat.readSeen ?? 0, frame.seq);
         ownRead.add(chat);
       }
-      if (!state.conn?.outbox.size) {
-        for (const c of ownRead) sendRead(c);
-        ownRead.clear();
-      }
+      flushOwnReads();
       break;
     }
     case 'error':
@@ -1386,6 +1395,7 @@ async function onSendError(frame) {
 /** A send that will not go by itself: "Not sent", with Retry. @param {string} chatId @param {Shown|undefined} m @param {string} error @param {string} id */
 function failed(chatId, m, error, id) {
   state.conn?.replace(id, null);
+  flushOwnReads();
   if (!m) return;
   m.state = 'failed';
   m.error = error;

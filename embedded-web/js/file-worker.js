@@ -15,6 +15,7 @@ const SLICE = 8 << 20;
  * @param {Blob} blob @param {number} whole @param {() => boolean} stopped @returns {Promise<ArrayBuffer>}
  */
 async function digest(blob, whole, stopped) {
+  if (stopped()) throw new Error('cancelled');
   if (blob.size <= whole) return crypto.subtle.digest('SHA-256', await blob.arrayBuffer());
   const sha = new Sha256();
   for (let at = 0; at < blob.size; at += SLICE) {
@@ -38,24 +39,29 @@ async function keyOf(raw, usage) {
 
 /** The digest under way, if any: the next waits for it. */
 let digests = Promise.resolve();
-/** Jobs cancelled (an upload cancelled or failed): a digest stops, or never starts. */
+/** Digests queued or under way. */
+const digesting = new Set();
+/** Of those, the ones cancelled (an upload cancelled or failed): each stops, or never starts. */
 const cancelled = new Set();
 
 self.onmessage = async (event) => {
   const { op, id } = event.data;
   if (op === 'cancel') {
-    cancelled.add(event.data.job);
+    // A job already done is not remembered.
+    if (digesting.has(event.data.job)) cancelled.add(event.data.job);
     return;
   }
   try {
     if (op === 'digest') {
       // One at a time: files dropped together are not all read at once.
+      digesting.add(id);
       const job = digests.then(() => digest(event.data.blob, event.data.whole, () => cancelled.has(id)));
       digests = job.catch(() => {});
       try {
         const hash = await job;
         self.postMessage({ id, result: hash }, [hash]);
       } finally {
+        digesting.delete(id);
         cancelled.delete(id);
       }
     } else if (op === 'encrypt') {

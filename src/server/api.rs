@@ -234,10 +234,10 @@ async fn count_attempt(
         .map_err(|until| until - now))
 }
 
-/// Writes `event` (an attempt refused during a lock) to the audit log if it
-/// is the first such refusal of `actor` from `ip` during the lock that ends
-/// at `locked_until`: a client that keeps trying during a lock would
-/// otherwise add a record and a commit per attempt.
+/// Writes `event` (an attempt refused during a lock) to the audit log, with
+/// `actor`, if it is the first such refusal from `ip` during the lock that
+/// ends at `locked_until`: a client that keeps trying during a lock, under
+/// one name or many, would otherwise add a record and a commit per attempt.
 async fn audit_refusal(
     app: &App,
     event: &'static str,
@@ -251,13 +251,22 @@ async fn audit_refusal(
             .refusals_audited
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        seen.retain(|_, until| *until > now);
-        seen.insert((actor.to_owned(), ip.to_owned()), locked_until) != Some(locked_until)
+        // Bounded: locks that ended are forgotten once it grows.
+        if seen.len() >= REFUSALS_KEPT {
+            seen.retain(|(_, _, until)| *until > now);
+            if seen.len() >= REFUSALS_KEPT {
+                seen.clear();
+            }
+        }
+        seen.insert((event, ip.to_owned(), locked_until))
     };
     if first {
         app.audit(event, actor, format!("ip={ip}")).await;
     }
 }
+
+/// How many (event, address, lock end) the refusal audit remembers at most.
+const REFUSALS_KEPT: usize = 4096;
 
 /// Writes to the audit log the locks a failed attempt set: the username's
 /// (its counter after the attempt, if counted) and the address's, if this

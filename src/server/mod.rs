@@ -62,10 +62,10 @@ pub struct AppState {
     pub tls: TlsMaterial,
     /// Writes the encrypted chat and audit logs.
     pub logger: Logger,
-    /// Sign-ins refused during a lock that are in the audit log already,
-    /// by (actor, address), with the end of that lock: one record a lock,
-    /// not one per refused attempt.
-    pub refusals_audited: std::sync::Mutex<std::collections::HashMap<(String, String), i64>>,
+    /// Attempts refused during a lock that are in the audit log already, by
+    /// (event, address, end of the lock): one record a lock, not one per
+    /// refused attempt.
+    pub refusals_audited: std::sync::Mutex<std::collections::HashSet<(&'static str, String, i64)>>,
 }
 
 /// The shared handle given to handlers.
@@ -408,16 +408,21 @@ pub async fn apply_retention(app: &App) -> Result<(), crate::store::StoreError> 
         crate::auth::ms(limits.session_absolute),
         crate::auth::ms(limits.login_window),
     );
-    let (sessions, counters) = app
+    match app
         .db
         .call(move |s| s.prune_spent(now, idle, absolute, window))
-        .await?;
-    if sessions > 0 || counters > 0 {
-        tracing::info!(
-            sessions,
-            counters,
-            "expired sessions and spent sign-in counters removed"
-        );
+        .await
+    {
+        Ok((0, 0)) => {}
+        Ok((sessions, counters)) => {
+            tracing::info!(
+                sessions,
+                counters,
+                "expired sessions and spent sign-in counters removed"
+            );
+        }
+        // The rest of the sweep goes on.
+        Err(e) => tracing::error!(error = %e, "removing expired sessions failed"),
     }
     let file_cutoff = (days > 0).then(|| now - days.saturating_mul(86_400_000));
     if let Err(e) = crate::files::prune(app, file_cutoff).await {

@@ -2391,7 +2391,6 @@ impl Store {
         Ok(Some(self.user_by_id(id)?))
     }
 
-    /// Deletes invites that are used up or expired before `now`.
     /// Deletes what nothing will read again: sessions past their idle or
     /// absolute lifetime (a session is otherwise deleted only when next
     /// presented), and throttle counters whose window and lock both ended
@@ -2416,6 +2415,7 @@ impl Store {
         Ok((sessions, counters))
     }
 
+    /// Deletes invites that are used up or expired before `now`.
     pub fn prune_invites(&self, now: i64) -> Result<()> {
         self.conn.execute(
             "DELETE FROM invites WHERE uses_left <= 0 OR expires_at <= ?1",

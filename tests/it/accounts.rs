@@ -420,11 +420,18 @@ async fn parallel_guesses_of_the_old_password_cannot_slip_past_the_lock() {
         .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
         .count();
     assert_eq!((wrong, locked), (5, 5), "{statuses:?}");
+    // A sign-in during the same lock is refused too, and audited as its own kind.
+    let mut other = server.client();
+    let (status, _, _) = other.login_attempt("alice", &[7u8; 32]).await.unwrap();
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     let app = server.running.as_ref().unwrap().app.clone();
     let audit = app.db.call(|s| s.audit_log(100)).await.unwrap();
     assert!(
         audit.iter().any(|e| e.event == "user_locked"),
         "the lock is audited"
     );
+    let count = |event: &str| audit.iter().filter(|e| e.event == event).count();
+    assert_eq!(count("password_change_refused_locked"), 1);
+    assert_eq!(count("login_refused_locked"), 1);
     server.stop().await;
 }
