@@ -37,10 +37,20 @@ async function signIn(page, name, password = PASSWORD) {
   await expect(page.getByRole('navigation', { name: 'Chats' })).toBeVisible({ timeout: 60_000 });
 }
 
-/** Signs out through Settings. */
-async function signOut(page) {
+/**
+ * Signs out through Settings. With messages not yet sent, the page asks
+ * first: `unsent` is 'keep' or 'discard' then.
+ * @param {import('@playwright/test').Page} page @param {{unsent?: 'keep'|'discard'}} [options]
+ */
+async function signOut(page, { unsent } = {}) {
   await page.getByRole('button', { name: 'Settings' }).click();
   await page.getByRole('button', { name: 'Sign out', exact: true }).click();
+  if (unsent) {
+    const dialog = page.getByRole('dialog');
+    await expect(dialog).toContainText('not sent yet');
+    if (unsent === 'discard') await dialog.getByRole('checkbox', { name: 'Discard them instead' }).check();
+    await dialog.getByRole('button', { name: 'Sign out', exact: true }).click();
+  }
   await expect(page.getByRole('button', { name: 'Sign in' })).toBeVisible();
 }
 

@@ -201,7 +201,7 @@ test('messages not yet sent outlive a reload and a sign-out, and go once; one re
   mode = 'hold';
   await send(page, 'written before signing out');
   await expect.poll(kept).toBe(1);
-  await signOut(page);
+  await signOut(page, { unsent: 'keep' });
   mode = 'pass';
   await signIn(page, 'out.a');
   await openChat(page, 'out.b');
@@ -225,6 +225,20 @@ test('messages not yet sent outlive a reload and a sign-out, and go once; one re
   await expect(messages(page)).toContainText('written before signing out');
   await expect(messages(page)).not.toContainText('refused for good');
   await expect(messages(b.page)).not.toContainText('refused for good');
+
+  // Signed out with a message not sent, discarding it: nothing of it is kept or sent.
+  mode = 'hold';
+  await send(page, 'discarded at sign-out');
+  await expect.poll(kept).toBe(1);
+  await signOut(page, { unsent: 'discard' });
+  mode = 'pass';
+  await signIn(page, 'out.a');
+  await openChat(page, 'out.b');
+  await send(page, 'after the discard');
+  await expect(messages(b.page)).toContainText('after the discard');
+  await expect(messages(b.page)).not.toContainText('discarded at sign-out');
+  await expect(messages(page)).not.toContainText('discarded at sign-out');
+  await expect.poll(kept).toBe(0);
   for (const c of [context, b.context]) await c.close();
 });
 
@@ -240,7 +254,7 @@ test("a message kept while its recipient's keys changed waits, Not sent, until t
   hold = true;
   await send(page, 'written before the reset');
   await expect(state).toHaveText('Sending…');
-  await signOut(page);
+  await signOut(page, { unsent: 'keep' });
   hold = false;
   // Meanwhile rekey.b's account is reset: new keys.
   const code = admin('user', 'reset', 'rekey.b').split('\n')[1].trim();

@@ -208,12 +208,18 @@ async function signIn(username, password) {
   await start(response.user, keys);
 }
 
-export async function signOut(everywhere = false) {
+/**
+ * Signs out: the session ends and the keys kept here are cleared. With
+ * `discardUnsent`, so is this account's outbox; otherwise what it holds is
+ * sent at the account's next sign-in in this browser.
+ */
+export async function signOut(everywhere = false, discardUnsent = false) {
   try {
     await post(everywhere ? '/api/logout-all' : '/api/logout');
   } catch {
     // Signed out locally regardless.
   }
+  if (discardUnsent && state.me) await store.clearSends(state.me.username).catch(() => {});
   await store.clearKeys();
   location.reload();
 }

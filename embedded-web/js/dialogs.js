@@ -4,6 +4,7 @@
 import { ApiError, call, get, post } from './api.js';
 import { decode, encode } from './b64.js';
 import * as e2e from './e2e.js';
+import * as store from './keystore.js';
 import {
   acceptKeys,
   activeChat,
@@ -131,10 +132,31 @@ export function openSettings() {
         : err instanceof Error ? err.message : String(err);
     }
   });
-  q('signout').addEventListener('click', () => signOut(false));
-  q('signout-all').addEventListener('click', () => signOut(true));
+  q('signout').addEventListener('click', () => confirmSignOut(false));
+  q('signout-all').addEventListener('click', () => confirmSignOut(true));
   q('admin').addEventListener('click', () => openAdmin());
   show('Settings', body, null);
+}
+
+/**
+ * Signs out; with messages not yet sent, asks first whether this browser
+ * keeps them for the next sign-in or discards them (a shared computer).
+ * @param {boolean} everywhere
+ */
+async function confirmSignOut(everywhere) {
+  const unsent = (await store.sendsOf(state.me.username).catch(() => [])).length;
+  if (!unsent) {
+    await signOut(everywhere);
+    return;
+  }
+  const discard = el('input', { type: 'checkbox', name: 'discard-unsent' });
+  const body = el('div', {}, [
+    el('p', {}, [
+      `${unsent === 1 ? '1 message is' : `${unsent} messages are`} not sent yet. This browser keeps ${unsent === 1 ? 'it' : 'them'}, encrypted, and sends ${unsent === 1 ? 'it' : 'them'} when you sign in here again.`,
+    ]),
+    el('label', {}, [discard, ' Discard them instead']),
+  ]);
+  show('Sign out', body, () => signOut(everywhere, /** @type {HTMLInputElement} */ (discard).checked), 'Sign out');
 }
 
 /** Re-wraps the same private keys under a key derived from the new password. */

@@ -76,6 +76,8 @@ export const pin = (me, user, fingerprint) => op('pins', 'readwrite', (s) => s.p
 export const keepSend = (me, send) => op('outbox', 'readwrite', (s) => s.put(send, [me, send.id]));
 /** @param {string} me @param {string} id */
 export const dropSend = (me, id) => op('outbox', 'readwrite', (s) => s.delete([me, id]));
+/** Empties `me`'s outbox. @param {string} me */
+export const clearSends = (me) => op('outbox', 'readwrite', (s) => s.delete(IDBKeyRange.bound([me], [me, []])));
 /**
  * Every send of `me`'s outbox, oldest first. Array keys sort after
  * strings, so `[me, []]` bounds all of `me`'s ids.
