@@ -155,3 +155,20 @@ function admin(...args) {
 module.exports.startPeer = startPeer;
 module.exports.resetPeer = resetPeer;
 module.exports.admin = admin;
+
+/**
+ * An administrator resets `name` (the command line), and its owner sets a
+ * new password and new keys with the code in a new browser context.
+ * @param {import('@playwright/test').Browser} browser @param {string} name
+ */
+async function resetElsewhere(browser, name) {
+  const code = admin('user', 'reset', name).split('\n')[1].trim();
+  const context = await browser.newContext({ ignoreHTTPSErrors: true });
+  const page = await context.newPage();
+  await page.goto(url());
+  await resetAccount(page, name, code);
+  await expect(page.getByRole('navigation', { name: 'Chats' })).toBeVisible({ timeout: 60_000 });
+  return { context, page };
+}
+
+module.exports.resetElsewhere = resetElsewhere;

@@ -1,5 +1,5 @@
 const { test, expect } = require('@playwright/test');
-const { admin, messages, newUser, openChat, resetAccount, resetPeer, send, signUp, standIn, startPeer, url } = require('./helpers');
+const { admin, messages, newUser, openChat, resetAccount, resetElsewhere, resetPeer, send, signUp, standIn, startPeer } = require('./helpers');
 
 test('a browser user and a native-client user exchange messages both ways', async ({ browser }) => {
   const web = await newUser(browser, 'webber');
@@ -148,14 +148,9 @@ test('a message from a contact reset while the page was away says their keys cha
     await openChat(page, 'kept.b');
     await expect(messages(page)).toContainText('before the reset');
     away = true;
-    const code = admin('user', 'reset', 'kept.b').split('\n')[1].trim();
     await b.context.close();
     // Its owner sets a new password, and new keys, with the code, and writes.
-    const again = await browser.newContext({ ignoreHTTPSErrors: true });
-    const b2 = await again.newPage();
-    await b2.goto(url());
-    await resetAccount(b2, 'kept.b', code);
-    await expect(b2.getByRole('navigation', { name: 'Chats' })).toBeVisible({ timeout: 60_000 });
+    const { context: again, page: b2 } = await resetElsewhere(browser, 'kept.b');
     await openChat(b2, 'kept.a');
     await send(b2, 'after the reset');
     await expect(messages(b2).locator('.msg', { hasText: 'after the reset' }).locator('.state')).toHaveText(/Sent|Read/);

@@ -1,5 +1,5 @@
 const { test, expect } = require('@playwright/test');
-const { PASSWORD, admin, messages, newUser, openChat, resetAccount, send, signIn, signOut, signUp, standIn, url } = require('./helpers');
+const { PASSWORD, admin, messages, newUser, openChat, resetElsewhere, send, signIn, signOut, signUp, standIn, url } = require('./helpers');
 const server = require('../server');
 
 test('a server restart mid-conversation: Reconnecting, then every message exactly once', async ({ browser }) => {
@@ -257,13 +257,8 @@ test("a message kept while its recipient's keys changed waits, Not sent, until t
   await signOut(page, { unsent: 'keep' });
   hold = false;
   // Meanwhile rekey.b's account is reset: new keys.
-  const code = admin('user', 'reset', 'rekey.b').split('\n')[1].trim();
   await b.context.close();
-  const again = await browser.newContext({ ignoreHTTPSErrors: true });
-  const b2 = await again.newPage();
-  await b2.goto(url());
-  await resetAccount(b2, 'rekey.b', code);
-  await expect(b2.getByRole('navigation', { name: 'Chats' })).toBeVisible({ timeout: 60_000 });
+  const { context: again, page: b2 } = await resetElsewhere(browser, 'rekey.b');
 
   // Back: the kept message is neither sent as it was sealed (for the old
   // keys) nor sealed for the new ones nobody accepted.
