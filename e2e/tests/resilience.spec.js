@@ -344,6 +344,37 @@ test('unread counts follow the host: what came while away counts, and reading on
   for (const c of [a.context, b.context, other]) await c.close();
 });
 
+test('a message of a chat the page has not heard of (its `chat` frame lost) notifies, as the next ones do, and counts once', async ({ browser }) => {
+  const a = await newUser(browser, 'ping.a');
+  const b = await newUser(browser, 'ping.b');
+  // The `chat` frame that announces the new chat never reaches ping.a's
+  // page: it first hears of the chat from its first message.
+  await standIn(a.context, { toPage: (frame) => frame.type !== 'chat' });
+  // ping.a's notifications, switched on and granted, are recorded instead
+  // of shown.
+  await a.context.addInitScript(() => {
+    localStorage.setItem('securechat.notify', 'on');
+    window.notified = [];
+    window.Notification = class {
+      static permission = 'granted';
+      constructor(title, options) {
+        window.notified.push(`${title}: ${options?.body}`);
+      }
+    };
+  });
+  await a.page.reload();
+  await expect(a.page.locator('#me-name')).toHaveText('ping.a');
+  const notified = () => a.page.evaluate(() => window.notified);
+  await openChat(b.page, 'ping.a');
+  await send(b.page, 'first words');
+  await expect.poll(notified).toEqual(['ping.b · ping.b: first words']);
+  await send(b.page, 'second words');
+  await expect.poll(notified).toEqual(['ping.b · ping.b: first words', 'ping.b · ping.b: second words']);
+  const entry = a.page.getByRole('navigation', { name: 'Chats' }).getByRole('button', { name: /^ping\.b\b/ });
+  await expect(entry).toContainText('2 unread');
+  for (const u of [a, b]) await u.context.close();
+});
+
 test('a reload that cannot reach the host at first keeps the user signed in', async ({ browser }) => {
   const { context, page } = await newUser(browser, 'blip');
   await page.close();

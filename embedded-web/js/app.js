@@ -1013,6 +1013,9 @@ function readBy(chat, seq) {
  */
 async function receive(rec, live, paging = false) {
   let chat = state.chats.get(rec.chat);
+  // A chat this page did not know yet (someone has just started it): its
+  // unread count comes with it, this message included.
+  const fresh = !chat;
   if (!chat) {
     chat = addChat(await get(`/api/chats/${rec.chat}`));
   }
@@ -1057,10 +1060,12 @@ async function receive(rec, live, paging = false) {
     });
   }
   // Counted past what `welcome` counted (the replay's, and any stored
-  // while the socket was being set up).
-  if (live && rec.sender !== state.me.username && rec.seq > (chat.countedTo ?? 0)) {
+  // while the socket was being set up), or by the new chat's own count.
+  const counted = rec.seq > (chat.countedTo ?? 0);
+  const unread = counted || (fresh && rec.seq > chat.info.read_seq);
+  if (live && rec.sender !== state.me.username && unread) {
     if (state.active !== rec.chat || document.hidden) {
-      chat.unread += 1;
+      if (counted) chat.unread += 1;
       notify(chat, shown);
     }
   }
