@@ -375,6 +375,39 @@ test('a message of a chat the page has not heard of (its `chat` frame lost) noti
   for (const u of [a, b]) await u.context.close();
 });
 
+test('new messages of the open chat are announced to screen readers, a catch-up as a count; the history is not read out', async ({ browser }) => {
+  const a = await newUser(browser, 'hear.a');
+  const b = await newUser(browser, 'hear.b');
+  let away = false;
+  const socket = await standIn(a.context, { toPage: () => !away });
+  await a.page.reload();
+  await openChat(b.page, 'hear.a');
+  for (let i = 1; i <= 3; i++) await send(b.page, `earlier ${i}`);
+  await openChat(a.page, 'hear.b');
+  await expect(messages(a.page)).toContainText('earlier 3');
+  // The log is not live (its history, drawn whole, is not read out): a
+  // region of its own announces what comes while the chat is open.
+  await expect(messages(a.page)).toHaveAttribute('aria-live', 'off');
+  const announced = a.page.locator('#announce');
+  await expect(announced).toHaveAttribute('aria-live', 'polite');
+  await expect(announced).toHaveText('');
+  await send(b.page, 'are you there?');
+  await expect(announced).toHaveText('hear.b: are you there?');
+  // Your own messages are not read back to you.
+  await send(a.page, 'yes');
+  await expect(messages(b.page)).toContainText('yes');
+  await expect(announced).toHaveText('hear.b: are you there?');
+  // What the page missed while away comes back together: a count.
+  away = true;
+  for (let i = 1; i <= 4; i++) await send(b.page, `while away ${i}`);
+  await expect(messages(b.page).locator('.msg .state', { hasText: /Sent|Read/ })).toHaveCount(8);
+  away = false;
+  socket.close();
+  await expect(messages(a.page)).toContainText('while away 4');
+  await expect(announced).toHaveText('4 new messages');
+  for (const u of [a, b]) await u.context.close();
+});
+
 test('a reload that cannot reach the host at first keeps the user signed in', async ({ browser }) => {
   const { context, page } = await newUser(browser, 'blip');
   await page.close();

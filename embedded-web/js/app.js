@@ -1063,12 +1063,36 @@ async function receive(rec, live, paging = false) {
   // while the socket was being set up), or by the new chat's own count.
   const counted = rec.seq > (chat.countedTo ?? 0);
   const unread = counted || (fresh && rec.seq > chat.info.read_seq);
-  if (live && rec.sender !== state.me.username && unread) {
-    if (state.active !== rec.chat || document.hidden) {
+  if (live && rec.sender !== state.me.username) {
+    if (unread && (state.active !== rec.chat || document.hidden)) {
       if (counted) chat.unread += 1;
       notify(chat, shown);
     }
+    // New to this page (a replay's too): read out if its chat is open.
+    if (state.active === rec.chat) announce(`${shown.sender}: ${shown.state === 'bad' ? 'a message that is not shown' : shown.text}`);
   }
+}
+
+/** What waits to be announced, and the timer that announces it. */
+const announcing = { lines: /** @type {string[]} */ ([]), timer: 0 };
+const ANNOUNCE_MS = 300;
+const ANNOUNCE_MAX = 3;
+
+/**
+ * Reads a new message of the open chat out to screen readers (the log
+ * itself is not live). Messages that come together are read together, and
+ * a burst (a reconnect's catch-up) as a count only.
+ * @param {string} line
+ */
+function announce(line) {
+  announcing.lines.push(line.length > 300 ? `${line.slice(0, 300)}…` : line);
+  if (announcing.timer) return;
+  announcing.timer = window.setTimeout(() => {
+    const { lines } = announcing;
+    $('announce').textContent = lines.length > ANNOUNCE_MAX ? `${lines.length} new messages` : lines.join('. ');
+    announcing.lines = [];
+    announcing.timer = 0;
+  }, ANNOUNCE_MS);
 }
 
 /** What a message's opened content shows: a file's card, or its text. @param {Shown} shown @param {any} content */
