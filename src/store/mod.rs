@@ -1874,15 +1874,24 @@ impl Store {
         Ok(chat)
     }
 
-    /// Adds a member to a group; returns the updated chat.
+    /// Adds a member to a group; returns the updated chat. The new member's
+    /// read mark starts at the chat's last message: what came before was
+    /// not sealed for them, so it is not theirs to count as unread.
     pub fn add_member(&mut self, chat_id: &str, user_id: i64, now: i64) -> Result<ChatRow> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let n = tx.execute(
-            "INSERT OR IGNORE INTO members (chat_id, user_id, role, joined_at) VALUES (?1, ?2, 'member', ?3)",
+            concat!(
+                "INSERT OR IGNORE INTO members (chat_id, user_id, role, joined_at, read_seq) SELECT ?1, ?2, 'member', ?3, ",
+                last_seq_of_c!(),
+                " FROM chats c WHERE c.id = ?1"
+            ),
             params![chat_id, user_id, now],
         )?;
+        if n == 0 && Self::load_chat(&tx, chat_id)?.is_none() {
+            return Err(StoreError::NotFound);
+        }
         if n == 0 {
             return Err(StoreError::Conflict("already a member".into()));
         }

@@ -186,6 +186,20 @@ async fn group_members_all_decrypt_and_a_removed_member_gets_nothing_more() {
         "removed members lose history access"
     );
 
+    // Added again, user3 finds nothing unread: the three messages so far
+    // were not sealed for them.
+    let again = u1.add_member(&group.id, "user3").await.unwrap();
+    assert_eq!(again.last_seq, 3);
+    let seen = u3
+        .chats()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.id == group.id)
+        .unwrap();
+    assert_eq!((seen.last_seq, seen.read_seq), (3, 3));
+    u1.remove_member(&group.id, "user3").await.unwrap();
+
     // Leaving: user2 leaves; user1 remains owner.
     u2.remove_member(&group.id, "user2").await.unwrap();
     let left = u1
