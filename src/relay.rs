@@ -469,7 +469,11 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
     (status, headers, Body::from(bytes)).into_response()
 }
 
-/// `/ws`: a browser socket joined to a socket to the host.
+/// `/ws`: a browser socket joined to a socket to the host. The host's socket
+/// is opened first, so a host that refuses it (401 for a session that ended,
+/// 403, 429, 503) has its answer passed to the browser as the upgrade's, as
+/// without the relay: a page tells a refused upgrade from a closed socket
+/// (it then asks `/api/me` whether its session still holds).
 async fn websocket(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
@@ -482,46 +486,68 @@ async fn websocket(
             "This connection came from a page that is not SecureChat.",
         );
     }
-    let token = relay_token(&headers);
+    let host = match connect_host(&shared, relay_token(&headers)).await {
+        Ok(host) => host,
+        Err(refused) => return refused,
+    };
     ws.max_message_size(1 << 20)
-        .on_upgrade(move |browser| pump(shared, token, browser))
+        .on_upgrade(move |browser| pump(shared, host, browser))
 }
 
-async fn pump(shared: Arc<Shared>, token: Option<String>, mut browser: WebSocket) {
+type HostSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens the socket to the host with the page's session, or says why not:
+/// the host's own answer if it gave one, else the relay's 502.
+async fn connect_host(shared: &Shared, token: Option<String>) -> Result<HostSocket, Response> {
     let url = format!("{}/ws", shared.host_base.replacen("https://", "wss://", 1));
-    let connected = async {
-        let mut request = url.into_client_request().ok()?;
-        let h = request.headers_mut();
-        h.insert("Origin", shared.host_base.parse().ok()?);
-        if let Some(token) = &token {
-            h.insert("Cookie", format!("{SESSION_COOKIE}={token}").parse().ok()?);
-        }
-        let config =
-            tungstenite::protocol::WebSocketConfig::default().max_message_size(Some(1 << 20));
-        tokio_tungstenite::connect_async_tls_with_config(
-            request,
-            Some(config),
-            true,
-            Some(tokio_tungstenite::Connector::Rustls(shared.tls.clone())),
-        )
-        .await
-        .ok()
+    let mut request = url
+        .into_client_request()
+        .map_err(|_| unhealthy(&Health::Unreachable))?;
+    let h = request.headers_mut();
+    if let Ok(origin) = shared.host_base.parse() {
+        h.insert("Origin", origin);
     }
-    .await;
-    let Some((host, _)) = connected else {
-        let reason = match shared.diagnose().await {
-            Health::Mismatch(_) => "the host's certificate changed: refused",
-            _ => "the host cannot be reached",
-        };
-        let _ = browser
-            .send(BrowserMessage::Close(Some(CloseFrame {
-                code: crate::protocol::close::TRY_AGAIN_LATER,
-                reason: reason.into(),
-            })))
-            .await;
-        return;
-    };
-    shared.set_health(Health::Connected);
+    if let Some(cookie) = token.and_then(|t| format!("{SESSION_COOKIE}={t}").parse().ok()) {
+        h.insert("Cookie", cookie);
+    }
+    let config = tungstenite::protocol::WebSocketConfig::default().max_message_size(Some(1 << 20));
+    match tokio_tungstenite::connect_async_tls_with_config(
+        request,
+        Some(config),
+        true,
+        Some(tokio_tungstenite::Connector::Rustls(shared.tls.clone())),
+    )
+    .await
+    {
+        Ok((host, _)) => {
+            shared.set_health(Health::Connected);
+            Ok(host)
+        }
+        Err(tungstenite::Error::Http(answer)) => {
+            // The host is there and answered: its status and its JSON body.
+            let status =
+                StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let mut refused = Response::new(Body::from(answer.body().clone().unwrap_or_default()));
+            *refused.status_mut() = status;
+            refused.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            if let Some(retry) = answer
+                .headers()
+                .get("retry-after")
+                .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
+            {
+                refused.headers_mut().insert(header::RETRY_AFTER, retry);
+            }
+            Err(refused)
+        }
+        Err(_) => Err(unhealthy(&shared.diagnose().await)),
+    }
+}
+
+async fn pump(shared: Arc<Shared>, host: HostSocket, mut browser: WebSocket) {
     let (mut to_host, mut from_host) = host.split();
     loop {
         tokio::select! {

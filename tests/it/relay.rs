@@ -158,3 +158,25 @@ async fn a_host_gone_or_reinstalled_is_reported_and_a_new_certificate_refused() 
     relay.shutdown().await;
     impostor.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_socket_the_host_refuses_is_refused_through_the_relay_with_the_hosts_answer() {
+    let mut server = TestServer::start().await;
+    let relay = start_relay(&server).await;
+    // No session (as after it ended): the host's 401, not an open socket
+    // that closes, so a page knows to ask whether it is still signed in.
+    match via(&relay, &server).connect().await {
+        Err(ClientError::Ws(e)) => assert!(e.to_string().contains("401"), "{e}"),
+        Err(other) => panic!("wrong error {other}"),
+        Ok(_) => panic!("a socket without a session was opened"),
+    }
+    // A host that is gone: the relay's 502.
+    let joiner = joiner(&relay, &server).await;
+    server.stop().await;
+    match joiner.connect().await {
+        Err(ClientError::Ws(e)) => assert!(e.to_string().contains("502"), "{e}"),
+        Err(other) => panic!("wrong error {other}"),
+        Ok(_) => panic!("a socket to a host that is gone was opened"),
+    }
+    relay.shutdown().await;
+}
