@@ -1,5 +1,5 @@
 const { test, expect } = require('@playwright/test');
-const { attach, messages, newUser, openChat, send, url } = require('./helpers');
+const { attach, messages, newUser, openChat, send, standIn, url } = require('./helpers');
 
 test('three users chat pairwise, each message seen by its recipient only', async ({ browser }) => {
   const u1 = await newUser(browser, 'user1');
@@ -284,5 +284,49 @@ test('public keys that the host gives out as your own but are not block sending,
   await expect(a.page.getByRole('alert').filter({ hasText: 'do not match the keys you signed in with' })).toBeVisible();
   await expect(a.page.getByRole('button', { name: 'Send' })).toBeDisabled();
   await expect(a.page.getByRole('button', { name: 'Accept new keys' })).toBeHidden();
+  for (const u of [a, b]) await u.context.close();
+});
+
+test('group changes: a refused change says why; a member removed while the group is open sees it closed; the header follows a reconnect', async ({ browser }) => {
+  const a = await newUser(browser, 'grp.owner');
+  const b = await newUser(browser, 'grp.member');
+  let away = false;
+  const socket = await standIn(b.context, { toPage: () => !away });
+  await b.page.reload();
+  await a.page.reload();
+  await a.page.getByRole('button', { name: 'New group' }).click();
+  await a.page.getByRole('checkbox', { name: 'grp.member' }).check();
+  await a.page.getByRole('textbox', { name: 'Group name' }).fill('Crew');
+  await a.page.getByRole('button', { name: 'Create group' }).click();
+  await send(a.page, 'welcome aboard');
+  await openChat(b.page, 'Crew');
+  await expect(messages(b.page)).toContainText('welcome aboard');
+  await expect(b.page.locator('#chat-sub')).toHaveText('2 members');
+
+  // A rename the host refuses (an empty name) says why, and the dialog stays.
+  await a.page.getByRole('button', { name: 'Members' }).click();
+  const dialog = a.page.getByRole('dialog');
+  await dialog.getByRole('textbox', { name: 'Group name' }).fill('');
+  await dialog.getByRole('button', { name: 'Rename' }).click();
+  await expect(dialog.locator('#dialog-error')).not.toBeEmpty();
+  // Renamed while grp.member's page is away: its header follows at the reconnect.
+  away = true;
+  await dialog.getByRole('textbox', { name: 'Group name' }).fill('Crew, renamed');
+  await dialog.getByRole('button', { name: 'Rename' }).click();
+  await expect(a.page.locator('#chat-title')).toHaveText('Crew, renamed');
+  await expect(dialog.locator('#dialog-error')).toBeEmpty();
+  away = false;
+  socket.close();
+  await expect(b.page.locator('#chat-title')).toHaveText('Crew, renamed');
+
+  // Removed while the group is open: the pane says so, with nothing left to act on.
+  await dialog.getByRole('button', { name: 'Remove grp.member' }).click();
+  await expect(dialog.getByRole('button', { name: 'Remove grp.member' })).toBeHidden();
+  await dialog.getByRole('button', { name: 'Close' }).click();
+  await expect(a.page.locator('#chat-sub')).toHaveText('1 member');
+  await expect(b.page.locator('#chat-title')).toHaveText('You are no longer a member of this chat');
+  await expect(b.page.locator('#chat-sub')).toBeEmpty();
+  await expect(b.page.getByRole('button', { name: 'Members' })).toBeHidden();
+  await expect(b.page.locator('#composer')).toBeHidden();
   for (const u of [a, b]) await u.context.close();
 });

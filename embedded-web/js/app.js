@@ -299,6 +299,12 @@ async function start(me, keys) {
     onFrame,
     onState: (s) => {
       if (s === 'signed-out') signOut();
+      // Who is online is known again at the next `welcome`: until then nobody shows as online.
+      if ((s === 'reconnecting' || s === 'connecting') && state.online.size) {
+        state.online = new Set();
+        drawList();
+        drawHeader();
+      }
       // Synced: fetch what the replay did not cover (docs/PROTOCOL.md §5.6).
       if (s === 'online') for (const c of state.chats.values()) fill(c);
       // Read marks the host has not had yet (lost with a socket) go now.
@@ -473,6 +479,8 @@ export async function openChat(key) {
       key = addChat(info).info.id;
     }
   }
+  // Gone meanwhile (left, or removed: a notification clicked late).
+  if (!state.chats.has(key)) return;
   if (previous && previous.info.id !== key) dropPreviews(previous);
   state.active = key;
   const chat = state.chats.get(key);
@@ -608,7 +616,7 @@ function drawHeader() {
   const gone = chat.info.kind === 'direct' && !!state.users.get(others[0])?.disabled;
   $('chat-sub').textContent =
     chat.info.kind === 'group'
-      ? `${chat.info.members.length} members`
+      ? `${chat.info.members.length} ${chat.info.members.length === 1 ? 'member' : 'members'}`
       : gone ? 'disabled account: read only' : state.online.has(others[0]) ? 'online' : 'offline';
   const info = $('chat-info');
   info.hidden = false;
@@ -1175,10 +1183,18 @@ function removeChat(id) {
   state.chats.delete(id);
   if (state.active === id) {
     state.active = null;
-    $('composer').hidden = true;
-    clearLog();
-    $('chat-title').textContent = 'You left this chat';
+    drawNoChat('You are no longer a member of this chat');
   }
+}
+
+/** The chat pane with no chat open: `title`, and nothing to act on. */
+function drawNoChat(title) {
+  $('chat-title').textContent = title;
+  $('chat-sub').textContent = '';
+  $('chat-info').hidden = true;
+  $('key-warning').hidden = true;
+  $('composer').hidden = true;
+  clearLog();
 }
 
 /** A user's account as the host has it now; new keys are checked against the pinned ones. */
@@ -1222,6 +1238,8 @@ async function onFrame(frame) {
       welcomed = true;
       await accountsRead;
       drawList();
+      // The open chat's name, members and presence as the host has them now.
+      drawHeader();
       break;
     }
     case 'message': {

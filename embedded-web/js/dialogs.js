@@ -53,6 +53,25 @@ function show(title, body, onOk, okLabel = 'OK') {
   dialog.showModal();
 }
 
+/**
+ * Makes `button` run `act` in an open dialog: while it runs the button is
+ * disabled, and a failure is shown in the dialog, which stays open.
+ * @param {HTMLElement} button @param {() => Promise<void>} act
+ */
+function onAction(button, act) {
+  button.addEventListener('click', async () => {
+    $('dialog-error').textContent = '';
+    /** @type {HTMLButtonElement} */ (button).disabled = true;
+    try {
+      await act();
+    } catch (err) {
+      $('dialog-error').textContent = err instanceof Error ? err.message : String(err);
+    } finally {
+      /** @type {HTMLButtonElement} */ (button).disabled = false;
+    }
+  });
+}
+
 /** @param {string} tag @param {Record<string, string>} [attrs] @param {(Node|string)[]} [children] */
 function el(tag, attrs = {}, children = []) {
   const e = document.createElement(tag);
@@ -230,7 +249,7 @@ export async function openChatDetails(chat) {
     const li = el('li', {}, [`${m.username}${m.role === 'owner' ? ' (owner)' : ''}`]);
     if (owner && m.username !== me) {
       const remove = el('button', { type: 'button' }, [`Remove ${m.username}`]);
-      remove.addEventListener('click', async () => {
+      onAction(remove, async () => {
         await call('DELETE', `/api/chats/${chat.info.id}/members/${encodeURIComponent(m.username)}`);
         li.remove();
       });
@@ -240,9 +259,9 @@ export async function openChatDetails(chat) {
   }
   const body = el('div', {}, [list]);
   if (owner) {
-    const rename = el('input', { 'aria-label': 'Group name', value: chat.info.name ?? '' });
+    const rename = el('input', { 'aria-label': 'Group name', value: chat.info.name ?? '', maxlength: '64', required: '' });
     const renameButton = el('button', { type: 'button' }, ['Rename']);
-    renameButton.addEventListener('click', async () => {
+    onAction(renameButton, async () => {
       addChat(await call('PATCH', `/api/chats/${chat.info.id}`, { name: /** @type {HTMLInputElement} */ (rename).value }));
       drawList();
       drawHeader();
@@ -252,7 +271,9 @@ export async function openChatDetails(chat) {
       if (!chat.info.members.some((m) => m.username === u.username) && !u.disabled) pick.append(el('option', { value: u.username }, [u.username]));
     }
     const add = el('button', { type: 'button' }, ['Add member']);
-    add.addEventListener('click', async () => {
+    // Nobody left to add: nothing to choose.
+    if (!pick.childElementCount) /** @type {HTMLButtonElement} */ (add).disabled = true;
+    onAction(add, async () => {
       addChat(await post(`/api/chats/${chat.info.id}/members`, { username: /** @type {HTMLSelectElement} */ (pick).value }));
       drawHeader();
       /** @type {HTMLDialogElement} */ ($('dialog')).close();
@@ -260,7 +281,7 @@ export async function openChatDetails(chat) {
     body.append(el('p', {}, [rename, ' ', renameButton]), el('p', {}, [pick, ' ', add]));
   }
   const leave = el('button', { type: 'button' }, ['Leave group']);
-  leave.addEventListener('click', async () => {
+  onAction(leave, async () => {
     await call('DELETE', `/api/chats/${chat.info.id}/members/${encodeURIComponent(me)}`);
     /** @type {HTMLDialogElement} */ ($('dialog')).close();
   });
