@@ -330,3 +330,26 @@ test('group changes: a refused change says why; a member removed while the group
   await expect(b.page.locator('#composer')).toBeHidden();
   for (const u of [a, b]) await u.context.close();
 });
+
+test('after a reload the chat list shows each chat\'s newest message and orders the chats by it', async ({ browser }) => {
+  const a = await newUser(browser, 'list.a');
+  const b = await newUser(browser, 'list.b');
+  const c = await newUser(browser, 'list.c');
+  await a.page.reload();
+  // The group is made first, the direct chat after it; the group speaks last.
+  await a.page.getByRole('button', { name: 'New group' }).click();
+  await a.page.getByRole('checkbox', { name: 'list.b' }).check();
+  await a.page.getByRole('textbox', { name: 'Group name' }).fill('Listed');
+  await a.page.getByRole('button', { name: 'Create group' }).click();
+  await openChat(c.page, 'list.a');
+  await send(c.page, 'an older word');
+  await openChat(b.page, 'Listed');
+  await send(b.page, 'the newest word');
+  await expect(a.page.getByRole('navigation', { name: 'Chats' })).toContainText('the newest word');
+  await a.page.reload();
+  const chats = a.page.getByRole('navigation', { name: 'Chats' });
+  await expect(chats.getByRole('button', { name: /^Listed\b/ })).toContainText('the newest word');
+  await expect(chats.getByRole('button', { name: /^list\.c\b/ })).toContainText('an older word');
+  await expect(chats.getByRole('list').getByRole('button')).toHaveText([/^Listed/, /^list\.c/, /^list\.b/]);
+  for (const u of [a, b, c]) await u.context.close();
+});

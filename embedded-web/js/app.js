@@ -18,7 +18,7 @@ import * as files from './files.js';
  * @typedef {{id: string, kind: 'direct'|'group', name: string|null, members: {username: string, role: string}[], last_seq: number, read_seq: number, created_at: number}} ChatInfo
  * @typedef {{id: string, chat: string, sender: string, seq: number, ts: number, envelope: e2e.Envelope}} MessageRecord
  * @typedef {{id: string, sender: string, ts: number, seq: number|null, text: string|null, state: 'sending'|'sent'|'failed'|'bad', error?: string, file?: files.FileDescriptor, transfer?: {loaded: number, total: number, rate: number, cancel?: () => void, label: string}, preview?: string, previewPending?: boolean, uploaded?: boolean, source?: File, unstored?: boolean, paging?: boolean, record?: any}} Shown
- * @typedef {{info: ChatInfo, shown: Map<string, Shown>, lastSeq: number, held: number, ahead: Set<number>, filling: boolean, older: boolean, loadingOlder: boolean, loadFailed?: boolean, readSeen?: number, readSent?: number, countedTo?: number, unread: number, draft: string, scroll: number|null, loaded: boolean}} ChatState
+ * @typedef {{info: ChatInfo, shown: Map<string, Shown>, lastSeq: number, held: number, ahead: Set<number>, filling: boolean, older: boolean, loadingOlder: boolean, loadFailed?: boolean, readSeen?: number, readSent?: number, countedTo?: number, newestFetched?: number, unread: number, draft: string, scroll: number|null, loaded: boolean}} ChatState
  */
 
 const $ = (id) => /** @type {HTMLElement} */ (document.getElementById(id));
@@ -305,8 +305,10 @@ async function start(me, keys) {
         drawList();
         drawHeader();
       }
-      // Synced: fetch what the replay did not cover (docs/PROTOCOL.md §5.6).
+      // Synced: fetch what the replay did not cover (docs/PROTOCOL.md §5.6),
+      // and the newest message of chats not open yet, for the list.
       if (s === 'online') for (const c of state.chats.values()) fill(c);
+      if (s === 'online') fetchNewest();
       // Read marks the host has not had yet (lost with a socket) go now.
       if (s === 'online') {
         markRead();
@@ -519,6 +521,37 @@ async function loadHistory(chat) {
   // The newest page: what lies before it is not wanted until asked for.
   if (page.messages.length) skipTo(chat, page.messages[0].seq - 1);
   for (const m of page.messages) await receive(m, false);
+}
+
+/** Whether `fetchNewest` is running. */
+let fetchingNewest = false;
+
+/**
+ * Fetches the newest message of every chat whose history is not loaded and
+ * whose newest message is not shown (after a reload, and for what came while
+ * the page was away), one chat at a time: the chat list shows it, and orders
+ * chats by it. Stops at the first failure; the next reconnect tries again.
+ */
+async function fetchNewest() {
+  if (fetchingNewest) return;
+  fetchingNewest = true;
+  try {
+    for (const chat of [...state.chats.values()]) {
+      const newest = newestOf(chat);
+      const upTo = chat.info.last_seq;
+      // (A chat whose messages the host's retention deleted is asked once.)
+      if (chat.loaded || upTo <= Math.max(newest?.seq ?? 0, chat.newestFetched ?? 0)) continue;
+      const page = await get(`/api/chats/${chat.info.id}/messages?limit=1`);
+      if (!state.chats.has(chat.info.id)) continue;
+      chat.newestFetched = upTo;
+      for (const m of page.messages) await receive(m, false);
+      drawList();
+    }
+  } catch {
+    // Offline, or the host refused for now.
+  } finally {
+    fetchingNewest = false;
+  }
 }
 
 /**
