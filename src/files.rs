@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
@@ -21,7 +21,7 @@ use tokio::io::AsyncWriteExt;
 use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::server::App;
-use crate::server::api::Body as JsonBody;
+use crate::server::api::{Body as JsonBody, Segments};
 use crate::store::{FileRow, StoreError};
 
 /// Plaintext bytes per chunk; every chunk but the last is exactly this.
@@ -166,7 +166,7 @@ pub async fn create(
 pub async fn get_status(
     State(app): State<App>,
     user: AuthUser,
-    UrlPath(id): UrlPath<String>,
+    Segments(id): Segments<String>,
 ) -> Result<Json<FileStatus>, ApiError> {
     let file = visible_file(&app, &user, id.clone()).await?;
     let received = app.db.call(move |s| s.file_chunks(&id)).await?;
@@ -188,7 +188,7 @@ fn uploader_file(file: FileRow, user: &AuthUser) -> Result<FileRow, ApiError> {
 pub async fn put_chunk(
     State(app): State<App>,
     user: AuthUser,
-    UrlPath((id, idx)): UrlPath<(String, u32)>,
+    Segments((id, idx)): Segments<(String, u32)>,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
     let checked = async {
@@ -300,7 +300,7 @@ fn disk_error(e: std::io::Error) -> ApiError {
 pub async fn complete(
     State(app): State<App>,
     user: AuthUser,
-    UrlPath(id): UrlPath<String>,
+    Segments(id): Segments<String>,
 ) -> Result<Json<FileStatus>, ApiError> {
     let file = uploader_file(visible_file(&app, &user, id.clone()).await?, &user)?;
     let now = app.clock.now_ms();
@@ -322,7 +322,7 @@ pub async fn complete(
 pub async fn delete(
     State(app): State<App>,
     user: AuthUser,
-    UrlPath(id): UrlPath<String>,
+    Segments(id): Segments<String>,
 ) -> Result<StatusCode, ApiError> {
     uploader_file(visible_file(&app, &user, id.clone()).await?, &user)?;
     remove(&app, id).await?;
@@ -344,7 +344,7 @@ pub async fn remove(app: &App, id: String) -> Result<(), ApiError> {
 pub async fn get_chunk(
     State(app): State<App>,
     user: AuthUser,
-    UrlPath((id, idx)): UrlPath<(String, u32)>,
+    Segments((id, idx)): Segments<(String, u32)>,
 ) -> Result<Response, ApiError> {
     let file = visible_file(&app, &user, id.clone()).await?;
     if file.completed_at.is_none() {

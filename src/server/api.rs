@@ -46,6 +46,30 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestP
     }
 }
 
+/// The URL path's segments (a chat id, a username, a chunk index), with
+/// errors in the API's own shape: a segment that is not what the route
+/// takes (`chunks/abc`, bad percent-encoding) is `400 bad_request` in JSON.
+pub struct Segments<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + Send, S: Send + Sync> axum::extract::FromRequestParts<S>
+    for Segments<T>
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(Segments(v)),
+            Err(rejection) if rejection.status().is_client_error() => {
+                Err(ApiError::bad_request("bad_request", rejection.body_text()))
+            }
+            Err(rejection) => Err(ApiError::internal(rejection.body_text())),
+        }
+    }
+}
+
 /// The JSON body extractor, with errors in the API's own shape.
 pub struct Body<T>(pub T);
 
@@ -747,7 +771,7 @@ pub async fn users(
 pub async fn user(
     State(app): State<App>,
     _user: AuthUser,
-    Path(name): Path<String>,
+    Segments(name): Segments<String>,
 ) -> Result<Json<UserEntry>, ApiError> {
     let name = name.to_ascii_lowercase();
     let row = app
@@ -890,7 +914,7 @@ pub async fn create_chat(
 pub async fn chat(
     State(app): State<App>,
     user: AuthUser,
-    Path(id): Path<String>,
+    Segments(id): Segments<String>,
 ) -> Result<Json<ChatInfo>, ApiError> {
     let chat = member_chat(&app, &user, id).await?;
     Ok(Json(chat_info(&chat, user.user.id)))
@@ -920,7 +944,7 @@ fn require_owner(chat: &ChatRow, user: &AuthUser) -> Result<(), ApiError> {
 pub async fn rename_chat(
     State(app): State<App>,
     user: AuthUser,
-    Path(id): Path<String>,
+    Segments(id): Segments<String>,
     Body(req): Body<RenameChatRequest>,
 ) -> Result<Json<ChatInfo>, ApiError> {
     let chat = member_chat(&app, &user, id.clone()).await?;
@@ -945,7 +969,7 @@ pub async fn rename_chat(
 pub async fn add_member(
     State(app): State<App>,
     user: AuthUser,
-    Path(id): Path<String>,
+    Segments(id): Segments<String>,
     Body(req): Body<AddMemberRequest>,
 ) -> Result<Json<ChatInfo>, ApiError> {
     let chat = member_chat(&app, &user, id.clone()).await?;
@@ -987,7 +1011,7 @@ pub async fn add_member(
 pub async fn remove_member(
     State(app): State<App>,
     user: AuthUser,
-    Path((id, name)): Path<(String, String)>,
+    Segments((id, name)): Segments<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let chat = member_chat(&app, &user, id.clone()).await?;
     let name = name.to_ascii_lowercase();
@@ -1041,7 +1065,7 @@ pub struct HistoryQuery {
 pub async fn history(
     State(app): State<App>,
     user: AuthUser,
-    Path(id): Path<String>,
+    Segments(id): Segments<String>,
     Params(q): Params<HistoryQuery>,
 ) -> Result<Json<HistoryPage>, ApiError> {
     let chat = member_chat(&app, &user, id).await?;
@@ -1206,7 +1230,7 @@ async fn other_user(app: &App, admin: &AdminUser, name: &str) -> Result<UserRow,
 pub async fn admin_update_user(
     State(app): State<App>,
     admin: AdminUser,
-    Path(name): Path<String>,
+    Segments(name): Segments<String>,
     Body(body): Body<AdminUserBody>,
 ) -> Result<Json<UserEntry>, ApiError> {
     let target = other_user(&app, &admin, &name).await?;
@@ -1261,7 +1285,7 @@ pub async fn admin_sessions(
 pub async fn admin_end_session(
     State(app): State<App>,
     admin: AdminUser,
-    Path(id): Path<String>,
+    Segments(id): Segments<String>,
 ) -> Result<StatusCode, ApiError> {
     let hash = unhex(&id).ok_or_else(|| ApiError::not_found("No such session."))?;
     let rows = app.db.call(|s| s.all_sessions()).await?;
@@ -1304,7 +1328,7 @@ fn unhex(text: &str) -> Option<[u8; 32]> {
 pub async fn admin_reset_user(
     State(app): State<App>,
     admin: AdminUser,
-    Path(name): Path<String>,
+    Segments(name): Segments<String>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let target = other_user(&app, &admin, &name).await?;
     let name = target.username.clone();

@@ -218,6 +218,26 @@ async fn limits_and_quota_get_clear_errors() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CONFLICT);
+    // A chunk index that is not one is refused in JSON, as everything
+    // under /api/ is.
+    for idx in ["abc", "4294967296", "-1"] {
+        for method in [Method::GET, Method::PUT] {
+            let r = u1
+                .raw(
+                    method.clone(),
+                    &format!("/api/files/{}/chunks/{idx}", first.id),
+                    None,
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{method} {idx}");
+            assert_eq!(
+                r.json::<serde_json::Value>().await.unwrap()["error"],
+                "bad_request",
+                "{method} {idx}"
+            );
+        }
+    }
     assert_refused(u2.put_chunks(&first, &small, 0..1).await, "not_uploader");
     let r = u1
         .raw(
