@@ -1,5 +1,5 @@
 const { test, expect } = require('@playwright/test');
-const { attach, messages, newUser, openChat, send, standIn, url } = require('./helpers');
+const { attach, messages, newUser, openChat, send, signOut, standIn, url } = require('./helpers');
 
 test('three users chat pairwise, each message seen by its recipient only', async ({ browser }) => {
   const u1 = await newUser(browser, 'user1');
@@ -352,4 +352,26 @@ test('after a reload the chat list shows each chat\'s newest message and orders 
   await expect(chats.getByRole('button', { name: /^list\.c\b/ })).toContainText('an older word');
   await expect(chats.getByRole('list').getByRole('button')).toHaveText([/^Listed/, /^list\.c/, /^list\.b/]);
   for (const u of [a, b, c]) await u.context.close();
+});
+
+test('messages not sent to a group you leave are dropped, not kept for the next sign-in', async ({ browser }) => {
+  const a = await newUser(browser, 'quit.a');
+  const b = await newUser(browser, 'quit.b');
+  // quit.a's sends never reach the host.
+  await standIn(a.context, { toHost: (frame) => frame.type !== 'send' });
+  await a.page.reload();
+  await a.page.getByRole('button', { name: 'New group' }).click();
+  await a.page.getByRole('checkbox', { name: 'quit.b' }).check();
+  await a.page.getByRole('textbox', { name: 'Group name' }).fill('Quitters');
+  await a.page.getByRole('button', { name: 'Create group' }).click();
+  await send(a.page, 'never delivered');
+  await expect(messages(a.page).locator('.msg', { hasText: 'never delivered' }).locator('.state')).toHaveText('Sending…');
+  await a.page.getByRole('button', { name: 'Members' }).click();
+  await a.page.getByRole('dialog').getByRole('button', { name: 'Leave group' }).click();
+  await expect(a.page.locator('#chat-title')).toHaveText('You are no longer a member of this chat');
+  // Nothing is left to send: signing out does not ask.
+  await signOut(a.page);
+  const kept = await a.page.evaluate(async () => (await import('/js/keystore.js')).sendsOf('quit.a'));
+  expect(kept).toEqual([]);
+  for (const u of [a, b]) await u.context.close();
 });

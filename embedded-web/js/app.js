@@ -1214,6 +1214,13 @@ function removeChat(id) {
   const chat = state.chats.get(id);
   if (chat) dropPreviews(chat);
   state.chats.delete(id);
+  // What waited to be sent there never can be: it goes (and is not kept
+  // for the next sign-in).
+  for (const p of [...pending.values()]) {
+    if (p.chat !== id) continue;
+    forget(p.id);
+    state.conn?.replace(p.id, null);
+  }
   if (state.active === id) {
     state.active = null;
     drawNoChat('You are no longer a member of this chat');
