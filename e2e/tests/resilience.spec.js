@@ -408,6 +408,41 @@ test('new messages of the open chat are announced to screen readers, a catch-up 
   for (const u of [a, b]) await u.context.close();
 });
 
+test("a message sealed again after a refusal keeps its place: the chat's later ones wait for it", async ({ browser }) => {
+  const a = await newUser(browser, 'order.a');
+  const b = await newUser(browser, 'order.b');
+  // The host (a stand-in) refuses the first send as sealed for old members.
+  let refused = false;
+  await standIn(a.context, {
+    toHost: (frame, page) => {
+      if (frame.type !== 'send' || refused) return true;
+      refused = true;
+      page.send(JSON.stringify({ type: 'error', code: 'members_mismatch', id: frame.id, message: 'refused: members_mismatch', members: ['order.a', 'order.b'] }));
+      return false;
+    },
+  });
+  // The chat's fetch before the reseal waits until the second message is written.
+  let release = () => {};
+  const written = new Promise((resolve) => (release = resolve));
+  await a.context.route(/\/api\/chats\/[^/?]+$/, async (route) => {
+    if (refused && route.request().method() === 'GET') await written;
+    await route.continue();
+  });
+  await a.page.reload();
+  await openChat(a.page, 'order.b');
+  await send(a.page, 'first');
+  await expect.poll(() => refused).toBe(true);
+  await send(a.page, 'second');
+  // The second waits for the first, which is not sealed again yet.
+  await a.page.waitForTimeout(300);
+  await expect(messages(a.page).locator('.msg', { hasText: 'second' }).locator('.state')).toHaveText('Sending…');
+  release();
+  await expect(messages(a.page).locator('.msg .state', { hasText: /Sent|Read/ })).toHaveCount(2);
+  await openChat(b.page, 'order.a');
+  await expect(messages(b.page).locator('.msg .body')).toHaveText(['first', 'second']);
+  for (const u of [a, b]) await u.context.close();
+});
+
 test('a reload that cannot reach the host at first keeps the user signed in', async ({ browser }) => {
   const { context, page } = await newUser(browser, 'blip');
   await page.close();

@@ -1431,7 +1431,11 @@ const AUTOMATIC_TRIES = 3;
 /** What the host's `error` for a send asks of the client (docs/PROTOCOL.md §5.5). */
 async function onSendError(frame) {
   const p = frame.id && pending.get(frame.id);
-  if (!p) return;
+  if (!p) {
+    // Nothing here to send again: it must not hold its chat's later sends.
+    if (frame.id) state.conn?.replace(frame.id, null);
+    return;
+  }
   // An answer to a frame resent (after a reconnect) while this message's
   // reseal is under way changes nothing: the reseal decides.
   if (p.busy) return;

@@ -254,9 +254,14 @@ export class Connection {
       this.pacedSent.clear();
     }
     if (!this.synced) return;
+    // Chats with a send refused and waiting to go again (resealed, or
+    // after a pause): their later sends wait behind it, so that each
+    // chat's messages are stored in the order they were written.
+    const waiting = new Set();
     for (const [id, frame] of this.outbox) {
       if (this.inFlight.size + this.parked.size >= SENDS_IN_FLIGHT) return;
-      if (this.inFlight.has(id) || this.parked.has(id)) continue;
+      if (this.parked.has(id)) waiting.add(frame.chat);
+      if (this.inFlight.has(id) || this.parked.has(id) || waiting.has(frame.chat)) continue;
       if (this.pace) {
         const wait = this.nextAt - Date.now();
         if (wait > 0) {
