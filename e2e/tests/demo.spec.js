@@ -314,6 +314,7 @@ test('group changes: a refused change says why; a member removed while the group
   await dialog.getByRole('textbox', { name: 'Group name' }).fill('Crew, renamed');
   await dialog.getByRole('button', { name: 'Rename' }).click();
   await expect(a.page.locator('#chat-title')).toHaveText('Crew, renamed');
+  await expect(dialog.locator('#dialog-title')).toHaveText('Members of Crew, renamed');
   await expect(dialog.locator('#dialog-error')).toBeEmpty();
   away = false;
   socket.close();

@@ -262,7 +262,8 @@ export async function openChatDetails(chat) {
     const rename = el('input', { 'aria-label': 'Group name', value: chat.info.name ?? '', maxlength: '64', required: '' });
     const renameButton = el('button', { type: 'button' }, ['Rename']);
     onAction(renameButton, async () => {
-      addChat(await call('PATCH', `/api/chats/${chat.info.id}`, { name: /** @type {HTMLInputElement} */ (rename).value }));
+      const renamed = addChat(await call('PATCH', `/api/chats/${chat.info.id}`, { name: /** @type {HTMLInputElement} */ (rename).value }));
+      $('dialog-title').textContent = `Members of ${chatTitle(renamed.info)}`;
       drawList();
       drawHeader();
     });
