@@ -494,6 +494,9 @@ async fn websocket(
         .on_upgrade(move |browser| pump(shared, host, browser))
 }
 
+/// How long the relay waits for the host to take a page's socket.
+const HOST_SOCKET_WAIT: Duration = Duration::from_secs(10);
+
 type HostSocket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -512,14 +515,21 @@ async fn connect_host(shared: &Shared, token: Option<String>) -> Result<HostSock
         h.insert("Cookie", cookie);
     }
     let config = tungstenite::protocol::WebSocketConfig::default().max_message_size(Some(1 << 20));
-    match tokio_tungstenite::connect_async_tls_with_config(
+    // The page waits for this answer with its socket still connecting,
+    // which its own checks leave alone: a host that does not answer (asleep,
+    // gone from the network) is given up here, as the page gives up a
+    // silent socket.
+    let connecting = tokio_tungstenite::connect_async_tls_with_config(
         request,
         Some(config),
         true,
         Some(tokio_tungstenite::Connector::Rustls(shared.tls.clone())),
-    )
-    .await
-    {
+    );
+    let Ok(connected) = tokio::time::timeout(HOST_SOCKET_WAIT, connecting).await else {
+        shared.set_health(Health::Unreachable);
+        return Err(unhealthy(&Health::Unreachable));
+    };
+    match connected {
         Ok((host, _)) => {
             shared.set_health(Health::Connected);
             Ok(host)

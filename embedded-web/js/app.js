@@ -525,12 +525,19 @@ async function loadHistory(chat) {
 
 /** Whether `fetchNewest` is running. */
 let fetchingNewest = false;
+/**
+ * The pause between two of `fetchNewest`'s requests: a tenth of a second
+ * keeps them to half the host's sustained rate (docs/PROTOCOL.md §3.4), so
+ * what the user does meanwhile still has room.
+ */
+const NEWEST_PACE_MS = 100;
 
 /**
  * Fetches the newest message of every chat whose history is not loaded and
  * whose newest message is not shown (after a reload, and for what came while
  * the page was away), one chat at a time: the chat list shows it, and orders
- * chats by it. Stops at the first failure; the next reconnect tries again.
+ * chats by it. A chat gone meanwhile is skipped; any other failure ends the
+ * pass, and the next reconnect tries again.
  */
 async function fetchNewest() {
   if (fetchingNewest) return;
@@ -541,11 +548,19 @@ async function fetchNewest() {
       const upTo = chat.info.last_seq;
       // (A chat whose messages the host's retention deleted is asked once.)
       if (chat.loaded || upTo <= Math.max(newest?.seq ?? 0, chat.newestFetched ?? 0)) continue;
-      const page = await get(`/api/chats/${chat.info.id}/messages?limit=1`);
+      if (!state.chats.has(chat.info.id)) continue;
+      let page;
+      try {
+        page = await get(`/api/chats/${chat.info.id}/messages?limit=1`);
+      } catch (err) {
+        if (err instanceof ApiError && err.status === 404) continue;
+        throw err;
+      }
       if (!state.chats.has(chat.info.id)) continue;
       chat.newestFetched = upTo;
       for (const m of page.messages) await receive(m, false);
       drawList();
+      await new Promise((resolve) => setTimeout(resolve, NEWEST_PACE_MS));
     }
   } catch {
     // Offline, or the host refused for now.

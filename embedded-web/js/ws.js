@@ -14,7 +14,7 @@ const PONG_WAIT_MS = 15000;
 /** The same after the computer slept or the page came back, when a dead socket is likely. */
 const PONG_WAIT_AFTER_SLEEP_MS = 3000;
 /**
- * At most this many sends wait for their answer at a time. A reconnect
+ * At most this many sends (of as many chats) wait for their answer at a time. A reconnect
  * with many messages written offline would otherwise send them all at
  * once, past the host's rate limit, whose refusals in a row (50) close
  * the socket, and so on at every reconnect (docs/PROTOCOL.md §5.8).
@@ -245,8 +245,8 @@ export class Connection {
 
   /**
    * Writes queued sends, in order, while fewer than SENDS_IN_FLIGHT wait
-   * for an answer or a retry; one at a time, `pace` ms apart, after the
-   * host refused one for its rate.
+   * for an answer or a retry, and one per chat at a time; one at a time,
+   * `pace` ms apart, after the host refused one for its rate.
    */
   pump() {
     if (!this.outbox.size) {
@@ -254,14 +254,16 @@ export class Connection {
       this.pacedSent.clear();
     }
     if (!this.synced) return;
-    // Chats with a send refused and waiting to go again (resealed, or
-    // after a pause): their later sends wait behind it, so that each
-    // chat's messages are stored in the order they were written.
+    // One send per chat at a time: a chat's later sends wait until the one
+    // before is answered, and while it waits to go again (resealed, or
+    // after a pause), so that each chat's messages are stored in the order
+    // they were written even when the host refuses one for a moment.
     const waiting = new Set();
     for (const [id, frame] of this.outbox) {
       if (this.inFlight.size + this.parked.size >= SENDS_IN_FLIGHT) return;
-      if (this.parked.has(id)) waiting.add(frame.chat);
-      if (this.inFlight.has(id) || this.parked.has(id) || waiting.has(frame.chat)) continue;
+      if (waiting.has(frame.chat)) continue;
+      waiting.add(frame.chat);
+      if (this.inFlight.has(id) || this.parked.has(id)) continue;
       if (this.pace) {
         const wait = this.nextAt - Date.now();
         if (wait > 0) {

@@ -180,3 +180,28 @@ async fn a_socket_the_host_refuses_is_refused_through_the_relay_with_the_hosts_a
     }
     relay.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_that_takes_the_connection_but_never_answers_is_given_up() {
+    let mut server = TestServer::start().await;
+    let relay = start_relay(&server).await;
+    let joiner = joiner(&relay, &server).await;
+    server.stop().await;
+    // Something on the host's address that takes connections and says nothing.
+    let silent = tokio::net::TcpListener::bind(server.addr).await.unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            open.push(socket);
+        }
+    });
+    let started = std::time::Instant::now();
+    match joiner.connect().await {
+        Err(ClientError::Ws(e)) => assert!(e.to_string().contains("502"), "{e}"),
+        Err(other) => panic!("wrong error {other}"),
+        Ok(_) => panic!("a socket to a silent host was opened"),
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    held.abort();
+    relay.shutdown().await;
+}
