@@ -233,3 +233,29 @@ test('a reader at the bottom of the log stays there when a picture loads', async
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('a file message that is not well-formed shows as such, and the chat goes on', async ({ browser }) => {
+  const a = await newUser(browser, 'odd.a');
+  const b = await newUser(browser, 'odd.b');
+  await openChat(a.page, 'odd.b');
+  await openChat(b.page, 'odd.a');
+  // Sealed and signed by odd.a as any message is, but its `mime` is a number.
+  await a.page.evaluate(async () => {
+    const app = await import('/js/app.js');
+    const e2e = await import('/js/e2e.js');
+    const chat = app.activeChat();
+    const recipients = await Promise.all(chat.info.members.map(async (m) => ({ username: m.username, keys: await app.publicKeys(m.username) })));
+    const id = e2e.messageId();
+    const file = { id: 'f', name: 'odd', mime: 42, size: 1, chunks: 1, sha256: 'AA==', key: 'AA==', nonce_prefix: 'AA==' };
+    const envelope = await e2e.seal(id, app.state.me.username, chat.info.id, { v: 1, type: 'file', file }, recipients, app.state.keys.sig);
+    app.state.conn.raw({ type: 'send', id, chat: chat.info.id, envelope });
+  });
+  await expect(messages(b.page).locator('.msg.bad')).toContainText('not well-formed');
+  await send(a.page, 'still talking');
+  await expect(messages(b.page)).toContainText('still talking');
+  await b.page.reload();
+  await openChat(b.page, 'odd.a');
+  await expect(messages(b.page)).toContainText('still talking');
+  await expect(messages(b.page).locator('.msg.bad')).toContainText('not well-formed');
+  for (const u of [a, b]) await u.context.close();
+});

@@ -1153,12 +1153,31 @@ function announce(line) {
 
 /** What a message's opened content shows: a file's card, or its text. @param {Shown} shown @param {any} content */
 function showContent(shown, content) {
-  if (content?.type === 'file' && content.file && typeof content.file.id === 'string') {
-    shown.file = content.file;
-    shown.text = `📎 ${content.file.name}`;
+  if (content?.type === 'file') {
+    if (wellFormedFile(content.file)) {
+      shown.file = content.file;
+      shown.text = `📎 ${content.file.name}`;
+    } else {
+      // Signed by its sender, but not a file this page can show or fetch.
+      shown.state = 'bad';
+      shown.error = 'This file message is not well-formed, so it is not shown.';
+    }
   } else {
     shown.text = typeof content?.text === 'string' ? content.text : '';
   }
+}
+
+/** Whether a file message's `file` has the fields of docs/PROTOCOL.md §2.9, each of its type. @param {any} f */
+function wellFormedFile(f) {
+  const text = (v) => typeof v === 'string' && v.length > 0;
+  return (
+    !!f &&
+    typeof f === 'object' &&
+    [f.id, f.name, f.mime, f.sha256, f.key, f.nonce_prefix].every(text) &&
+    Number.isSafeInteger(f.size) &&
+    f.size > 0 &&
+    f.chunks === Math.ceil(f.size / (1024 * 1024))
+  );
 }
 
 function notify(chat, shown) {
