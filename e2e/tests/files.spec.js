@@ -259,3 +259,34 @@ test('a file message that is not well-formed shows as such, and the chat goes on
   await expect(messages(b.page).locator('.msg.bad')).toContainText('not well-formed');
   for (const u of [a, b]) await u.context.close();
 });
+
+test("an upload cancelled before the host set its space aside frees that space as soon as it has", async ({ browser }) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'securechat-files-'));
+  const file = path.join(dir, 'early.txt');
+  fs.writeFileSync(file, 'cancelled early\n');
+  const a = await newUser(browser, 'early.a');
+  const b = await newUser(browser, 'early.b');
+  try {
+    await openChat(a.page, 'early.b');
+    const log = messages(a.page);
+    // The host's answer to the upload's start waits until Cancel is clicked.
+    let release = () => {};
+    const clicked = new Promise((resolve) => (release = resolve));
+    await a.page.route(/\/api\/files$/, async (route) => {
+      await clicked;
+      await route.continue();
+    });
+    const filesCall = (method) => (r) => r.request().method() === method && /\/api\/files(\/[^/]+)?$/.test(r.url());
+    const created = a.page.waitForResponse(filesCall('POST'));
+    const freed = a.page.waitForResponse(filesCall('DELETE'), { timeout: 15_000 });
+    await attach(a.page, file);
+    await log.getByRole('button', { name: 'Cancel early.txt' }).click();
+    release();
+    const id = (await (await created).json()).id;
+    expect((await freed).url()).toContain(`/api/files/${id}`);
+    await expect(log).not.toContainText('early.txt');
+  } finally {
+    for (const u of [a, b]) await u.context.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});

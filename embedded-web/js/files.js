@@ -143,6 +143,11 @@ export async function upload(file, chat, onProgress, signal) {
   const report = () => onProgress({ loaded: sent, total: file.size, rate: sent / Math.max(0.001, (performance.now() - started) / 1000) });
   // Frees the space the host set aside for the file, and what it holds of it.
   const discard = () => call('DELETE', `/api/files/${status.id}`).catch(() => {});
+  // Cancelled while the host was setting the space aside: freed at once.
+  if (signal.aborted) {
+    discard();
+    throw cancelled();
+  }
   signal.addEventListener('abort', discard, { once: true });
   // Hashed while it uploads; read in slices when large. Stopped with the
   // upload, so that the next file's hash does not wait behind it.
@@ -151,7 +156,11 @@ export async function upload(file, chat, onProgress, signal) {
   const sha = digest(file, WHOLE_DIGEST_MAX, hashing.signal);
   sha.catch(() => {});
   let held = new Set();
-  for (let attempt = 0; ; attempt++) {
+  // Failures in a row with no chunk stored between them: an outage of
+  // about four minutes. Any progress starts the count again.
+  let failures = 0;
+  let heldAtFailure = 0;
+  for (;;) {
     try {
       for (let index = 0; index < chunks; index++) {
         if (held.has(index)) continue;
@@ -165,8 +174,12 @@ export async function upload(file, chat, onProgress, signal) {
       await post(`/api/files/${status.id}/complete`);
       break;
     } catch (err) {
-      const transient = err instanceof ApiError && (err.code === 'offline' || err.status >= 500 || err.status === 429);
+      // A full disk (507) stays full for a while: not worth waiting for.
+      const transient = err instanceof ApiError && (err.code === 'offline' || (err.status >= 500 && err.status !== 507) || err.status === 429);
       if (signal.aborted) throw err;
+      if (held.size > heldAtFailure) failures = 0;
+      heldAtFailure = held.size;
+      const attempt = failures++;
       if (!transient || attempt >= 30) {
         // Given up (a cancel discards the file above).
         discard();
