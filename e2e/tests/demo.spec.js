@@ -1,5 +1,5 @@
 const { test, expect } = require('@playwright/test');
-const { attach, messages, newUser, openChat, send, signOut, standIn, url } = require('./helpers');
+const { PASSWORD, attach, messages, newUser, openChat, send, signIn, signOut, standIn, url } = require('./helpers');
 
 test('three users chat pairwise, each message seen by its recipient only', async ({ browser }) => {
   const u1 = await newUser(browser, 'user1');
@@ -378,4 +378,23 @@ test('messages not sent to a group you leave are dropped, not kept for the next 
   const kept = await a.page.evaluate(async () => (await import('/js/keystore.js')).sendsOf('quit.a'));
   expect(kept).toEqual([]);
   for (const u of [a, b]) await u.context.close();
+});
+
+test('a password changed in Settings, even with a double click, is changed once and says so', async ({ browser }) => {
+  const a = await newUser(browser, 'pw.a');
+  const fresh = 'a new passphrase for pw.a';
+  await a.page.getByRole('button', { name: 'Settings' }).click();
+  const dialog = a.page.getByRole('dialog');
+  await dialog.getByLabel('Current password').fill(PASSWORD);
+  await dialog.getByLabel('New password', { exact: true }).fill(fresh);
+  await dialog.getByLabel('Confirm new password').fill(fresh);
+  await dialog.getByRole('button', { name: 'Change password' }).dblclick();
+  await expect(dialog.locator('#dialog-error')).toHaveText('Password changed. Your other sessions have been signed out.');
+  await a.page.waitForTimeout(500);
+  await expect(dialog.locator('#dialog-error')).toHaveText('Password changed. Your other sessions have been signed out.');
+  await dialog.getByRole('button', { name: 'Close' }).click();
+  await signOut(a.page);
+  await signIn(a.page, 'pw.a', fresh);
+  await expect(a.page.locator('#me-name')).toHaveText('pw.a');
+  await a.context.close();
 });

@@ -137,20 +137,29 @@ export function openSettings() {
     const chat = activeChat();
     if (chat) await exportChat(chat);
   });
+  const passwords = ['old', 'new', 'confirm'];
   q('change').addEventListener('click', async () => {
-    $('dialog-error').textContent = '';
+    const change = /** @type {HTMLButtonElement} */ (q('change'));
+    // Once at a time: a second change would check the old password again
+    // after the first had replaced it, and report a failure that was not.
+    change.disabled = true;
+    $('dialog-error').textContent = 'Changing the password…';
     try {
       const problem = await passwordProblem(q('new').value, q('confirm').value);
       if (problem) throw new Error(problem);
       await changePassword(q('old').value, q('new').value);
       $('dialog-error').textContent = 'Password changed. Your other sessions have been signed out.';
-      for (const n of ['old', 'new', 'confirm']) q(n).value = '';
+      for (const n of passwords) q(n).value = '';
     } catch (err) {
       $('dialog-error').textContent = err instanceof ApiError && err.code === 'wrong_password'
         ? 'The current password is not correct.'
         : err instanceof Error ? err.message : String(err);
+    } finally {
+      change.disabled = false;
     }
   });
+  // Typed passwords do not stay in the page once the dialog is closed.
+  $('dialog').addEventListener('close', () => passwords.forEach((n) => (q(n).value = '')), { once: true });
   q('signout').addEventListener('click', () => confirmSignOut(false));
   q('signout-all').addEventListener('click', () => confirmSignOut(true));
   q('admin').addEventListener('click', () => openAdmin());
