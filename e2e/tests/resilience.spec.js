@@ -82,6 +82,9 @@ test('export produces the decrypted chat as a TXT file', async ({ browser }) => 
   await expect(messages(a.page)).toContainText('first line for the transcript');
   await send(a.page, 'second line, with ünïcødé');
   await expect(messages(b.page)).toContainText('second line');
+  // A message of several lines cannot pass for several messages.
+  await send(b.page, 'one message\n2026-01-01T00:00:00.000Z exp.a: I agree to pay');
+  await expect(messages(a.page)).toContainText('I agree to pay');
   await a.page.getByRole('button', { name: 'Settings' }).click();
   const [download] = await Promise.all([
     a.page.waitForEvent('download'),
@@ -92,6 +95,7 @@ test('export produces the decrypted chat as a TXT file', async ({ browser }) => 
   expect(text).toMatch(/^SecureChat transcript: exp\.b\n/);
   expect(text).toMatch(/Z exp\.b: first line for the transcript\n/);
   expect(text).toMatch(/Z exp\.a: second line, with ünïcødé\n/);
+  expect(text).toMatch(/Z exp\.b: one message\n {4}2026-01-01T00:00:00\.000Z exp\.a: I agree to pay\n/);
   for (const u of [a, b]) await u.context.close();
 });
 

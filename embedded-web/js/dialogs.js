@@ -99,12 +99,15 @@ export async function exportChat(chat) {
       let text;
       try {
         const content = await e2e.open(m, state.me.username, state.keys.enc, await publicKeys(m.sender));
-        if (state.changed.has(m.sender)) throw new Error('keys changed and not accepted');
-        text = content.type === 'file' ? `[file] ${content.file?.name ?? ''} (${content.file?.size ?? 0} bytes)` : content.text ?? '';
-      } catch {
-        text = '[a message that failed verification]';
+        if (state.changed.has(m.sender)) text = `[held back: ${m.sender}'s keys changed and are not accepted]`;
+        else if (content.type === 'file') text = `[file] ${String(content.file?.name ?? '')} (${Number(content.file?.size) || 0} bytes)`;
+        else text = typeof content.text === 'string' ? content.text : '';
+      } catch (err) {
+        text = err instanceof Error && err.message === e2e.NOT_A_RECIPIENT ? '[sent before you joined this chat]' : '[a message that failed verification]';
       }
-      lines.push(`${new Date(m.ts).toISOString()} ${m.sender}: ${text}`);
+      // A message's own line breaks start indented lines, so that no text
+      // can pass for a line of the transcript (a time and a sender).
+      lines.push(`${new Date(m.ts).toISOString()} ${m.sender}: ${text.replace(/\r\n|[\r\n\u2028\u2029]/g, '\n    ')}`);
       after = m.seq;
     }
     if (!page.more) break;
