@@ -506,6 +506,19 @@ test("a disabled account's chat stays in the list, marked disabled, to be read",
   await expect(messages(a.page)).toContainText('before I go');
   await expect(a.page.getByText('disabled account: read only')).toBeVisible();
   await expect(a.page.getByRole('button', { name: 'Send' })).toBeDisabled();
+  // Nor does it take a file.
+  await a.page.locator('#file-input').setInputFiles({ name: 'late.txt', mimeType: 'text/plain', buffer: Buffer.from('too late') });
+  await a.page.waitForTimeout(500);
+  await expect(messages(a.page)).not.toContainText('late.txt');
+  // A file dropped on the chat list is not opened by the browser in place of the app.
+  const kept = await a.page.evaluate(() => {
+    const data = new DataTransfer();
+    data.items.add(new File(['x'], 'dropped.txt', { type: 'text/plain' }));
+    const drop = new DragEvent('drop', { dataTransfer: data, bubbles: true, cancelable: true });
+    document.getElementById('chat-list').dispatchEvent(drop);
+    return drop.defaultPrevented;
+  });
+  expect(kept).toBe(true);
   for (const u of [a, b]) await u.context.close();
 });
 

@@ -45,6 +45,14 @@ function setStatus(text) {
   el.hidden = !text;
 }
 
+/** Shows `text` in the status line for a few seconds, unless something else shows there by then ("Reconnecting…"). */
+function flash(text) {
+  setStatus(text);
+  setTimeout(() => {
+    if ($('status').textContent === text) setStatus('');
+  }, 6000);
+}
+
 export function applyTheme(theme = localStorage.getItem('securechat.theme') ?? 'system') {
   if (theme === 'system') document.documentElement.removeAttribute('data-theme');
   else document.documentElement.dataset.theme = theme;
@@ -974,10 +982,7 @@ async function fetchFile(m, saveIt) {
     try {
       await written;
     } catch (err) {
-      if (!(err instanceof DOMException && err.name === 'AbortError')) {
-        setStatus(err instanceof Error ? err.message : String(err));
-        setTimeout(() => setStatus(''), 6000);
-      }
+      if (!(err instanceof DOMException && err.name === 'AbortError')) flash(err instanceof Error ? err.message : String(err));
     } finally {
       m.transfer = undefined;
       redrawMessage(chatId, m);
@@ -996,8 +1001,7 @@ async function fetchFile(m, saveIt) {
     if (saveIt) files.save(blob, m.file.name);
   } catch (err) {
     m.error = err instanceof Error ? err.message : String(err);
-    setStatus(m.error);
-    setTimeout(() => setStatus(''), 6000);
+    flash(m.error);
   } finally {
     m.transfer = undefined;
     redrawMessage(chatId, m);
@@ -1007,7 +1011,15 @@ async function fetchFile(m, saveIt) {
 /** Uploads and shares each file in the open chat. @param {File[]} list */
 async function sendFiles(list) {
   const chat = activeChat();
-  if (!chat || !(await keysAccepted(chat))) return;
+  // Where no text may be sent (a disabled account's chat, keys to accept), no file either.
+  if (!chat || /** @type {HTMLButtonElement} */ ($('send')).disabled) return;
+  let accepted = false;
+  try {
+    accepted = await keysAccepted(chat);
+  } catch {
+    flash("The members' keys could not be fetched: nothing was sent. Try again.");
+  }
+  if (!accepted) return;
   for (const file of list) {
     /** @type {Shown} */
     const shown = { id: e2e.messageId(), sender: state.me.username, ts: Date.now(), seq: null, text: `📎 ${file.name}`, state: 'sending', source: file };
@@ -1739,6 +1751,13 @@ function setupComposer() {
     picker.value = '';
   });
   const pane = $('pane');
+  // A file dropped anywhere but on an open chat would make the browser
+  // leave the app to show it (and lose its uploads).
+  for (const type of ['dragover', 'drop']) {
+    document.addEventListener(type, (e) => {
+      if (e.dataTransfer?.types.includes('Files')) e.preventDefault();
+    });
+  }
   pane.addEventListener('dragover', (e) => {
     if (!state.active || !e.dataTransfer?.types.includes('Files')) return;
     e.preventDefault();
