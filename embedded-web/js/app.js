@@ -1283,6 +1283,13 @@ function drawNoChat(title) {
   clearLog();
 }
 
+/** An account an administrator changed from this page: listed as it is now. @param {any} user */
+export async function userChanged(user) {
+  await updateUser(user);
+  drawList();
+  drawHeader();
+}
+
 /** A user's account as the host has it now; new keys are checked against the pinned ones. */
 async function updateUser(user) {
   const before = state.users.get(user.username);

@@ -18,6 +18,7 @@ import {
   publicKeys,
   signOut,
   state,
+  userChanged,
 } from './app.js';
 
 const $ = (id) => /** @type {HTMLElement} */ (document.getElementById(id));
@@ -165,7 +166,9 @@ export function openSettings() {
   $('dialog').addEventListener('close', () => passwords.forEach((n) => (q(n).value = '')), { once: true });
   q('signout').addEventListener('click', () => confirmSignOut(false));
   q('signout-all').addEventListener('click', () => confirmSignOut(true));
-  q('admin').addEventListener('click', () => openAdmin());
+  q('admin').addEventListener('click', () =>
+    openAdmin().catch((err) => ($('dialog-error').textContent = err instanceof Error ? err.message : String(err))),
+  );
   show('Settings', body, null);
 }
 
@@ -312,17 +315,24 @@ async function openAdmin() {
   const table = el('table', {}, [el('tr', {}, [el('th', {}, ['User']), el('th', {}, ['State']), el('th', {}, ['Actions'])])]);
   for (const u of users) {
     const actions = el('td');
+    const standing = el('td', {}, [u.disabled ? 'disabled' : u.is_admin ? 'administrator' : 'active']);
+    // Each change is shown in its row, and the dialog stays as it is: a
+    // reset or invite code shown once is not wiped.
+    const changed = (entry) => {
+      Object.assign(u, entry);
+      standing.textContent = u.disabled ? 'disabled' : u.is_admin ? 'administrator' : 'active';
+      userChanged(entry);
+    };
     if (u.username !== state.me.username) {
       const toggle = el('button', { type: 'button' }, [u.disabled ? `Enable ${u.username}` : `Disable ${u.username}`]);
-      toggle.addEventListener('click', async () => {
-        await call('PATCH', `/api/admin/users/${encodeURIComponent(u.username)}`, { disabled: !u.disabled });
-        /** @type {HTMLDialogElement} */ ($('dialog')).close();
-        openAdmin();
+      onAction(toggle, async () => {
+        changed(await call('PATCH', `/api/admin/users/${encodeURIComponent(u.username)}`, { disabled: !u.disabled }));
+        toggle.textContent = u.disabled ? `Enable ${u.username}` : `Disable ${u.username}`;
       });
       actions.append(toggle);
       const reset = el('button', { type: 'button' }, [`Reset ${u.username}`]);
       const resetOut = el('output');
-      reset.addEventListener('click', async () => {
+      onAction(reset, async () => {
         if (!window.confirm(`Reset ${u.username}? Their password stops working and their old messages become unreadable.`)) return;
         const r = await post(`/api/admin/users/${encodeURIComponent(u.username)}/reset`);
         resetOut.textContent = `One-time code for ${u.username}: ${r.code} (valid until ${new Date(r.expires_at).toLocaleString()})`;
@@ -330,23 +340,37 @@ async function openAdmin() {
       actions.append(' ', reset, ' ', resetOut);
       if (!u.is_admin) {
         const promote = el('button', { type: 'button' }, [`Promote ${u.username}`]);
-        promote.addEventListener('click', async () => {
-          await call('PATCH', `/api/admin/users/${encodeURIComponent(u.username)}`, { is_admin: true });
-          /** @type {HTMLDialogElement} */ ($('dialog')).close();
-          openAdmin();
+        onAction(promote, async () => {
+          changed(await call('PATCH', `/api/admin/users/${encodeURIComponent(u.username)}`, { is_admin: true }));
+          promote.remove();
         });
         actions.append(' ', promote);
       }
     }
-    table.append(el('tr', {}, [el('td', {}, [u.username]), el('td', {}, [u.disabled ? 'disabled' : u.is_admin ? 'administrator' : 'active']), actions]));
+    table.append(el('tr', {}, [el('td', {}, [u.username]), standing, actions]));
   }
   const mode = el('select', { 'aria-label': 'Registration' });
   for (const m of ['open', 'invite', 'closed']) mode.append(el('option', { value: m }, [m]));
   /** @type {HTMLSelectElement} */ (mode).value = reg.mode;
-  mode.addEventListener('change', () => call('PUT', '/api/admin/registration', { mode: /** @type {HTMLSelectElement} */ (mode).value }));
+  let modeNow = reg.mode;
+  mode.addEventListener('change', async () => {
+    const select = /** @type {HTMLSelectElement} */ (mode);
+    $('dialog-error').textContent = '';
+    select.disabled = true;
+    try {
+      await call('PUT', '/api/admin/registration', { mode: select.value });
+      modeNow = select.value;
+    } catch (err) {
+      // The host keeps its mode: so does the choice shown.
+      select.value = modeNow;
+      $('dialog-error').textContent = err instanceof Error ? err.message : String(err);
+    } finally {
+      select.disabled = false;
+    }
+  });
   const inviteOut = el('output');
   const invite = el('button', { type: 'button' }, ['Create invite code']);
-  invite.addEventListener('click', async () => {
+  onAction(invite, async () => {
     const r = await post('/api/admin/invites', { uses: 1 });
     inviteOut.textContent = `${r.code} (one use, valid until ${new Date(r.expires_at).toLocaleString()})`;
   });
@@ -357,10 +381,9 @@ async function openAdmin() {
     const end = el('td');
     if (!x.current) {
       const b = el('button', { type: 'button' }, [`End ${x.username}'s session`]);
-      b.addEventListener('click', async () => {
+      onAction(b, async () => {
         await call('DELETE', `/api/admin/sessions/${x.id}`);
-        /** @type {HTMLDialogElement} */ ($('dialog')).close();
-        openAdmin();
+        end.replaceChildren('ended');
       });
       end.append(b);
     } else end.append('this session');
