@@ -1669,6 +1669,8 @@ function resend(chat, m) {
 function discard(chat, m) {
   // Its file, uploaded for a message the host refused, goes too.
   if (m.file && m.unstored) call('DELETE', `/api/files/${encodeURIComponent(m.file.id)}`).catch(() => {});
+  // Its picture's preview, made from the file on this device, goes too.
+  if (m.preview) URL.revokeObjectURL(m.preview);
   chat.shown.delete(m.id);
   forget(m.id);
   state.conn?.replace(m.id, null);
