@@ -1,5 +1,5 @@
 const { test, expect } = require('@playwright/test');
-const { PASSWORD, attach, messages, newUser, openChat, send, signIn, signOut, standIn, url } = require('./helpers');
+const { PASSWORD, attach, messages, newGroup, newUser, openChat, send, signIn, signOut, standIn, url } = require('./helpers');
 
 test('three users chat pairwise, each message seen by its recipient only', async ({ browser }) => {
   const u1 = await newUser(browser, 'user1');
@@ -294,10 +294,7 @@ test('group changes: a refused change says why; a member removed while the group
   const socket = await standIn(b.context, { toPage: () => !away });
   await b.page.reload();
   await a.page.reload();
-  await a.page.getByRole('button', { name: 'New group' }).click();
-  await a.page.getByRole('checkbox', { name: 'grp.member' }).check();
-  await a.page.getByRole('textbox', { name: 'Group name' }).fill('Crew');
-  await a.page.getByRole('button', { name: 'Create group' }).click();
+  await newGroup(a.page, 'Crew', ['grp.member']);
   await send(a.page, 'welcome aboard');
   await openChat(b.page, 'Crew');
   await expect(messages(b.page)).toContainText('welcome aboard');
@@ -338,10 +335,7 @@ test('after a reload the chat list shows each chat\'s newest message and orders 
   const c = await newUser(browser, 'list.c');
   await a.page.reload();
   // The group is made first, the direct chat after it; the group speaks last.
-  await a.page.getByRole('button', { name: 'New group' }).click();
-  await a.page.getByRole('checkbox', { name: 'list.b' }).check();
-  await a.page.getByRole('textbox', { name: 'Group name' }).fill('Listed');
-  await a.page.getByRole('button', { name: 'Create group' }).click();
+  await newGroup(a.page, 'Listed', ['list.b']);
   await openChat(c.page, 'list.a');
   await send(c.page, 'an older word');
   await openChat(b.page, 'Listed');
@@ -364,10 +358,7 @@ test('messages not sent to a group you leave are dropped, not kept for the next 
   // quit.a's sends never reach the host.
   await standIn(a.context, { toHost: (frame) => frame.type !== 'send' });
   await a.page.reload();
-  await a.page.getByRole('button', { name: 'New group' }).click();
-  await a.page.getByRole('checkbox', { name: 'quit.b' }).check();
-  await a.page.getByRole('textbox', { name: 'Group name' }).fill('Quitters');
-  await a.page.getByRole('button', { name: 'Create group' }).click();
+  await newGroup(a.page, 'Quitters', ['quit.b']);
   await send(a.page, 'never delivered');
   await expect(messages(a.page).locator('.msg', { hasText: 'never delivered' }).locator('.state')).toHaveText('Sending…');
   await a.page.getByRole('button', { name: 'Members' }).click();

@@ -61,6 +61,15 @@ async function openChat(page, name) {
   await expect(page.getByRole('heading', { level: 2 })).toHaveText(name);
 }
 
+/** Makes the group `name` with `members` through "New group"; it opens. */
+async function newGroup(page, name, members) {
+  await page.getByRole('button', { name: 'New group' }).click();
+  for (const m of members) await page.getByRole('checkbox', { name: m }).check();
+  await page.getByRole('textbox', { name: 'Group name' }).fill(name);
+  await page.getByRole('button', { name: 'Create group' }).click();
+  await expect(page.locator('#chat-title')).toHaveText(name);
+}
+
 async function send(page, text) {
   await page.getByRole('textbox', { name: 'Message' }).fill(text);
   await page.getByRole('button', { name: 'Send' }).click();
@@ -114,7 +123,7 @@ function messages(page) {
   return page.getByRole('log', { name: 'Messages' });
 }
 
-module.exports = { PASSWORD, attach, messages, newUser, openChat, resetAccount, send, signIn, signOut, signUp, standIn, url };
+module.exports = { PASSWORD, attach, messages, newGroup, newUser, openChat, resetAccount, send, signIn, signOut, signUp, standIn, url };
 
 const { spawn, execFileSync } = require('node:child_process');
 const path = require('node:path');

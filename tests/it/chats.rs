@@ -1,7 +1,8 @@
 use std::collections::BTreeMap;
 
 use reqwest::{Method, StatusCode};
-use securechat::protocol::{ClientFrame, MessageRecord, ServerFrame};
+use securechat::client::Client;
+use securechat::protocol::{ChatInfo, ClientFrame, MessageRecord, ServerFrame};
 
 use super::harness::{
     TestServer, expect, expect_error, expect_message, expect_nothing_queued, online, send_envelope,
@@ -85,6 +86,17 @@ async fn three_users_exchange_messages_pairwise_and_outsiders_see_nothing() {
     server.stop().await;
 }
 
+/// Chat `id` as `client`'s chat list has it now.
+async fn chat_as_seen_by(client: &mut Client, id: &str) -> ChatInfo {
+    client
+        .chats()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.id == id)
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn group_members_all_decrypt_and_a_removed_member_gets_nothing_more() {
     let mut server = TestServer::start().await;
@@ -164,13 +176,7 @@ async fn group_members_all_decrypt_and_a_removed_member_gets_nothing_more() {
         vec!["user1".to_owned(), "user2".to_owned()]
     );
 
-    let group = u1
-        .chats()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|c| c.id == group.id)
-        .unwrap();
+    let group = chat_as_seen_by(&mut u1, &group.id).await;
     send_text(&mut u1, &mut s1, &group, "after removal").await;
     let m = expect_message(&mut s2).await;
     assert_eq!(u2.open(&m).await.unwrap(), "after removal");
@@ -190,25 +196,13 @@ async fn group_members_all_decrypt_and_a_removed_member_gets_nothing_more() {
     // were not sealed for them.
     let again = u1.add_member(&group.id, "user3").await.unwrap();
     assert_eq!(again.last_seq, 3);
-    let seen = u3
-        .chats()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|c| c.id == group.id)
-        .unwrap();
+    let seen = chat_as_seen_by(&mut u3, &group.id).await;
     assert_eq!((seen.last_seq, seen.read_seq), (3, 3));
     u1.remove_member(&group.id, "user3").await.unwrap();
 
     // Leaving: user2 leaves; user1 remains owner.
     u2.remove_member(&group.id, "user2").await.unwrap();
-    let left = u1
-        .chats()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|c| c.id == group.id)
-        .unwrap();
+    let left = chat_as_seen_by(&mut u1, &group.id).await;
     assert_eq!(left.members.len(), 1);
     server.stop().await;
 }
